@@ -1,0 +1,132 @@
+//! Tunables, each a named constant with the reason for its value, gathered in
+//! one [`Config`] that the server, the client and the connection loop share.
+
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::Error;
+
+/// How often the loop pings a quiet peer. Long enough that idle connections
+/// cost next to nothing, short enough to keep NAT and proxy mappings alive.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// The shortest heartbeat accepted; below a second pings become traffic.
+pub const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A peer that sent nothing (no frame, no pong) for this many heartbeats is
+/// considered dead and dropped. Two gives one lost ping of slack.
+pub const IDLE_HEARTBEATS: u32 = 2;
+
+/// Largest inbound message (and frame). Anything larger is refused with
+/// close code 1009 before it is buffered whole.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+/// How many pushed messages may wait for one slow peer before
+/// [`Peer::send`](crate::Peer::send) reports the queue full. The queue grows
+/// lazily, so an idle connection pays nothing for this bound.
+pub const DEFAULT_OUTBOUND_CAPACITY: usize = 64;
+
+/// Time a new TCP connection gets to send its HTTP request head (and a
+/// client to receive the 101). Peers that open TCP and say nothing go away.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// tungstenite's read buffer per connection. It is allocated up front for
+/// every connection, so it dominates the cost of an idle one: 4 KiB instead
+/// of tungstenite's 128 KiB default. Larger messages still arrive whole; they
+/// are just read in more pieces.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+
+/// Largest HTTP request head the server reads (431 past it).
+pub const MAX_REQUEST_HEAD_SIZE: usize = 8 * 1024;
+
+/// How long a closing side waits for the peer's Close reply (and the final
+/// TCP shutdown) before dropping the socket anyway.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Settings for one connection loop and for the server/client around it.
+///
+/// Build it with struct-update syntax over [`Config::default`]:
+///
+/// ```
+/// use std::time::Duration;
+/// let config = wsloop::Config { heartbeat: Duration::from_secs(5), ..Default::default() };
+/// assert_eq!(config.idle_timeout(), Duration::from_secs(10));
+/// ```
+///
+/// Memory per connection with these defaults: the read buffer
+/// ([`DEFAULT_READ_BUFFER_SIZE`], allocated at accept), tungstenite's write
+/// buffer (empty until the first send, then as large as the largest frame
+/// sent), the connection future itself (a few hundred bytes) and one shared
+/// [`Peer`](crate::Peer) record. The outbound queue allocates only while
+/// messages wait in it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Ping interval ([`DEFAULT_HEARTBEAT`], at least [`MIN_HEARTBEAT`]).
+    pub heartbeat: Duration,
+    /// Drop a peer silent for this long; `None` means
+    /// [`IDLE_HEARTBEATS`] × `heartbeat`.
+    pub idle_timeout: Option<Duration>,
+    /// Largest inbound message in bytes ([`DEFAULT_MAX_MESSAGE_SIZE`]).
+    pub max_message_size: usize,
+    /// Pushed messages that may queue per peer ([`DEFAULT_OUTBOUND_CAPACITY`]).
+    pub outbound_capacity: usize,
+    /// Deadline for the HTTP/WebSocket handshake ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// tungstenite read buffer in bytes ([`DEFAULT_READ_BUFFER_SIZE`]).
+    pub read_buffer_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat: DEFAULT_HEARTBEAT,
+            idle_timeout: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+        }
+    }
+}
+
+impl Config {
+    /// The effective idle timeout (explicit, or [`IDLE_HEARTBEATS`] × heartbeat).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+            .unwrap_or(self.heartbeat * IDLE_HEARTBEATS)
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.heartbeat < MIN_HEARTBEAT {
+            return Err(Error::Config(format!(
+                "heartbeat {:?} is below the minimum of {:?}",
+                self.heartbeat, MIN_HEARTBEAT
+            )));
+        }
+        if self.idle_timeout() < self.heartbeat {
+            return Err(Error::Config(format!(
+                "idle timeout {:?} is shorter than the heartbeat {:?}",
+                self.idle_timeout(),
+                self.heartbeat
+            )));
+        }
+        if self.max_message_size == 0 || self.outbound_capacity == 0 || self.read_buffer_size == 0 {
+            return Err(Error::Config(
+                "max message size, outbound capacity and read buffer must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tungstenite settings this config implies.
+    pub(crate) fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            // We flush after every send, so buffering writes gains nothing.
+            .write_buffer_size(0)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
+    }
+}

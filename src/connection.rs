@@ -1,0 +1,499 @@
+//! The persistent loop: one task per WebSocket connection that keeps
+//! receiving and sending until the peer closes.
+//!
+//! [`Connection::run`] is that task. It alone owns the socket: at most one
+//! reader and one writer, ever. Each turn of its loop waits for whichever
+//! comes first of
+//!
+//! - the next inbound frame (decoded and handed to the [`Handler`], whose
+//!   reply is sent straight back),
+//! - the next outbound message queued through a [`Peer`] handle by any task,
+//! - the heartbeat timer (ping a quiet peer, drop a silent one),
+//!
+//! and only a Close frame, EOF, a local [`Peer::close`], the idle timeout or
+//! a broken socket ends it. There is no code path that returns after one
+//! message. When it ends, the TCP stream is shut down (the `defer ws.Close()`
+//! of the original Go program).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Instant, SystemTime};
+use std::{fmt, io};
+
+use async_channel::{Receiver, Sender};
+use async_io::Timer;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{self, Message as Frame};
+use async_tungstenite::WebSocketStream;
+use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
+
+use crate::config::CLOSE_TIMEOUT;
+use crate::time::timeout;
+use crate::{codec, Config, Error, Message};
+
+/// Close code for a normal, local close (RFC 6455 §7.4.1).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code when the server shuts down or drops an idle peer.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a protocol violation by the peer.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text frame that is not valid UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code for a policy violation (for example a peer too slow to keep up).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a message over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// What the application does with each inbound message.
+///
+/// The connection loop awaits [`Handler::on_message`] before it reads the
+/// next frame, so replies go out in request order. Work that takes long
+/// should be spawned elsewhere and answered later through [`Peer::send`].
+///
+/// Any `Fn(&Peer, Message) -> Option<Message>` closure is a handler:
+///
+/// ```
+/// use wsloop::{Message, Peer};
+/// let seed = |_: &Peer, request: Message| Some(request.seed_reply());
+/// # fn is_handler(_: impl wsloop::Handler) {}
+/// # is_handler(seed);
+/// ```
+///
+/// An [`async_channel::Sender<Message>`] is a handler too: it forwards every
+/// inbound message into the channel (waiting while it is full) and replies
+/// nothing. That is the client's "reader task feeds a channel" pattern.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one decoded message; `Some(reply)` is sent back to the peer.
+    fn on_message(
+        &self,
+        peer: &Peer,
+        message: Message,
+    ) -> impl Future<Output = Option<Message>> + Send;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Peer, Message) -> Option<Message> + Send + Sync + 'static,
+{
+    fn on_message(
+        &self,
+        peer: &Peer,
+        message: Message,
+    ) -> impl Future<Output = Option<Message>> + Send {
+        future::ready(self(peer, message))
+    }
+}
+
+impl Handler for Sender<Message> {
+    async fn on_message(&self, _peer: &Peer, message: Message) -> Option<Message> {
+        // A closed channel means nobody listens any more; drop the message.
+        let _ = self.send(message).await;
+        None
+    }
+}
+
+impl<H: Handler> Handler for Arc<H> {
+    fn on_message(
+        &self,
+        peer: &Peer,
+        message: Message,
+    ) -> impl Future<Output = Option<Message>> + Send {
+        (**self).on_message(peer, message)
+    }
+}
+
+/// Why [`Peer::send`] did not queue a message; the message comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The peer's outbound queue holds [`Config::outbound_capacity`] messages.
+    Full(Message),
+    /// The connection is closing or closed.
+    Closed(Message),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Full(_) => write!(f, "outbound queue full"),
+            SendError::Closed(_) => write!(f, "connection closed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A cloneable handle to one live connection: any task may use it to send
+/// to that peer or to close it. It owns nothing of the socket itself.
+#[derive(Clone)]
+pub struct Peer {
+    inner: Arc<PeerInner>,
+}
+
+struct PeerInner {
+    id: u64,
+    addr: Option<SocketAddr>,
+    connected_at: SystemTime,
+    outbox: Sender<Message>,
+    capacity: usize,
+    /// Close code requested by [`Peer::close`]; 0 until then.
+    close_code: AtomicU16,
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// Source of connection ids, unique within the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Peer {
+    /// Unique id of this connection within the process.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The remote address, when the stream has one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.inner.addr
+    }
+
+    /// When the connection was established.
+    pub fn connected_at(&self) -> SystemTime {
+        self.inner.connected_at
+    }
+
+    /// Messages received from the peer so far.
+    pub fn received(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
+    }
+
+    /// Messages sent to the peer so far (replies and queued messages).
+    pub fn sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// Queues `message` for the peer without waiting.
+    ///
+    /// The queue is bounded by [`Config::outbound_capacity`]; when it is full
+    /// the message comes back in [`SendError::Full`] and the caller decides
+    /// (retry, drop, or [`close`](Self::close) the slow peer).
+    pub fn send(&self, message: Message) -> Result<(), SendError> {
+        // The channel itself is unbounded so that an idle connection holds no
+        // preallocated slots; the bound is enforced here instead. Concurrent
+        // senders may overshoot it by at most their own number.
+        if self.inner.outbox.len() >= self.inner.capacity {
+            return Err(SendError::Full(message));
+        }
+        self.inner
+            .outbox
+            .try_send(message)
+            .map_err(|e| SendError::Closed(e.into_inner()))
+    }
+
+    /// Asks the connection to close with `code` (for example
+    /// [`CLOSE_NORMAL`]). Messages already queued are sent first. The first
+    /// requested code wins; later calls do nothing.
+    pub fn close(&self, code: u16) {
+        let _ =
+            self.inner
+                .close_code
+                .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.inner.outbox.close();
+    }
+
+    /// Whether the connection is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.outbox.is_closed()
+    }
+
+    fn close_code(&self) -> u16 {
+        match self.inner.close_code.load(Ordering::Acquire) {
+            0 => CLOSE_NORMAL,
+            code => code,
+        }
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a connection ended normally. Failures are [`Error`]s instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The peer sent a Close frame (with its code and reason, if any).
+    PeerClosed(Option<(u16, String)>),
+    /// The peer closed the TCP stream without a Close frame.
+    Eof,
+    /// This side closed with the given code ([`Peer::close`] or shutdown).
+    Closed(u16),
+    /// The peer sent nothing for [`Config::idle_timeout`].
+    IdleTimeout,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::PeerClosed(Some((code, reason))) if reason.is_empty() => {
+                write!(f, "peer closed ({code})")
+            }
+            Ended::PeerClosed(Some((code, reason))) => write!(f, "peer closed ({code} {reason})"),
+            Ended::PeerClosed(None) => write!(f, "peer closed"),
+            Ended::Eof => write!(f, "peer went away (EOF)"),
+            Ended::Closed(code) => write!(f, "closed by us ({code})"),
+            Ended::IdleTimeout => write!(f, "idle timeout"),
+        }
+    }
+}
+
+/// One established WebSocket connection and its outbound queue, ready to
+/// [`run`](Connection::run). Works on any `futures-io` stream.
+pub struct Connection<S> {
+    ws: WebSocketStream<S>,
+    /// Boxed because async-channel's receiver is `!Unpin`.
+    outbox: Pin<Box<Receiver<Message>>>,
+    peer: Peer,
+    config: Config,
+}
+
+/// What woke the loop.
+enum Event {
+    Inbound(Option<Result<Frame, tungstenite::Error>>),
+    Outbound(Option<Message>),
+    Tick,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// Wraps an established WebSocket (after the handshake). `addr` is the
+    /// remote address for logs and [`Peer::addr`].
+    pub fn new(ws: WebSocketStream<S>, addr: Option<SocketAddr>, config: &Config) -> Self {
+        let (outbox_tx, outbox) = async_channel::unbounded();
+        let peer = Peer {
+            inner: Arc::new(PeerInner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                addr,
+                connected_at: SystemTime::now(),
+                outbox: outbox_tx,
+                capacity: config.outbound_capacity,
+                close_code: AtomicU16::new(0),
+                received: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+            }),
+        };
+        Connection {
+            ws,
+            outbox: Box::pin(outbox),
+            peer,
+            config: config.clone(),
+        }
+    }
+
+    /// The handle other tasks use to send to this peer or close it.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Runs the loop until the connection ends, then shuts the stream down.
+    ///
+    /// `Ok` is a normal end (the peer closed, EOF, a local close, idle
+    /// timeout); `Err` is a failure (I/O error, protocol violation, oversized
+    /// message — the peer was sent the matching close code first).
+    pub async fn run(mut self, handler: impl Handler) -> Result<Ended, Error> {
+        let result = self.serve(&handler).await;
+        // Drop the queue first so senders see the connection as closed.
+        self.outbox.close();
+        // Always release the socket, however the loop ended.
+        let _ = timeout(CLOSE_TIMEOUT, self.ws.get_mut().close()).await;
+        result
+    }
+
+    /// The loop itself. Returns only when the connection is over.
+    async fn serve(&mut self, handler: &impl Handler) -> Result<Ended, Error> {
+        let heartbeat = self.config.heartbeat;
+        let idle_timeout = self.config.idle_timeout();
+        let mut last_seen = Instant::now();
+        let mut next_ping = last_seen + heartbeat;
+        // One timer for both deadlines; it is re-armed only when it fires, so
+        // busy connections cost no timer syscalls per message.
+        let mut timer = Timer::at(next_ping.min(last_seen + idle_timeout));
+        let mut outbound_first = false;
+
+        loop {
+            // Alternate which source is polled first so neither can starve
+            // the other.
+            outbound_first = !outbound_first;
+            match self.next_event(&mut timer, outbound_first).await {
+                Event::Inbound(Some(Ok(frame))) => {
+                    last_seen = Instant::now();
+                    if let Frame::Close(frame) = frame {
+                        // tungstenite has queued our Close reply; keep reading
+                        // so it is flushed, until the stream reports the end.
+                        log::debug!("peer {} sent close {:?}", self.peer.id(), frame);
+                        let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                        self.drain().await;
+                        return Ok(Ended::PeerClosed(close));
+                    }
+                    self.on_frame(frame, handler).await?;
+                }
+                Event::Inbound(Some(Err(err))) => return Err(self.fail(err).await),
+                Event::Inbound(None) => return Ok(Ended::Eof),
+                Event::Outbound(Some(message)) => self.send(&message).await?,
+                Event::Outbound(None) => {
+                    // Every message queued before Peer::close has been sent.
+                    let code = self.peer.close_code();
+                    self.close(code, "").await;
+                    return Ok(Ended::Closed(code));
+                }
+                Event::Tick => {
+                    let now = Instant::now();
+                    if now >= last_seen + idle_timeout {
+                        log::debug!("peer {} silent for {:?}", self.peer.id(), idle_timeout);
+                        self.close(CLOSE_GOING_AWAY, "idle timeout").await;
+                        return Ok(Ended::IdleTimeout);
+                    }
+                    if now >= next_ping {
+                        self.send_frame(Frame::Ping(Default::default())).await?;
+                        next_ping = now + heartbeat;
+                    }
+                    timer.set_at(next_ping.min(last_seen + idle_timeout));
+                }
+            }
+        }
+    }
+
+    /// Waits for the first of: the heartbeat timer, an outbound message, an
+    /// inbound frame. Each source keeps its own waker registration between
+    /// calls, so nothing is allocated per turn.
+    async fn next_event(&mut self, timer: &mut Timer, outbound_first: bool) -> Event {
+        future::poll_fn(|cx| {
+            if Pin::new(&mut *timer).poll(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+            for turn in [outbound_first, !outbound_first] {
+                let ready = if turn {
+                    self.outbox.as_mut().poll_next(cx).map(Event::Outbound)
+                } else {
+                    Pin::new(&mut self.ws).poll_next(cx).map(Event::Inbound)
+                };
+                if ready.is_ready() {
+                    return ready;
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Handles one data or control frame from the peer.
+    async fn on_frame(&mut self, frame: Frame, handler: &impl Handler) -> Result<(), Error> {
+        // Text and binary frames carry the same JSON; pings are answered by
+        // tungstenite on the next read; pongs only prove the peer is alive.
+        let decoded = match &frame {
+            Frame::Text(text) => codec::decode(text.as_bytes()),
+            Frame::Binary(bytes) => codec::decode(bytes),
+            _ => return Ok(()),
+        };
+        self.peer.inner.received.fetch_add(1, Ordering::Relaxed);
+        let reply = match decoded {
+            Ok(message) => {
+                log::trace!("peer {} -> {:?}", self.peer.id(), message);
+                handler.on_message(&self.peer, message).await
+            }
+            Err(err) => {
+                // A malformed message is answered, not fatal: the peer learns
+                // what was wrong and the connection lives on.
+                log::debug!("peer {} sent a malformed message: {err}", self.peer.id());
+                Some(Message::error_reply(
+                    err.request_id.unwrap_or(0),
+                    err.to_string(),
+                ))
+            }
+        };
+        match reply {
+            Some(reply) => self.send(&reply).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes and sends one message.
+    async fn send(&mut self, message: &Message) -> Result<(), Error> {
+        log::trace!("peer {} <- {:?}", self.peer.id(), message);
+        self.send_frame(Frame::text(codec::encode(message))).await?;
+        self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends one frame and flushes it. A peer that does not take it within
+    /// the idle timeout is treated as gone: a stuck write must not stall the
+    /// loop forever.
+    async fn send_frame(&mut self, frame: Frame) -> Result<(), Error> {
+        match timeout(self.config.idle_timeout(), self.ws.send(frame)).await {
+            Some(result) => result.map_err(Error::from),
+            None => Err(Error::Timeout("peer did not accept data")),
+        }
+    }
+
+    /// Sends our Close frame and waits (bounded) for the peer's reply.
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let close = async {
+            if self.ws.close(Some(frame)).await.is_ok() {
+                self.drain_unbounded().await;
+            }
+        };
+        let _ = timeout(CLOSE_TIMEOUT, close).await;
+    }
+
+    /// Reads (and discards) until the stream ends, at most [`CLOSE_TIMEOUT`].
+    async fn drain(&mut self) {
+        let _ = timeout(CLOSE_TIMEOUT, self.drain_unbounded()).await;
+    }
+
+    async fn drain_unbounded(&mut self) {
+        while let Some(Ok(_)) = self.ws.next().await {}
+    }
+
+    /// Turns a read error into the close code the peer deserves, sends it
+    /// when the socket still works, and returns the error for the caller.
+    async fn fail(&mut self, err: tungstenite::Error) -> Error {
+        use tungstenite::error::{CapacityError, Error as E};
+        let code = match &err {
+            E::Capacity(CapacityError::MessageTooLong { .. }) => Some(CLOSE_TOO_BIG),
+            E::Capacity(_) => Some(CLOSE_TOO_BIG),
+            E::Utf8(_) => Some(CLOSE_INVALID_DATA),
+            E::Protocol(_) => Some(CLOSE_PROTOCOL_ERROR),
+            _ => None,
+        };
+        if let Some(code) = code {
+            let reason = match code {
+                CLOSE_TOO_BIG => "message too big",
+                CLOSE_INVALID_DATA => "invalid UTF-8",
+                _ => "protocol error",
+            };
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            // Best effort: the stream has already reported an error.
+            let _ = timeout(CLOSE_TIMEOUT, self.ws.send(Frame::Close(Some(frame)))).await;
+        }
+        match err {
+            E::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer vanished mid-frame",
+            )),
+            other => other.into(),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The registry of live connections on a server: list them, push to one,
+//! broadcast to all, close them all at shutdown.
+//!
+//! The hub alone owns the list. Its lock is a plain mutex held only to copy
+//! or change the map, never across an `.await`, and every push is a
+//! non-blocking [`Peer::send`], so one stuck client cannot stall the others.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::{Message, Peer, SendError, CLOSE_POLICY};
+
+/// Live connections of one server, by [`Peer::id`].
+#[derive(Debug, Default)]
+pub struct Hub {
+    peers: Mutex<HashMap<u64, Peer>>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Hub::default()
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// A snapshot of the live connections, oldest first.
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self.lock().values().cloned().collect();
+        peers.sort_by_key(Peer::id);
+        peers
+    }
+
+    /// The live connection with this id, if any.
+    pub fn get(&self, id: u64) -> Option<Peer> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Queues `message` for every live connection; returns how many took it.
+    ///
+    /// A peer whose queue is full is too slow to keep up: it is closed with
+    /// [`CLOSE_POLICY`] (1008) rather than allowed to hold memory or the
+    /// broadcast back.
+    pub fn broadcast(&self, message: &Message) -> usize {
+        let mut queued = 0;
+        for peer in self.peers() {
+            match peer.send(message.clone()) {
+                Ok(()) => queued += 1,
+                Err(SendError::Full(_)) => {
+                    log::warn!(
+                        "client {} too slow (outbound queue full); closing",
+                        peer.id()
+                    );
+                    peer.close(CLOSE_POLICY);
+                }
+                Err(SendError::Closed(_)) => {}
+            }
+        }
+        queued
+    }
+
+    /// Asks every live connection to close with `code`.
+    pub fn close_all(&self, code: u16) {
+        for peer in self.peers() {
+            peer.close(code);
+        }
+    }
+
+    /// Adds a connection; the server calls this once per upgrade.
+    pub(crate) fn insert(&self, peer: Peer) {
+        self.lock().insert(peer.id(), peer);
+    }
+
+    /// Removes a connection; true the one time it was present.
+    pub(crate) fn remove(&self, id: u64) -> bool {
+        self.lock().remove(&id).is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Peer>> {
+        // A panic elsewhere while holding the lock cannot leave the map
+        // half-updated (every operation is a single insert/remove/copy).
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

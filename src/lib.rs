@@ -1,0 +1,78 @@
+//! # wsloop — persistent WebSocket messaging
+//!
+//! A classic bug: a WebSocket handler that returns after one message closes
+//! the connection, and the peer's next read fails with EOF. The fix is the
+//! *persistent loop*: one task per connection that keeps receiving and
+//! sending until the peer closes. wsloop is that loop, plus a server and a
+//! client around it, speaking the JSON protocol of the original Go program.
+//!
+//! ```text
+//!                        one task per connection (Connection::run)
+//!                  ┌──────────────────────────────────────────────────┐
+//!  peer ──frames──▶│ inbound frame ─▶ decode ─▶ Handler ─▶ reply ─────┼──▶ peer
+//!                  │                                                  │
+//!  any task ──────▶│ Peer::send ─▶ outbound queue ─▶ encode ──────────┼──▶ peer
+//!                  │                                                  │
+//!                  │ heartbeat timer ─▶ ping quiet peer / drop silent │
+//!                  │                                                  │
+//!                  │ ends on: Close frame · EOF · Peer::close ·       │
+//!                  │          idle timeout · socket error             │
+//!                  │ then: TCP shutdown (the Go `defer ws.Close()`)   │
+//!                  └──────────────────────────────────────────────────┘
+//! ```
+//!
+//! The layers, one file each, data flowing top to bottom:
+//!
+//! - [`message`](Message) — the wire format; `codec` — JSON to and from it.
+//! - [`Connection`] — the loop above, generic over any `futures-io` stream.
+//! - `http` — request heads, static files and the built-in page.
+//! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly.
+//! - [`client`] — dial `ws://ADDR/server` and run the seed client's loop.
+//!
+//! Embedding a server in a smol application takes a few lines; the handler
+//! is any closure from a request to an optional reply:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use wsloop::{Config, Message, Peer, Server};
+//!
+//! let ex = Arc::new(smol::Executor::new());
+//! smol::block_on(ex.run(async {
+//!     let server = Server::bind("127.0.0.1:8080", Config::default()).await?;
+//!     let handler = |_: &Peer, request: Message| Some(request.seed_reply());
+//!     server.run(&ex, handler, std::future::pending()).await
+//! }))?;
+//! # Ok::<(), wsloop::Error>(())
+//! ```
+//!
+//! Nothing is spawned behind your back: functions that spawn tasks take your
+//! executor, and the core ([`Connection`]) is a plain future you can run on
+//! any executor.
+#![warn(missing_docs)]
+
+pub mod client;
+mod codec;
+mod config;
+mod connection;
+mod error;
+pub mod http;
+mod hub;
+mod message;
+pub mod server;
+mod time;
+
+pub use codec::{decode, encode, DecodeError};
+pub use config::*;
+pub use connection::{
+    Connection, Ended, Handler, Peer, SendError, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
+    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+};
+pub use error::Error;
+pub use hub::Hub;
+pub use message::Message;
+pub use server::Server;
+pub use time::{parse_duration, timeout};
+
+/// The WebSocket protocol crate wsloop is built on, for callers that need
+/// its types (for example to build a [`Connection`] from their own stream).
+pub use async_tungstenite;

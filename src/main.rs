@@ -1,0 +1,169 @@
+//! The `wsloop` binary: `wsloop server` and `wsloop client`.
+//!
+//! ```text
+//! cargo run --release -- server                 # http://127.0.0.1:8080/
+//! cargo run --release -- client --count 3       # three requests, then exit
+//! ```
+//!
+//! The library does the work; this file only parses options, decides how
+//! logs are printed, owns the executor threads and turns results into exit
+//! codes.
+
+mod cli;
+
+use std::process::ExitCode;
+use std::thread;
+
+use futures_lite::StreamExt;
+use smol::Executor;
+use wsloop::client::{self, ClientOptions, Event};
+use wsloop::http::StaticFiles;
+use wsloop::{encode, Config, Error, Message, Peer, Server};
+
+use cli::{Command, Verbosity};
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("wsloop: {err}\n(see wsloop --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Server {
+            address,
+            www,
+            config,
+            verbosity,
+        } => {
+            init_logging(verbosity);
+            run_server(&address, www, config).map_err(|e| e.to_string())
+        }
+        Command::Client { options, verbosity } => {
+            init_logging(verbosity);
+            run_client(&options, verbosity)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wsloop: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, with one executor thread per core.
+fn run_server(address: &str, www: Option<std::path::PathBuf>, config: Config) -> Result<(), Error> {
+    let files = match www {
+        Some(dir) => StaticFiles::from_dir(&dir)
+            .map_err(|e| Error::Config(format!("--www {}: {e}", dir.display())))?,
+        None => StaticFiles::builtin(),
+    };
+    let ex = Executor::new();
+    with_threads(&ex, async {
+        let server = Server::bind(address, config)
+            .await?
+            .with_static_files(files);
+        println!(
+            "wsloop server on http://{}/ (WebSocket at /server)",
+            server.local_addr()?
+        );
+        // The seed's reply, for every request on every connection.
+        let handler = |_: &Peer, request: Message| Some(request.seed_reply());
+        server.run(&ex, handler, shutdown_signal()).await
+    })
+}
+
+/// Runs the seed client; fails unless every reply matched when `--count`
+/// or `--stdin` bounds the run.
+fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), String> {
+    let ex = Executor::new();
+    let summary = with_threads(&ex, async {
+        client::run(&ex, options, |event| match event {
+            Event::Connected(addr) if verbosity != Verbosity::Quiet => {
+                println!("Connected to ws://{addr}/server")
+            }
+            Event::Sent(request) if verbosity != Verbosity::Quiet => {
+                println!("Sending request: {}", encode(request))
+            }
+            Event::Received(reply) => println!("Received from server: {}", encode(reply)),
+            _ => {}
+        })
+        .await
+    })
+    .map_err(|e| format!("client failed: {e}"))?;
+    if summary.all_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} replies did not answer a request with success",
+            summary.received - summary.matched,
+            summary.received
+        ))
+    }
+}
+
+/// Runs `main` on `ex` with the calling thread plus one helper thread per
+/// extra core, so connection tasks use every core.
+fn with_threads<T: Send>(
+    ex: &Executor<'_>,
+    main: impl std::future::Future<Output = T> + Send,
+) -> T {
+    let extra = thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let (stop, stopped) = async_channel::bounded::<()>(1);
+    thread::scope(|scope| {
+        for _ in 0..extra {
+            let stopped = stopped.clone();
+            scope.spawn(move || smol::block_on(ex.run(stopped.recv())));
+        }
+        let result = smol::block_on(ex.run(main));
+        drop(stop);
+        result
+    })
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use async_signal::{Signal, Signals};
+    match Signals::new([Signal::Int, Signal::Term]) {
+        Ok(mut signals) => {
+            if let Some(Ok(signal)) = signals.next().await {
+                log::info!("received {signal:?}; shutting down");
+            }
+        }
+        Err(err) => {
+            log::warn!("cannot watch for signals ({err}); stop me with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// Prints library log lines to stderr as `wsloop: LEVEL message`.
+fn init_logging(verbosity: Verbosity) {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if record.target().starts_with("wsloop") {
+                eprintln!("wsloop: {:<5} {}", record.level(), record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let level = match verbosity {
+        Verbosity::Quiet => log::LevelFilter::Warn,
+        Verbosity::Normal => log::LevelFilter::Info,
+        Verbosity::Verbose => log::LevelFilter::Trace,
+    };
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(level);
+    }
+}

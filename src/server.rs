@@ -1,0 +1,289 @@
+//! The server: one TCP port that serves static files at `/` and upgrades to
+//! the persistent WebSocket loop at `/server`.
+//!
+//! Each accepted TCP connection becomes one task on the caller's executor.
+//! That task reads one HTTP request head (bounded in size and time), then
+//! either answers it as plain HTTP and closes, or completes the WebSocket
+//! handshake and runs [`Connection::run`] until the peer leaves.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use wsloop::{Config, Message, Peer, Server};
+//! let ex = smol::Executor::new();
+//! smol::block_on(ex.run(async {
+//!     let server = Server::bind("127.0.0.1:8080", Config::default()).await?;
+//!     server.run(&ex, |_: &Peer, m: Message| Some(m.seed_reply()), std::future::pending()).await
+//! }))?;
+//! # Ok::<(), wsloop::Error>(())
+//! ```
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_channel::Sender;
+use async_io::{Async, Timer};
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::WebSocketStream;
+use futures_lite::{future, AsyncWriteExt};
+use smol::Executor;
+
+use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+use crate::http::{read_request_head, write_error, HeadError, Request, StaticFiles};
+use crate::time::timeout;
+use crate::{Config, Connection, Error, Handler, Hub, CLOSE_GOING_AWAY};
+
+/// The path of the WebSocket endpoint, as in the original program.
+pub const WEBSOCKET_PATH: &str = "/server";
+
+/// How long shutdown waits for connections to finish their close handshake.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Pause after a failed `accept` (for example out of file descriptors), so
+/// the accept loop does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A bound listening socket with its settings, ready to [`run`](Server::run).
+pub struct Server {
+    listener: Async<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+/// What every connection task of one server reads.
+struct Shared {
+    config: Config,
+    files: StaticFiles,
+    hub: Arc<Hub>,
+}
+
+impl Server {
+    /// Binds `address` (for example `127.0.0.1:8080`; port 0 picks a free
+    /// port) after checking `config`. Serves the built-in page at `/` until
+    /// [`with_static_files`](Self::with_static_files) says otherwise.
+    pub async fn bind(address: &str, config: Config) -> Result<Server, Error> {
+        config.validate()?;
+        let addr = resolve(address)?;
+        let listener = Async::<TcpListener>::bind(addr)?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                files: StaticFiles::builtin(),
+                hub: Arc::new(Hub::new()),
+            }),
+        })
+    }
+
+    /// Serves `files` at `/` instead of the built-in page.
+    pub fn with_static_files(mut self, files: StaticFiles) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.files = files;
+        }
+        self
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.listener.get_ref().local_addr()?)
+    }
+
+    /// The registry of live WebSocket connections, for pushing and listing.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.shared.hub.clone()
+    }
+
+    /// Accepts connections until `shutdown` completes, spawning one task per
+    /// connection on `ex`. Then it stops accepting, sends Close 1001 to every
+    /// peer and waits up to [`SHUTDOWN_GRACE`] for them to finish.
+    pub async fn run<H: Handler>(
+        self,
+        ex: &Executor<'_>,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let handler = Arc::new(handler);
+        // Every connection task holds a clone of `alive`; when the last one
+        // is dropped, `all_done` reports the channel closed.
+        let (alive, all_done) = async_channel::bounded::<()>(1);
+        log::info!("listening on {}", self.local_addr()?);
+
+        let accept = async {
+            loop {
+                match self.listener.accept().await {
+                    Ok((stream, addr)) => {
+                        let task = serve(
+                            stream,
+                            addr,
+                            self.shared.clone(),
+                            handler.clone(),
+                            alive.clone(),
+                        );
+                        ex.spawn(task).detach();
+                    }
+                    Err(err) => {
+                        log::warn!("accept failed: {err}");
+                        Timer::after(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                }
+            }
+        };
+        future::or(accept, shutdown).await;
+
+        // Stop accepting, then ask every live connection to go away.
+        drop(self.listener);
+        let hub = &self.shared.hub;
+        log::info!("shutting down: closing {} connection(s)", hub.len());
+        hub.close_all(CLOSE_GOING_AWAY);
+        drop(alive);
+        let _ = timeout(SHUTDOWN_GRACE, all_done.recv()).await;
+        Ok(())
+    }
+}
+
+/// Resolves `host:port` to the first address it names.
+fn resolve(address: &str) -> Result<SocketAddr, Error> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
+}
+
+/// One TCP connection, from its first byte to its close. `_alive` marks the
+/// task as running for the shutdown wait.
+async fn serve<H: Handler>(
+    mut stream: Async<TcpStream>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    _alive: Sender<()>,
+) {
+    // The handshake's buffers live in this boxed future only until it ends,
+    // so the long-lived connection future below stays small.
+    let leftover = match Box::pin(handshake(&mut stream, addr, &shared)).await {
+        Some(leftover) => leftover,
+        None => return,
+    };
+    let config = &shared.config;
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(config.websocket()),
+    )
+    .await;
+    let conn = Connection::new(ws, Some(addr), config);
+    let id = conn.peer().id();
+    shared.hub.insert(conn.peer().clone());
+    log::info!("client {id} connected from {addr}");
+
+    match conn.run(handler).await {
+        Ok(ended) => log::info!("client {id} disconnected: {ended}"),
+        Err(err) => log::warn!("client {id} dropped: {err}"),
+    }
+    shared.hub.remove(id);
+}
+
+/// Reads the request head and answers it. Returns the bytes read past the
+/// head when the connection was upgraded to WebSocket, `None` when it was
+/// answered as plain HTTP (or the peer failed) and should be closed.
+async fn handshake(
+    stream: &mut Async<TcpStream>,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Option<Vec<u8>> {
+    let head = timeout(
+        shared.config.handshake_timeout,
+        read_request_head(stream, MAX_REQUEST_HEAD_SIZE),
+    )
+    .await;
+    let (request, leftover) = match head {
+        Some(Ok(parsed)) => parsed,
+        Some(Err(HeadError::TooLarge)) => {
+            return refuse(stream, 431, "request head too large").await;
+        }
+        Some(Err(HeadError::Malformed(why))) => {
+            log::debug!("{addr}: bad request: {why}");
+            return refuse(stream, 400, &format!("bad request: {why}")).await;
+        }
+        Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
+        None => {
+            log::debug!("{addr}: no request head within the handshake timeout");
+            return refuse(stream, 408, "request timeout").await;
+        }
+    };
+
+    if request.wants_upgrade() {
+        return upgrade(stream, &request).await.map(|()| leftover);
+    }
+    let answer = match request.method.as_str() {
+        _ if request.path() == WEBSOCKET_PATH => {
+            refuse(stream, 426, "this endpoint speaks WebSocket only").await
+        }
+        "GET" | "HEAD" => {
+            match shared.files.serve(&request, stream).await {
+                Ok(status) => log::debug!("{addr}: {} {} {status}", request.method, request.target),
+                Err(err) => log::debug!("{addr}: {} failed: {err}", request.target),
+            }
+            let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
+            None
+        }
+        _ => refuse(stream, 405, "only GET and HEAD are supported").await,
+    };
+    answer
+}
+
+/// Validates a WebSocket upgrade request and, when it is good, writes the
+/// 101 response. `None` when it was refused (the refusal is already sent).
+async fn upgrade(stream: &mut Async<TcpStream>, request: &Request) -> Option<()> {
+    if request.path() != WEBSOCKET_PATH {
+        return refuse(stream, 404, "no WebSocket endpoint here; use /server").await;
+    }
+    if request.method != "GET" {
+        return refuse(stream, 405, "a WebSocket upgrade must be a GET").await;
+    }
+    if !request.is_websocket_upgrade() {
+        return refuse(
+            stream,
+            400,
+            "expected Upgrade: websocket and Connection: Upgrade",
+        )
+        .await;
+    }
+    if request.header("Sec-WebSocket-Version") != Some("13") {
+        return refuse(stream, 426, "unsupported WebSocket version; use 13").await;
+    }
+    let key = match request.header("Sec-WebSocket-Key") {
+        Some(key) if key.len() == 24 => key,
+        _ => return refuse(stream, 400, "missing or invalid Sec-WebSocket-Key").await,
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    let written = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.flush().await
+    };
+    match timeout(CLOSE_TIMEOUT, written).await {
+        Some(Ok(())) => Some(()),
+        _ => None,
+    }
+}
+
+/// Answers with an error status and a one-line reason, then closes. Always
+/// `None`, so callers can `return refuse(..).await`.
+async fn refuse<T>(stream: &mut Async<TcpStream>, status: u16, why: &str) -> Option<T> {
+    let answer = async {
+        write_error(stream, status, why).await?;
+        stream.close().await
+    };
+    // A peer that does not read its answer is not waited for.
+    let _ = timeout(CLOSE_TIMEOUT, answer).await;
+    None
+}

@@ -1,0 +1,84 @@
+//! Time helpers shared by the server, the client and the CLI: a deadline for
+//! any future, and parsing of human-written durations (`2`, `0.2`, `200ms`, `30s`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_io::Timer;
+use futures_lite::future;
+
+/// Runs `fut` to completion unless `limit` passes first (then `None`).
+///
+/// The timer is only registered if `fut` does not finish on its first poll,
+/// so the common fast path costs no timer syscalls.
+pub async fn timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    if let Some(out) = future::poll_once(fut.as_mut()).await {
+        return Some(out);
+    }
+    future::or(async { Some(fut.await) }, async {
+        Timer::after(limit).await;
+        None
+    })
+    .await
+}
+
+/// Parses a duration: a plain number is seconds (fractions allowed); the
+/// suffixes `ms`, `s`, `m` and `h` are understood.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(wsloop::parse_duration("0.2"), Ok(Duration::from_millis(200)));
+/// assert_eq!(wsloop::parse_duration("200ms"), Ok(Duration::from_millis(200)));
+/// assert_eq!(wsloop::parse_duration("30s"), Ok(Duration::from_secs(30)));
+/// assert!(wsloop::parse_duration("-1").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_secs) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (try 2, 0.5, 200ms or 30s)"))?;
+    let secs = value * unit_secs;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration {text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_fractions() {
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("NaN").is_err());
+        assert!(parse_duration("inf").is_err());
+    }
+
+    #[test]
+    fn timeout_expires_and_passes_through() {
+        smol::block_on(async {
+            assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Some(7));
+            let never = future::pending::<()>();
+            assert_eq!(timeout(Duration::from_millis(20), never).await, None);
+        });
+    }
+}
