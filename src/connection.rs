@@ -349,14 +349,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Event::Outbound(None) => {
                     // Every message queued before Peer::close has been sent.
                     let code = self.peer.close_code();
-                    self.close(code, "").await;
+                    self.close(code, "", true).await;
                     return Ok(Ended::Closed(code));
                 }
                 Event::Tick => {
                     let now = Instant::now();
                     if now >= last_seen + idle_timeout {
                         log::debug!("peer {} silent for {:?}", self.peer.id(), idle_timeout);
-                        self.close(CLOSE_GOING_AWAY, "idle timeout").await;
+                        // A silent peer will not answer our Close either:
+                        // send it, but do not wait for a reply.
+                        self.close(CLOSE_GOING_AWAY, "idle timeout", false).await;
                         return Ok(Ended::IdleTimeout);
                     }
                     if now >= next_ping {
@@ -441,14 +443,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    /// Sends our Close frame and waits (bounded) for the peer's reply.
-    async fn close(&mut self, code: u16, reason: &str) {
+    /// Sends our Close frame and, if `await_reply`, waits (bounded) for the
+    /// peer's Close in return.
+    async fn close(&mut self, code: u16, reason: &str, await_reply: bool) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
         let close = async {
-            if self.ws.close(Some(frame)).await.is_ok() {
+            if self.ws.close(Some(frame)).await.is_ok() && await_reply {
                 self.drain_unbounded().await;
             }
         };
