@@ -343,6 +343,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                     self.on_frame(frame, handler).await?;
                 }
+                Event::Inbound(Some(Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )))) => {
+                    // The peer closed TCP between frames without a Close:
+                    // abrupt, but a normal end (the Go client does this).
+                    return Ok(Ended::Eof);
+                }
                 Event::Inbound(Some(Err(err))) => return Err(self.fail(err).await),
                 Event::Inbound(None) => return Ok(Ended::Eof),
                 Event::Outbound(Some(message)) => self.send(&message).await?,
