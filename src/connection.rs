@@ -74,6 +74,38 @@ pub trait Handler: Send + Sync + 'static {
         peer: &Peer,
         message: Message,
     ) -> impl Future<Output = Option<Message>> + Send;
+
+    /// Handles one raw data frame (text or binary); `Some(frame)` is sent
+    /// back. The default decodes the JSON message, calls
+    /// [`on_message`](Handler::on_message) and encodes its reply; a
+    /// malformed message gets an error reply (with the fault's position) and
+    /// the connection lives on. Override it only to speak something other
+    /// than the JSON protocol (the echo example does).
+    fn on_frame(&self, peer: &Peer, frame: Frame) -> impl Future<Output = Option<Frame>> + Send {
+        async move {
+            // Text and binary frames carry the same JSON.
+            let decoded = match &frame {
+                Frame::Text(text) => codec::decode(text.as_bytes()),
+                Frame::Binary(bytes) => codec::decode(bytes),
+                _ => return None,
+            };
+            let reply = match decoded {
+                Ok(message) => {
+                    log::trace!("peer {} -> {:?}", peer.id(), message);
+                    self.on_message(peer, message).await
+                }
+                Err(err) => {
+                    log::debug!("peer {} sent a malformed message: {err}", peer.id());
+                    let id = err.request_id.unwrap_or(0);
+                    Some(Message::error_reply(id, err.to_string()))
+                }
+            };
+            reply.map(|reply| {
+                log::trace!("peer {} <- {:?}", peer.id(), reply);
+                Frame::text(codec::encode(&reply))
+            })
+        }
+    }
 }
 
 impl<F> Handler for F
@@ -104,6 +136,10 @@ impl<H: Handler> Handler for Arc<H> {
         message: Message,
     ) -> impl Future<Output = Option<Message>> + Send {
         (**self).on_message(peer, message)
+    }
+
+    fn on_frame(&self, peer: &Peer, frame: Frame) -> impl Future<Output = Option<Frame>> + Send {
+        (**self).on_frame(peer, frame)
     }
 }
 
@@ -403,31 +439,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Handles one data or control frame from the peer.
     async fn on_frame(&mut self, frame: Frame, handler: &impl Handler) -> Result<(), Error> {
-        // Text and binary frames carry the same JSON; pings are answered by
-        // tungstenite on the next read; pongs only prove the peer is alive.
-        let decoded = match &frame {
-            Frame::Text(text) => codec::decode(text.as_bytes()),
-            Frame::Binary(bytes) => codec::decode(bytes),
-            _ => return Ok(()),
-        };
+        // Pings are answered by tungstenite on the next read; pongs only
+        // prove the peer is alive.
+        if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+            return Ok(());
+        }
         self.peer.inner.received.fetch_add(1, Ordering::Relaxed);
-        let reply = match decoded {
-            Ok(message) => {
-                log::trace!("peer {} -> {:?}", self.peer.id(), message);
-                handler.on_message(&self.peer, message).await
+        match handler.on_frame(&self.peer, frame).await {
+            Some(reply) => {
+                self.send_frame(reply).await?;
+                self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
-            Err(err) => {
-                // A malformed message is answered, not fatal: the peer learns
-                // what was wrong and the connection lives on.
-                log::debug!("peer {} sent a malformed message: {err}", self.peer.id());
-                Some(Message::error_reply(
-                    err.request_id.unwrap_or(0),
-                    err.to_string(),
-                ))
-            }
-        };
-        match reply {
-            Some(reply) => self.send(&reply).await,
             None => Ok(()),
         }
     }

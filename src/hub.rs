@@ -6,6 +6,7 @@
 //! non-blocking [`Peer::send`], so one stuck client cannot stall the others.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::{Message, Peer, SendError, CLOSE_POLICY};
@@ -14,6 +15,20 @@ use crate::{Message, Peer, SendError, CLOSE_POLICY};
 #[derive(Debug, Default)]
 pub struct Hub {
     peers: Mutex<HashMap<u64, Peer>>,
+    /// Messages received from and sent to connections that have left.
+    departed_received: AtomicU64,
+    departed_sent: AtomicU64,
+}
+
+/// Totals over a hub's lifetime, for `/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Live connections.
+    pub clients: usize,
+    /// Messages received from clients, live and departed.
+    pub received: u64,
+    /// Messages sent to clients, live and departed.
+    pub sent: u64,
 }
 
 impl Hub {
@@ -74,6 +89,21 @@ impl Hub {
         }
     }
 
+    /// Live connections and message totals since the hub was created.
+    pub fn stats(&self) -> HubStats {
+        let peers = self.lock();
+        let mut stats = HubStats {
+            clients: peers.len(),
+            received: self.departed_received.load(Ordering::Relaxed),
+            sent: self.departed_sent.load(Ordering::Relaxed),
+        };
+        for peer in peers.values() {
+            stats.received += peer.received();
+            stats.sent += peer.sent();
+        }
+        stats
+    }
+
     /// Adds a connection; the server calls this once per upgrade.
     pub(crate) fn insert(&self, peer: Peer) {
         self.lock().insert(peer.id(), peer);
@@ -81,7 +111,14 @@ impl Hub {
 
     /// Removes a connection; true the one time it was present.
     pub(crate) fn remove(&self, id: u64) -> bool {
-        self.lock().remove(&id).is_some()
+        let removed = self.lock().remove(&id);
+        // Keep its counts in the totals.
+        if let Some(peer) = &removed {
+            self.departed_received
+                .fetch_add(peer.received(), Ordering::Relaxed);
+            self.departed_sent.fetch_add(peer.sent(), Ordering::Relaxed);
+        }
+        removed.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Peer>> {

@@ -68,10 +68,14 @@ pub use connection::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
-pub use hub::Hub;
+pub use hub::{Hub, HubStats};
 pub use message::Message;
 pub use server::Server;
 pub use time::{parse_duration, timeout};
+
+/// One WebSocket frame (tungstenite's message type), as seen by
+/// [`Handler::on_frame`].
+pub use async_tungstenite::tungstenite::Message as Frame;
 
 /// The WebSocket protocol crate wsloop is built on, for callers that need
 /// its types (for example to build a [`Connection`] from their own stream).

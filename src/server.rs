@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_channel::Sender;
 use async_io::{Async, Timer};
@@ -31,12 +31,18 @@ use futures_lite::{future, AsyncWriteExt};
 use smol::Executor;
 
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
-use crate::http::{read_request_head, write_error, HeadError, Request, StaticFiles};
+use crate::http::{
+    read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
+};
 use crate::time::timeout;
 use crate::{Config, Connection, Error, Handler, Hub, CLOSE_GOING_AWAY};
 
 /// The path of the WebSocket endpoint, as in the original program.
 pub const WEBSOCKET_PATH: &str = "/server";
+
+/// The path of the JSON status document (live clients, message totals,
+/// uptime) that the browser console polls.
+pub const STATS_PATH: &str = "/stats";
 
 /// How long shutdown waits for connections to finish their close handshake.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -56,6 +62,9 @@ struct Shared {
     config: Config,
     files: StaticFiles,
     hub: Arc<Hub>,
+    /// Where upgrades are accepted; `None` means at any path.
+    endpoint: Option<String>,
+    started: Instant,
 }
 
 impl Server {
@@ -72,6 +81,8 @@ impl Server {
                 config,
                 files: StaticFiles::builtin(),
                 hub: Arc::new(Hub::new()),
+                endpoint: Some(WEBSOCKET_PATH.to_string()),
+                started: Instant::now(),
             }),
         })
     }
@@ -80,6 +91,15 @@ impl Server {
     pub fn with_static_files(mut self, files: StaticFiles) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.files = files;
+        }
+        self
+    }
+
+    /// Accepts WebSocket upgrades at `path` instead of [`WEBSOCKET_PATH`];
+    /// `None` accepts them at any path (the echo example uses this).
+    pub fn with_websocket_path(mut self, path: Option<&str>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.endpoint = path.map(str::to_string);
         }
         self
     }
@@ -139,6 +159,27 @@ impl Server {
         drop(alive);
         let _ = timeout(SHUTDOWN_GRACE, all_done.recv()).await;
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Whether `path` is where WebSocket upgrades are accepted.
+    fn is_endpoint(&self, path: &str) -> bool {
+        self.endpoint
+            .as_deref()
+            .is_none_or(|endpoint| endpoint == path)
+    }
+
+    /// The `/stats` document: live clients, message totals, uptime.
+    fn stats_json(&self) -> String {
+        let stats = self.hub.stats();
+        format!(
+            "{{\"clients\":{},\"received\":{},\"sent\":{},\"uptime_secs\":{}}}",
+            stats.clients,
+            stats.received,
+            stats.sent,
+            self.started.elapsed().as_secs()
+        )
     }
 }
 
@@ -216,11 +257,22 @@ async fn handshake(
     };
 
     if request.wants_upgrade() {
-        return upgrade(stream, &request).await.map(|()| leftover);
+        return upgrade(stream, &request, shared).await.map(|()| leftover);
     }
     let answer = match request.method.as_str() {
-        _ if request.path() == WEBSOCKET_PATH => {
+        _ if shared.is_endpoint(request.path()) => {
             refuse(stream, 426, "this endpoint speaks WebSocket only").await
+        }
+        "GET" | "HEAD" if request.path() == STATS_PATH => {
+            let body = shared.stats_json();
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("Cache-Control", "no-store"),
+            ];
+            let head_only = request.method == "HEAD";
+            let _ = write_response(stream, 200, &headers, body.as_bytes(), head_only).await;
+            let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
+            None
         }
         "GET" | "HEAD" => {
             match shared.files.serve(&request, stream).await {
@@ -237,8 +289,8 @@ async fn handshake(
 
 /// Validates a WebSocket upgrade request and, when it is good, writes the
 /// 101 response. `None` when it was refused (the refusal is already sent).
-async fn upgrade(stream: &mut Async<TcpStream>, request: &Request) -> Option<()> {
-    if request.path() != WEBSOCKET_PATH {
+async fn upgrade(stream: &mut Async<TcpStream>, request: &Request, shared: &Shared) -> Option<()> {
+    if !shared.is_endpoint(request.path()) {
         return refuse(stream, 404, "no WebSocket endpoint here; use /server").await;
     }
     if request.method != "GET" {
