@@ -38,11 +38,23 @@ COMMON OPTIONS:
 SERVER OPTIONS:
     --www DIR              serve files from DIR at / [default: a built-in page]
     --queue N              pushed messages that may wait per client [default: 64]
+    --console              read commands from stdin and push each to every
+                           client, printing their replies
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
     --count N              stop after N replies; exit 0 only if all matched
     --stdin                send one request per input line instead of on a timer
+    --request-timeout DURATION
+                           fail a request with no reply after this [default: 10s]
+    --no-reconnect         exit when the connection drops instead of reconnecting
+    --reconnect-delay DURATION
+                           first wait before reconnecting; doubles per attempt,
+                           with jitter [default: 500ms]
+    --max-reconnect-delay DURATION
+                           longest wait between attempts [default: 30s]
+    --max-attempts N       give up after N failed attempts in a row
+                           [default: never]
 
 DURATIONS are seconds (2, 0.2) or carry a unit (200ms, 30s, 5m).
 ";
@@ -63,6 +75,7 @@ pub enum Command {
         address: String,
         www: Option<PathBuf>,
         config: Config,
+        console: bool,
         verbosity: Verbosity,
     },
     Client {
@@ -84,6 +97,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut config = Config::default();
     let mut verbosity = Verbosity::Normal;
     let mut client = ClientOptions::new(DEFAULT_ADDRESS);
+    let mut console = false;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -99,6 +113,12 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("interval") => client.interval = duration(&mut parser)?,
             Long("count") => client.count = Some(parser.value()?.parse()?),
             Long("stdin") => client.stdin = true,
+            Long("console") => console = true,
+            Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
+            Long("no-reconnect") => client.reconnect.enabled = false,
+            Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
+            Long("max-reconnect-delay") => client.reconnect.max_delay = duration(&mut parser)?,
+            Long("max-attempts") => client.reconnect.max_attempts = Some(parser.value()?.parse()?),
             Short('q') | Long("quiet") => verbosity = Verbosity::Quiet,
             Short('v') | Long("verbose") => verbosity = Verbosity::Verbose,
             Short('h') | Long("help") => return Ok(Command::Help),
@@ -116,6 +136,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             address,
             www,
             config,
+            console,
             verbosity,
         }),
         Some("client") => Ok(Command::Client {

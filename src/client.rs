@@ -1,27 +1,39 @@
-//! The client: dial `ws://ADDR/server` and talk to it the way the original
-//! Go client does.
+//! The client: dial `ws://ADDR/server`, keep the connection up, correlate
+//! requests with replies, and run the original Go client's loop.
 //!
-//! [`connect`] gives a [`Connection`] (the same persistent loop the server
-//! runs). [`run`] is the seed client on top of it: the connection task is
-//! the *reader task* feeding an async-channel, and a select loop races that
-//! channel against a timer (or stdin lines) to send requests and report
-//! replies.
+//! - [`connect`] dials once and gives a [`Connection`] (the same persistent
+//!   loop the server runs), for callers who manage reconnects themselves.
+//! - [`Client`] is the reconnecting client: one supervisor task keeps a
+//!   connection up with exponential backoff and jitter, one [`Session`]
+//!   outlives every connection (so messages queued while disconnected go out
+//!   after the reconnect, and request ids never repeat), and
+//!   [`Client::request`] resolves when the reply with its `requestID` comes.
+//! - [`run`] is the seed client on top of it: a select loop over a timer (or
+//!   stdin lines), the replies coming back, and commands the server pushes.
+//!
+//! Requests in flight when a connection drops fail with
+//! [`RequestError::ConnectionLost`]; they are not re-sent, because the
+//! server may already have executed them. Requests still queued (not yet
+//! written) are sent after the reconnect.
 //!
 //! ```no_run
-//! use wsloop::client::{self, ClientOptions, Event};
+//! use wsloop::client::{Client, ClientOptions};
+//! use wsloop::{Message, Peer};
+//!
 //! let ex = smol::Executor::new();
-//! let options = ClientOptions { count: Some(3), ..ClientOptions::new("127.0.0.1:8080") };
-//! let summary = smol::block_on(ex.run(client::run(&ex, &options, |event| {
-//!     if let Event::Received(reply) = event {
-//!         println!("{reply:?}");
-//!     }
-//! })))?;
-//! assert!(summary.all_ok());
+//! smol::block_on(ex.run(async {
+//!     // Answer whatever the server pushes the way the Go client would.
+//!     let answer = |_: &Peer, pushed: Message| Some(pushed.seed_reply());
+//!     let client = Client::connect(&ex, ClientOptions::new("127.0.0.1:8080"), answer).await?;
+//!     let reply = client.request("Eject the hot dog 1.").await;
+//!     println!("{reply:?}");
+//!     client.close().await
+//! }))?;
 //! # Ok::<(), wsloop::Error>(())
 //! ```
 
-use std::collections::HashSet;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
@@ -29,38 +41,52 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
-use smol::Executor;
+use smol::{Executor, Task};
 
+use crate::session::{PendingReply, RequestError, SendError, Session};
 use crate::time::timeout;
-use crate::{Config, Connection, Ended, Error, Message, CLOSE_NORMAL};
+use crate::{Config, Connection, Ended, Error, Handler, Message, CLOSE_NORMAL};
 
 /// The original client's request interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Inbound messages the reader task may hold before it stops reading and
-/// lets TCP push back on the server.
-const INBOUND_QUEUE: usize = 64;
+/// First wait before reconnecting; doubles per failed attempt.
+pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// Longest wait between reconnect attempts.
+pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Server-pushed commands [`run`] may hold before it stops reading.
+const PUSH_QUEUE: usize = 64;
 
 /// A connection dialled over TCP.
 pub type TcpConnection = Connection<Async<TcpStream>>;
 
-/// Dials `ws://{address}/server` with `Origin: http://{address}/` (as the Go
-/// client does), within the handshake timeout.
+/// Dials `ws://{address}/server` once, with `Origin: http://{address}/` (as
+/// the Go client does), within the handshake timeout.
 pub async fn connect(address: &str, config: &Config) -> Result<TcpConnection, Error> {
     config.validate()?;
-    let dial = async {
+    let session = Session::new(config.outbound_capacity, config.request_timeout);
+    let mut conn = dial(address, config, session).await?;
+    conn.owns_session = true;
+    Ok(conn)
+}
+
+/// Dials and shakes hands, sending from (and routing replies into) `session`.
+async fn dial(address: &str, config: &Config, session: Session) -> Result<TcpConnection, Error> {
+    let handshake = async {
         let addr = first_addr(address).await?;
         let stream = Async::<TcpStream>::connect(addr).await?;
         let mut request = format!("ws://{address}/server").into_client_request()?;
         let origin = HeaderValue::from_str(&format!("http://{address}/"))
             .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;
         request.headers_mut().insert("Origin", origin);
-        let (ws, _response) =
-            async_tungstenite::client_async_with_config(request, stream, Some(config.websocket()))
-                .await?;
-        Ok::<_, Error>(Connection::new(ws, Some(addr), config))
+        let websocket = Some(config.websocket());
+        let (ws, _) =
+            async_tungstenite::client_async_with_config(request, stream, websocket).await?;
+        Ok::<_, Error>(Connection::with_session(ws, Some(addr), config, session))
     };
-    timeout(config.handshake_timeout, dial)
+    timeout(config.handshake_timeout, handshake)
         .await
         .unwrap_or(Err(Error::Timeout("connecting to the server")))
 }
@@ -73,31 +99,238 @@ async fn first_addr(address: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
 
-/// What [`run`] does.
+/// When and how often [`Client`] reconnects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Reconnect at all after a connection drops.
+    pub enabled: bool,
+    /// First wait ([`DEFAULT_RECONNECT_DELAY`]); doubles per failed attempt.
+    pub initial_delay: Duration,
+    /// Cap on the wait ([`DEFAULT_MAX_RECONNECT_DELAY`]).
+    pub max_delay: Duration,
+    /// Give up after this many failed attempts in a row (`None`: never).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            enabled: true,
+            initial_delay: DEFAULT_RECONNECT_DELAY,
+            max_delay: DEFAULT_MAX_RECONNECT_DELAY,
+            max_attempts: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The wait before attempt `attempt` (1-based): exponential, capped,
+    /// with "equal jitter" (between half and all of it) so that many
+    /// clients dropped together do not reconnect in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(attempt.saturating_sub(1));
+        let full = self
+            .initial_delay
+            .saturating_mul(doubling)
+            .min(self.max_delay);
+        full.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}
+
+/// What a [`Client`] (and [`run`]) does.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// `HOST:PORT` of the server.
     pub address: String,
-    /// Time between requests ([`DEFAULT_INTERVAL`]); unused with `stdin`.
-    pub interval: Duration,
-    /// Stop after this many replies.
-    pub count: Option<u64>,
-    /// Send one request per line of standard input instead of on a timer;
-    /// end (after the last reply) at end of input.
-    pub stdin: bool,
     /// Connection settings.
     pub config: Config,
+    /// Reconnect policy.
+    pub reconnect: Reconnect,
+    /// [`run`]: time between requests ([`DEFAULT_INTERVAL`]); unused with `stdin`.
+    pub interval: Duration,
+    /// [`run`]: stop after this many replies.
+    pub count: Option<u64>,
+    /// [`run`]: send one request per line of standard input instead of on a
+    /// timer; end (after the last reply) at end of input.
+    pub stdin: bool,
 }
 
 impl ClientOptions {
-    /// The original client's behaviour against `address`.
+    /// The original client's behaviour against `address`, reconnecting.
     pub fn new(address: impl Into<String>) -> Self {
         ClientOptions {
             address: address.into(),
+            config: Config::default(),
+            reconnect: Reconnect::default(),
             interval: DEFAULT_INTERVAL,
             count: None,
             stdin: false,
-            config: Config::default(),
+        }
+    }
+}
+
+/// A client that keeps one logical connection up across reconnects.
+/// Dropping it stops the supervisor task; [`close`](Self::close) does so
+/// gracefully.
+pub struct Client {
+    session: Session,
+    addr: Option<SocketAddr>,
+    supervisor: Task<Result<(), Error>>,
+    /// Dropped to interrupt a reconnect wait when closing.
+    stop: async_channel::Sender<()>,
+    /// Reports closed once the supervisor has finished.
+    finished: async_channel::Receiver<()>,
+}
+
+impl Client {
+    /// Connects to `options.address` (failing fast if the server is
+    /// unreachable), then keeps the connection up from a task spawned on
+    /// `ex`. `handler` answers what the server pushes; replies to this
+    /// client's own requests never reach it.
+    pub async fn connect(
+        ex: &Executor<'_>,
+        options: ClientOptions,
+        handler: impl Handler,
+    ) -> Result<Client, Error> {
+        let config = &options.config;
+        config.validate()?;
+        let session = Session::new(config.outbound_capacity, config.request_timeout);
+        let first = dial(&options.address, config, session.clone()).await?;
+        let addr = first.peer().addr();
+        log::info!("connected to ws://{}/server", options.address);
+        let (stop, stopped) = async_channel::bounded(1);
+        let (finished_tx, finished) = async_channel::bounded(1);
+        let supervisor = Supervisor {
+            options,
+            session: session.clone(),
+            handler: Arc::new(handler),
+            stopped,
+            _finished: finished_tx,
+        };
+        Ok(Client {
+            session,
+            addr,
+            supervisor: ex.spawn(supervisor.run(first)),
+            stop,
+            finished,
+        })
+    }
+
+    /// The server's address, as first connected.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Queues `message` (fire and forget). While disconnected it waits in
+    /// the queue and goes out after the reconnect.
+    pub fn send(&self, message: Message) -> Result<(), SendError> {
+        self.session.send(message)
+    }
+
+    /// Sends `command` under a fresh `requestID` and waits for its reply.
+    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
+        self.session.request(command).await
+    }
+
+    /// Queues a request now; await [`PendingReply::wait`] for the reply.
+    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        self.session.start_request(command)
+    }
+
+    /// The queue and outstanding requests (shared by every connection).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Completes when the client has stopped for good: closed, or given up
+    /// reconnecting ([`close`](Self::close) then returns why).
+    pub async fn stopped(&self) {
+        let _ = self.finished.recv().await;
+    }
+
+    /// Closes gracefully: queued messages are sent, then Close 1000. Returns
+    /// the supervisor's verdict (an error if it had given up earlier).
+    pub async fn close(self) -> Result<(), Error> {
+        self.session.close(CLOSE_NORMAL);
+        drop(self.stop);
+        let result = self.supervisor.await;
+        self.session.shut();
+        result
+    }
+}
+
+/// The task that alone owns the client's connections, one at a time.
+struct Supervisor<H> {
+    options: ClientOptions,
+    session: Session,
+    handler: Arc<H>,
+    /// Closed when the client is closing: stop waiting to reconnect.
+    stopped: async_channel::Receiver<()>,
+    /// Dropped when this task ends, which [`Client::stopped`] observes.
+    _finished: async_channel::Sender<()>,
+}
+
+impl<H: Handler> Supervisor<H> {
+    /// Runs connections until the client closes or reconnecting gives up.
+    async fn run(self, first: TcpConnection) -> Result<(), Error> {
+        let mut conn = first;
+        loop {
+            let ended = conn.run(self.handler.clone()).await;
+            if let Ok(Ended::Closed(_)) = ended {
+                return Ok(()); // we closed it: Client::close
+            }
+            let why = match ended {
+                Ok(ended) => ended.to_string(),
+                Err(err) => err.to_string(),
+            };
+            log::warn!("connection to {} lost: {why}", self.options.address);
+            if !self.options.reconnect.enabled {
+                self.session.shut();
+                return Err(Error::ConnectionClosed(why));
+            }
+            conn = match self.reconnect().await {
+                Some(Ok(conn)) => conn,
+                Some(Err(err)) => {
+                    self.session.shut();
+                    return Err(err);
+                }
+                None => return Ok(()), // closed while waiting
+            };
+        }
+    }
+
+    /// Dials with backoff until it works (`Some(Ok)`), attempts run out
+    /// (`Some(Err)`), or the client closes (`None`).
+    async fn reconnect(&self) -> Option<Result<TcpConnection, Error>> {
+        let policy = &self.options.reconnect;
+        let address = &self.options.address;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let delay = policy.delay(attempt);
+            log::info!("reconnecting to {address} in {delay:.1?} (attempt {attempt})");
+            let wait = async {
+                Timer::after(delay).await;
+                true
+            };
+            let closing = async {
+                let _ = self.stopped.recv().await;
+                false
+            };
+            if !future::or(wait, closing).await {
+                return None;
+            }
+            match dial(address, &self.options.config, self.session.clone()).await {
+                Ok(conn) => {
+                    log::info!("reconnected to ws://{address}/server");
+                    return Some(Ok(conn));
+                }
+                Err(err) if policy.max_attempts.is_some_and(|max| attempt >= max) => {
+                    let why = format!("gave up reconnecting after {attempt} attempts: {err}");
+                    return Some(Err(Error::ConnectionClosed(why)));
+                }
+                Err(err) => log::warn!("reconnect attempt {attempt} failed: {err}"),
+            }
         }
     }
 }
@@ -109,8 +342,12 @@ pub enum Event<'a> {
     Connected(SocketAddr),
     /// A request was queued for sending.
     Sent(&'a Message),
-    /// A message arrived from the server.
+    /// The reply to a request arrived.
     Received(&'a Message),
+    /// A request ended without a reply (its id and why).
+    Failed(i64, &'a RequestError),
+    /// The server pushed this command; it has been answered.
+    Pushed(&'a Message),
 }
 
 /// What a finished [`run`] saw.
@@ -118,100 +355,137 @@ pub enum Event<'a> {
 pub struct Summary {
     /// Requests sent.
     pub sent: u64,
-    /// Messages received.
+    /// Replies received.
     pub received: u64,
-    /// Received messages that answered an outstanding request with success.
-    pub matched: u64,
+    /// Replies that reported success.
+    pub succeeded: u64,
+    /// Requests that ended without a reply.
+    pub failed: u64,
 }
 
 impl Summary {
-    /// True when every message received answered a request successfully.
+    /// True when every request got a successful reply.
     pub fn all_ok(&self) -> bool {
-        self.matched == self.received
+        self.failed == 0 && self.succeeded == self.received && self.received == self.sent
+    }
+
+    /// Requests that have ended, answered or not.
+    pub fn finished(&self) -> u64 {
+        self.received + self.failed
     }
 }
 
-/// What woke the client's select loop.
+/// What woke the seed client's select loop.
 enum Wake {
-    Reply(Option<Message>),
+    Outcome(i64, Result<Message, RequestError>),
+    Pushed(Message),
     Send(Option<String>),
+    Stopped,
+}
+
+/// Forwards each server-pushed command to [`run`]'s loop and answers it
+/// with the seed's reply, as the Go client's handler would.
+struct AnswerPushes(async_channel::Sender<Message>);
+
+impl Handler for AnswerPushes {
+    async fn on_message(&self, _: &crate::Peer, pushed: Message) -> Option<Message> {
+        let reply = pushed.seed_reply();
+        let _ = self.0.send(pushed).await;
+        Some(reply)
+    }
 }
 
 /// Runs the seed client: connect, then send a request every
 /// `options.interval` (or per stdin line) and report each reply, until
-/// `options.count` replies arrived or input ended. The reader task is
-/// spawned on `ex`.
+/// `options.count` requests have ended or input ended. Commands pushed by
+/// the server are answered and reported. Tasks are spawned on `ex`.
 ///
-/// Returns an error when the server is unreachable or the connection ends
-/// before the client is done.
+/// Returns an error when the server is unreachable, or when the connection
+/// drops and reconnecting is off or gives up.
 pub async fn run(
     ex: &Executor<'_>,
     options: &ClientOptions,
     mut report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
-    let conn = connect(&options.address, &options.config).await?;
-    let peer = conn.peer().clone();
-    if let Some(addr) = peer.addr() {
+    let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
+    let client = Client::connect(ex, options.clone(), AnswerPushes(pushes_tx)).await?;
+    if let Some(addr) = client.addr() {
         report(Event::Connected(addr));
     }
-    // The reader task: the connection loop forwards every inbound message
-    // into this channel; this function is its only consumer.
-    let (inbound_tx, inbound) = async_channel::bounded(INBOUND_QUEUE);
-    let reader = ex.spawn(conn.run(inbound_tx));
-
+    // Each request's wait runs in its own task and reports here, so replies
+    // are printed as they arrive, in whatever order.
+    let (outcomes_tx, outcomes) = async_channel::unbounded();
     let mut commands = Commands::new(options);
-    let mut outstanding = HashSet::new();
     let mut summary = Summary::default();
-    let done = |s: &Summary| options.count.is_some_and(|n| s.received >= n);
+    // Done after `count` outcomes, or once input has ended and every
+    // request sent has its outcome.
+    let done = |s: &Summary, input_ended: bool| {
+        options.count.is_some_and(|n| s.finished() >= n) || (input_ended && s.finished() >= s.sent)
+    };
 
-    while !done(&summary) {
-        let wake = future::or(async { Wake::Reply(inbound.recv().await.ok()) }, async {
-            Wake::Send(commands.next(summary.sent).await)
-        })
+    while !done(&summary, commands.finished) {
+        let wake = future::or(
+            future::or(
+                async {
+                    match outcomes.recv().await {
+                        Ok((id, outcome)) => Wake::Outcome(id, outcome),
+                        Err(_) => Wake::Stopped,
+                    }
+                },
+                async { pushes.recv().await.map_or(Wake::Stopped, Wake::Pushed) },
+            ),
+            future::or(
+                async { Wake::Send(commands.next(summary.sent).await) },
+                async {
+                    client.stopped().await;
+                    Wake::Stopped
+                },
+            ),
+        )
         .await;
         match wake {
-            Wake::Reply(Some(reply)) => {
+            Wake::Outcome(_, Ok(reply)) => {
                 summary.received += 1;
-                if reply.success && outstanding.remove(&reply.request_id) {
-                    summary.matched += 1;
-                }
+                summary.succeeded += u64::from(reply.success);
                 report(Event::Received(&reply));
             }
-            Wake::Reply(None) => {
-                // The reader task ended: the connection is gone.
-                let ended = reader.await;
-                return Err(unexpected_end(ended));
+            Wake::Outcome(id, Err(err)) => {
+                summary.failed += 1;
+                report(Event::Failed(id, &err));
             }
+            Wake::Pushed(command) => report(Event::Pushed(&command)),
             Wake::Send(Some(command)) => {
                 if options.count.is_some_and(|n| summary.sent >= n) {
-                    continue;
+                    continue; // enough sent; wait for the outcomes
                 }
                 summary.sent += 1;
-                let request = Message::request(summary.sent as i64, command);
-                report(Event::Sent(&request));
-                outstanding.insert(request.request_id);
-                if peer.send(request).is_err() {
-                    return Err(unexpected_end(reader.await));
-                }
+                let request = client.start_request(command.as_str());
+                let request = match request {
+                    Ok(pending) => pending,
+                    Err(err) => {
+                        summary.failed += 1;
+                        report(Event::Failed(0, &err));
+                        continue;
+                    }
+                };
+                report(Event::Sent(&Message::request(request.id(), command)));
+                let outcomes = outcomes_tx.clone();
+                ex.spawn(async move {
+                    let id = request.id();
+                    let _ = outcomes.send((id, request.wait().await)).await;
+                })
+                .detach();
             }
-            Wake::Send(None) if outstanding.is_empty() => break,
-            Wake::Send(None) => {
-                // Input ended; wait for the outstanding replies only.
-                commands.finished = true;
+            Wake::Send(None) => commands.finished = true,
+            Wake::Stopped => {
+                // The supervisor gave up; `close` returns why.
+                client.close().await?;
+                return Err(Error::ConnectionClosed("client stopped".into()));
             }
         }
     }
-    peer.close(CLOSE_NORMAL);
-    let _ = reader.await;
+    client.close().await?;
     Ok(summary)
-}
-
-/// The error for a connection that ended before the client was done.
-fn unexpected_end(ended: Result<Ended, Error>) -> Error {
-    match ended {
-        Ok(why) => Error::ConnectionClosed(why.to_string()),
-        Err(err) => err,
-    }
 }
 
 /// Where the next command comes from: the interval timer or stdin lines.
@@ -223,24 +497,21 @@ struct Commands {
 
 impl Commands {
     fn new(options: &ClientOptions) -> Self {
-        if options.stdin {
+        let (timer, lines) = if options.stdin {
             let stdin = BufReader::new(smol::Unblock::new(std::io::stdin()));
-            Commands {
-                timer: None,
-                lines: Some(stdin.lines()),
-                finished: false,
-            }
+            (None, Some(stdin.lines()))
         } else {
-            Commands {
-                timer: Some(Timer::interval(options.interval)),
-                lines: None,
-                finished: false,
-            }
+            (Some(Timer::interval(options.interval)), None)
+        };
+        Commands {
+            timer,
+            lines,
+            finished: false,
         }
     }
 
-    /// The next command to send; `None` once input has ended (then pending
-    /// forever, so the select loop only waits for replies).
+    /// The next command to send; `None` once input has ended (after which
+    /// it stays pending, so the select loop only waits for replies).
     async fn next(&mut self, sent: u64) -> Option<String> {
         if self.finished {
             return future::pending().await;
@@ -249,16 +520,43 @@ impl Commands {
             timer.next().await;
             return Some(format!("Eject the hot dog {}.", sent + 1));
         }
-        match &mut self.lines {
-            Some(lines) => loop {
-                match lines.next().await {
-                    // Blank lines are not commands.
-                    Some(Ok(line)) if line.trim().is_empty() => continue,
-                    Some(Ok(line)) => return Some(line),
-                    _ => return None,
-                }
-            },
-            None => None,
+        let lines = self.lines.as_mut()?;
+        loop {
+            match lines.next().await {
+                // Blank lines are not commands.
+                Some(Ok(line)) if line.trim().is_empty() => continue,
+                Some(Ok(line)) => return Some(line),
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let policy = Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..Reconnect::default()
+        };
+        for (attempt, full_ms) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            let delay = policy.delay(attempt).as_secs_f64() * 1000.0;
+            let full = full_ms as f64;
+            assert!(
+                delay >= full / 2.0 - 1.0 && delay <= full + 1.0,
+                "attempt {attempt}: {delay}"
+            );
         }
     }
 }

@@ -37,6 +37,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// are just read in more pieces.
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
 
+/// How long [`Peer::request`](crate::Peer::request) waits for its reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest HTTP request head the server reads (431 past it).
 pub const MAX_REQUEST_HEAD_SIZE: usize = 8 * 1024;
 
@@ -75,6 +78,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// tungstenite read buffer in bytes ([`DEFAULT_READ_BUFFER_SIZE`]).
     pub read_buffer_size: usize,
+    /// How long a request waits for its reply ([`DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -86,6 +91,7 @@ impl Default for Config {
             outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Instant, SystemTime};
@@ -33,6 +33,7 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 
 use crate::config::CLOSE_TIMEOUT;
+use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::timeout;
 use crate::{codec, Config, Error, Message};
 
@@ -75,6 +76,12 @@ pub trait Handler: Send + Sync + 'static {
         message: Message,
     ) -> impl Future<Output = Option<Message>> + Send;
 
+    /// Called once when a connection is established, before its loop
+    /// starts; keep the [`Peer`] to push to it later. Does nothing by default.
+    fn on_connect(&self, peer: &Peer) {
+        let _ = peer;
+    }
+
     /// Handles one raw data frame (text or binary); `Some(frame)` is sent
     /// back. The default decodes the JSON message, calls
     /// [`on_message`](Handler::on_message) and encodes its reply; a
@@ -92,7 +99,10 @@ pub trait Handler: Send + Sync + 'static {
             let reply = match decoded {
                 Ok(message) => {
                     log::trace!("peer {} -> {:?}", peer.id(), message);
-                    self.on_message(peer, message).await
+                    // Replies complete our own outstanding requests; only
+                    // requests reach the handler.
+                    let request = peer.session().route(message)?;
+                    self.on_message(peer, request).await
                 }
                 Err(err) => {
                     log::debug!("peer {} sent a malformed message: {err}", peer.id());
@@ -141,27 +151,11 @@ impl<H: Handler> Handler for Arc<H> {
     fn on_frame(&self, peer: &Peer, frame: Frame) -> impl Future<Output = Option<Frame>> + Send {
         (**self).on_frame(peer, frame)
     }
-}
 
-/// Why [`Peer::send`] did not queue a message; the message comes back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendError {
-    /// The peer's outbound queue holds [`Config::outbound_capacity`] messages.
-    Full(Message),
-    /// The connection is closing or closed.
-    Closed(Message),
-}
-
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::Full(_) => write!(f, "outbound queue full"),
-            SendError::Closed(_) => write!(f, "connection closed"),
-        }
+    fn on_connect(&self, peer: &Peer) {
+        (**self).on_connect(peer)
     }
 }
-
-impl std::error::Error for SendError {}
 
 /// A cloneable handle to one live connection: any task may use it to send
 /// to that peer or to close it. It owns nothing of the socket itself.
@@ -174,10 +168,7 @@ struct PeerInner {
     id: u64,
     addr: Option<SocketAddr>,
     connected_at: SystemTime,
-    outbox: Sender<Message>,
-    capacity: usize,
-    /// Close code requested by [`Peer::close`]; 0 until then.
-    close_code: AtomicU16,
+    session: Session,
     received: AtomicU64,
     sent: AtomicU64,
 }
@@ -217,39 +208,34 @@ impl Peer {
     /// the message comes back in [`SendError::Full`] and the caller decides
     /// (retry, drop, or [`close`](Self::close) the slow peer).
     pub fn send(&self, message: Message) -> Result<(), SendError> {
-        // The channel itself is unbounded so that an idle connection holds no
-        // preallocated slots; the bound is enforced here instead. Concurrent
-        // senders may overshoot it by at most their own number.
-        if self.inner.outbox.len() >= self.inner.capacity {
-            return Err(SendError::Full(message));
-        }
-        self.inner
-            .outbox
-            .try_send(message)
-            .map_err(|e| SendError::Closed(e.into_inner()))
+        self.inner.session.send(message)
+    }
+
+    /// Sends `command` to the peer under a fresh `requestID` and waits for
+    /// its reply, at most [`Config::request_timeout`].
+    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
+        self.inner.session.request(command).await
+    }
+
+    /// Queues a request now; await [`PendingReply::wait`] for the reply.
+    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        self.inner.session.start_request(command)
     }
 
     /// Asks the connection to close with `code` (for example
-    /// [`CLOSE_NORMAL`]). Messages already queued are sent first. The first
-    /// requested code wins; later calls do nothing.
+    /// [`CLOSE_NORMAL`]) once the messages already queued are sent.
     pub fn close(&self, code: u16) {
-        let _ =
-            self.inner
-                .close_code
-                .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.inner.outbox.close();
+        self.inner.session.close(code);
     }
 
-    /// Whether the connection is closing or closed.
+    /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.inner.outbox.is_closed()
+        self.inner.session.is_shut()
     }
 
-    fn close_code(&self) -> u16 {
-        match self.inner.close_code.load(Ordering::Acquire) {
-            0 => CLOSE_NORMAL,
-            code => code,
-        }
+    /// The queue and outstanding requests behind this connection.
+    pub fn session(&self) -> &Session {
+        &self.inner.session
     }
 }
 
@@ -295,15 +281,18 @@ impl fmt::Display for Ended {
 pub struct Connection<S> {
     ws: WebSocketStream<S>,
     /// Boxed because async-channel's receiver is `!Unpin`.
-    outbox: Pin<Box<Receiver<Message>>>,
+    outbox: Pin<Box<Receiver<Outgoing>>>,
     peer: Peer,
     config: Config,
+    /// Whether the session ends with this connection (server side) or
+    /// outlives it (the reconnecting client).
+    pub(crate) owns_session: bool,
 }
 
 /// What woke the loop.
 enum Event {
     Inbound(Option<Result<Frame, tungstenite::Error>>),
-    Outbound(Option<Message>),
+    Outbound(Option<Outgoing>),
     Tick,
 }
 
@@ -311,24 +300,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Wraps an established WebSocket (after the handshake). `addr` is the
     /// remote address for logs and [`Peer::addr`].
     pub fn new(ws: WebSocketStream<S>, addr: Option<SocketAddr>, config: &Config) -> Self {
-        let (outbox_tx, outbox) = async_channel::unbounded();
+        let session = Session::new(config.outbound_capacity, config.request_timeout);
+        let mut conn = Self::with_session(ws, addr, config, session);
+        conn.owns_session = true;
+        conn
+    }
+
+    /// Like [`new`](Self::new), but sends from (and routes replies into) an
+    /// existing `session` that outlives this connection: what is queued and
+    /// not yet sent when it drops stays queued for the next one.
+    pub fn with_session(
+        ws: WebSocketStream<S>,
+        addr: Option<SocketAddr>,
+        config: &Config,
+        session: Session,
+    ) -> Self {
+        let outbox = Box::pin(session.receiver());
         let peer = Peer {
             inner: Arc::new(PeerInner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 addr,
                 connected_at: SystemTime::now(),
-                outbox: outbox_tx,
-                capacity: config.outbound_capacity,
-                close_code: AtomicU16::new(0),
+                session,
                 received: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
             }),
         };
         Connection {
             ws,
-            outbox: Box::pin(outbox),
+            outbox,
             peer,
             config: config.clone(),
+            owns_session: false,
         }
     }
 
@@ -344,8 +347,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// message — the peer was sent the matching close code first).
     pub async fn run(mut self, handler: impl Handler) -> Result<Ended, Error> {
         let result = self.serve(&handler).await;
-        // Drop the queue first so senders see the connection as closed.
-        self.outbox.close();
+        // Requests written to this connection can no longer be answered.
+        let session = &self.peer.inner.session;
+        if self.owns_session {
+            session.shut();
+        } else {
+            session.connection_lost();
+        }
         // Always release the socket, however the loop ended.
         let _ = timeout(CLOSE_TIMEOUT, self.ws.get_mut().close()).await;
         result
@@ -388,12 +396,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Event::Inbound(Some(Err(err))) => return Err(self.fail(err).await),
                 Event::Inbound(None) => return Ok(Ended::Eof),
-                Event::Outbound(Some(message)) => self.send(&message).await?,
-                Event::Outbound(None) => {
+                Event::Outbound(Some(Outgoing::Message(message))) => self.send(&message).await?,
+                Event::Outbound(Some(Outgoing::Request(message))) => {
+                    self.send(&message).await?;
+                    self.peer.inner.session.mark_in_flight(message.request_id);
+                }
+                Event::Outbound(Some(Outgoing::Close(code))) => {
                     // Every message queued before Peer::close has been sent.
-                    let code = self.peer.close_code();
                     self.close(code, "", true).await;
                     return Ok(Ended::Closed(code));
+                }
+                Event::Outbound(None) => {
+                    // The session was shut from elsewhere.
+                    self.close(CLOSE_NORMAL, "", true).await;
+                    return Ok(Ended::Closed(CLOSE_NORMAL));
                 }
                 Event::Tick => {
                     let now = Instant::now();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Message, Peer, SendError, CLOSE_POLICY};
+use crate::{Message, Peer, PendingReply, RequestError, SendError, CLOSE_POLICY};
 
 /// Live connections of one server, by [`Peer::id`].
 #[derive(Debug, Default)]
@@ -80,6 +80,38 @@ impl Hub {
             }
         }
         queued
+    }
+
+    /// Sends `command` as a request to the connection `id` and waits for its
+    /// reply (correlated by `requestID`, bounded by the request timeout).
+    pub async fn request(&self, id: u64, command: &str) -> Result<Message, RequestError> {
+        match self.get(id) {
+            Some(peer) => peer.request(command).await,
+            None => Err(RequestError::Closed),
+        }
+    }
+
+    /// Queues `command` as a request to every live connection at once and
+    /// returns each connection's pending reply, by id. A connection whose
+    /// queue is full is closed with [`CLOSE_POLICY`], as in [`broadcast`](Self::broadcast).
+    pub fn broadcast_request(
+        &self,
+        command: &str,
+    ) -> Vec<(u64, Result<PendingReply, RequestError>)> {
+        self.peers()
+            .into_iter()
+            .map(|peer| {
+                let pending = peer.start_request(command);
+                if let Err(RequestError::QueueFull) = pending {
+                    log::warn!(
+                        "client {} too slow (outbound queue full); closing",
+                        peer.id()
+                    );
+                    peer.close(CLOSE_POLICY);
+                }
+                (peer.id(), pending)
+            })
+            .collect()
     }
 
     /// Asks every live connection to close with `code`.

@@ -59,18 +59,20 @@ pub mod http;
 mod hub;
 mod message;
 pub mod server;
+mod session;
 mod time;
 
 pub use codec::{decode, encode, DecodeError};
 pub use config::*;
 pub use connection::{
-    Connection, Ended, Handler, Peer, SendError, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
-    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+    Connection, Ended, Handler, Peer, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_NORMAL,
+    CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
 pub use hub::{Hub, HubStats};
 pub use message::Message;
 pub use server::Server;
+pub use session::{PendingReply, RequestError, SendError, Session};
 pub use time::{parse_duration, timeout};
 
 /// One WebSocket frame (tungstenite's message type), as seen by

@@ -12,13 +12,14 @@
 mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread;
 
 use futures_lite::StreamExt;
 use smol::Executor;
 use wsloop::client::{self, ClientOptions, Event};
 use wsloop::http::StaticFiles;
-use wsloop::{encode, Config, Error, Message, Peer, Server};
+use wsloop::{encode, Config, Error, Hub, Message, Peer, Server};
 
 use cli::{Command, Verbosity};
 
@@ -39,10 +40,11 @@ fn main() -> ExitCode {
             address,
             www,
             config,
+            console,
             verbosity,
         } => {
             init_logging(verbosity);
-            run_server(&address, www, config).map_err(|e| e.to_string())
+            run_server(&address, www, config, console).map_err(|e| e.to_string())
         }
         Command::Client { options, verbosity } => {
             init_logging(verbosity);
@@ -59,13 +61,19 @@ fn main() -> ExitCode {
 }
 
 /// Serves until SIGINT or SIGTERM, with one executor thread per core.
-fn run_server(address: &str, www: Option<std::path::PathBuf>, config: Config) -> Result<(), Error> {
+/// With `console`, each stdin line is broadcast to every client as a command.
+fn run_server(
+    address: &str,
+    www: Option<std::path::PathBuf>,
+    config: Config,
+    console: bool,
+) -> Result<(), Error> {
     let files = match www {
         Some(dir) => StaticFiles::from_dir(&dir)
             .map_err(|e| Error::Config(format!("--www {}: {e}", dir.display())))?,
         None => StaticFiles::builtin(),
     };
-    let ex = Executor::new();
+    let ex = Arc::new(Executor::new());
     with_threads(&ex, async {
         let server = Server::bind(address, config)
             .await?
@@ -74,25 +82,59 @@ fn run_server(address: &str, www: Option<std::path::PathBuf>, config: Config) ->
             "wsloop server on http://{}/ (WebSocket at /server)",
             server.local_addr()?
         );
+        if console {
+            ex.spawn(broadcast_stdin(Arc::clone(&ex), server.hub()))
+                .detach();
+        }
         // The seed's reply, for every request on every connection.
         let handler = |_: &Peer, request: Message| Some(request.seed_reply());
         server.run(&ex, handler, shutdown_signal()).await
     })
 }
 
-/// Runs the seed client; fails unless every reply matched when `--count`
-/// or `--stdin` bounds the run.
+/// The `--console`: reads stdin lines and pushes each to every connected
+/// client as a command, printing each client's reply as it arrives.
+async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<Hub>) {
+    use futures_lite::AsyncBufReadExt;
+    let stdin = futures_lite::io::BufReader::new(smol::Unblock::new(std::io::stdin()));
+    let mut lines = stdin.lines();
+    println!("console: type a command and press Enter to send it to every client");
+    while let Some(Ok(line)) = lines.next().await {
+        let command = line.trim();
+        if command.is_empty() {
+            continue;
+        }
+        let pending = hub.broadcast_request(command);
+        println!("console: sent {command:?} to {} client(s)", pending.len());
+        for (client, request) in pending {
+            // Each reply is awaited in its own task so a slow client does
+            // not hold back the others' output.
+            ex.spawn(async move {
+                match request {
+                    Ok(pending) => match pending.wait().await {
+                        Ok(reply) => println!("client {client} replied: {}", encode(&reply)),
+                        Err(err) => println!("client {client}: {err}"),
+                    },
+                    Err(err) => println!("client {client}: {err}"),
+                }
+            })
+            .detach();
+        }
+    }
+}
+
+/// Runs the seed client; fails unless every request got a successful
+/// reply when `--count` or `--stdin` bounds the run.
 fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), String> {
     let ex = Executor::new();
+    let loud = verbosity != Verbosity::Quiet;
     let summary = with_threads(&ex, async {
         client::run(&ex, options, |event| match event {
-            Event::Connected(addr) if verbosity != Verbosity::Quiet => {
-                println!("Connected to ws://{addr}/server")
-            }
-            Event::Sent(request) if verbosity != Verbosity::Quiet => {
-                println!("Sending request: {}", encode(request))
-            }
+            Event::Connected(addr) if loud => println!("Connected to ws://{addr}/server"),
+            Event::Sent(request) if loud => println!("Sending request: {}", encode(request)),
             Event::Received(reply) => println!("Received from server: {}", encode(reply)),
+            Event::Failed(id, err) => println!("Request {id} failed: {err}"),
+            Event::Pushed(command) => println!("Command from server: {}", encode(command)),
             _ => {}
         })
         .await
@@ -102,9 +144,9 @@ fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), Strin
         Ok(())
     } else {
         Err(format!(
-            "{} of {} replies did not answer a request with success",
-            summary.received - summary.matched,
-            summary.received
+            "{} of {} requests did not get a successful reply",
+            summary.sent - summary.succeeded,
+            summary.sent
         ))
     }
 }

@@ -219,6 +219,7 @@ async fn serve<H: Handler>(
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
+    handler.on_connect(conn.peer());
 
     match conn.run(handler).await {
         Ok(ended) => log::info!("client {id} disconnected: {ended}"),

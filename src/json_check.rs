@@ -1,0 +1,812 @@
+//! The strict, bounded JSON check in front of the nanoserde codec.
+//!
+//! nanoserde 0.2.1 is not safe on hostile input: some malformed unknown
+//! fields panic, an unterminated unknown value loops forever, integers wrap,
+//! and comments, `+1`, `007`, trailing commas and trailing garbage are
+//! accepted. So the nanoserde codec runs every inbound message through
+//! [`check`] first. It is a small, dependency-free, **non-recursive** scanner
+//! (O(n) time; nesting costs one byte of heap per level, so it is bounded by
+//! the connection's message-size limit and cannot overflow the stack) that
+//! reproduces exactly the verdict of `serde_json::from_slice::<Message>`
+//! (serde_json 1.0.x with `#[serde(default)]` on [`Message`]):
+//!
+//! - RFC 8259 syntax: whitespace is only space, tab, CR and LF; literals are
+//!   exactly `true`, `false`, `null`; numbers are `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`;
+//!   no comments, trailing commas or trailing characters.
+//! - The top level is an object, or (as serde's derive allows) an array of
+//!   up to five values in field order: `[requestID, command, someOtherThing,
+//!   success, error]`. Anything else is the wrong type.
+//! - Top-level keys and the values of known fields are decoded strictly:
+//!   valid UTF-8, valid escapes, `\u` surrogates paired. Keys are compared
+//!   after unescaping (`"request\u0049D"` is `requestID`).
+//! - A known field twice is an error (`duplicate field`); unknown fields are
+//!   skipped with serde_json's *lenient* rules: any syntax-valid JSON value,
+//!   at any nesting depth (serde_json skips iteratively, without its 128
+//!   recursion limit), where strings may hold lone surrogate escapes and
+//!   invalid UTF-8 but never raw control characters.
+//! - `requestID` is an integer in i64 range: no fraction or exponent (`1.0`
+//!   and `1e2` are floats), and not `-0` (serde_json reads it as `-0.0`).
+//!   `command`, `someOtherThing`, `error` are strings and `success` a bool;
+//!   `null` is the wrong type for all of them.
+//!
+//! On a rejection it also reproduces serde_json's salvage of `requestID`
+//! (the codec's `IdOnly` read: valid JSON with exactly one integer
+//! `requestID`), and reports a 1-based position close to serde_json's.
+//! On acceptance it returns the raw JSON text of each known field, so the
+//! codec can hand nanoserde a canonical object of known fields only.
+//!
+//! `tests/codec.rs` runs the same table under both codecs, the codec's unit
+//! tests compare the two verdicts on random inputs when both features are on,
+//! and `fuzz/` compares them on arbitrary bytes.
+
+use crate::DecodeError;
+
+/// serde_json 1.x's name for the longest of our field names' lengths: keys
+/// longer than this, once unescaped, cannot name a known field.
+const LONGEST_FIELD_NAME: usize = 14;
+
+/// Smallest UTF-16 trailing (low) surrogate.
+const TRAIL_SURROGATE_MIN: u16 = 0xDC00;
+/// Largest UTF-16 trailing (low) surrogate.
+const TRAIL_SURROGATE_MAX: u16 = 0xDFFF;
+/// Smallest UTF-16 leading (high) surrogate.
+const LEAD_SURROGATE_MIN: u16 = 0xD800;
+/// Largest UTF-16 leading (high) surrogate.
+const LEAD_SURROGATE_MAX: u16 = 0xDBFF;
+
+/// The magnitude of `i64::MIN`, the largest negative integer `requestID` takes.
+const I64_MIN_MAGNITUDE: u64 = 1 << 63;
+
+/// One of [`Message`](crate::Message)'s wire fields, in wire order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// `requestID`, an i64.
+    RequestId,
+    /// `command`, a string.
+    Command,
+    /// `someOtherThing`, a string.
+    SomeOtherThing,
+    /// `success`, a bool.
+    Success,
+    /// `error`, a string.
+    Error,
+}
+
+/// What JSON type a field's value must have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An integer in i64 range.
+    I64,
+    /// A string.
+    Str,
+    /// `true` or `false`.
+    Bool,
+}
+
+impl Field {
+    /// Every field, in wire order (also the order of the array form).
+    pub(crate) const ALL: [Field; 5] = [
+        Field::RequestId,
+        Field::Command,
+        Field::SomeOtherThing,
+        Field::Success,
+        Field::Error,
+    ];
+
+    /// The field's name on the wire.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Field::RequestId => "requestID",
+            Field::Command => "command",
+            Field::SomeOtherThing => "someOtherThing",
+            Field::Success => "success",
+            Field::Error => "error",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Field::RequestId => Kind::I64,
+            Field::Success => Kind::Bool,
+            Field::Command | Field::SomeOtherThing | Field::Error => Kind::Str,
+        }
+    }
+
+    fn from_name(name: &[u8]) -> Option<Field> {
+        Field::ALL
+            .into_iter()
+            .find(|f| f.name().as_bytes() == name)
+    }
+}
+
+/// An accepted message: the raw JSON text of each known field present.
+#[derive(Debug, Default)]
+pub(crate) struct Fields<'a> {
+    raw: [Option<&'a str>; 5],
+}
+
+impl<'a> Fields<'a> {
+    /// The field's value exactly as written in the input (a string keeps its
+    /// quotes and escapes), or `None` when the field was absent.
+    pub(crate) fn raw(&self, field: Field) -> Option<&'a str> {
+        self.raw[field as usize]
+    }
+}
+
+/// Which serde read is being reproduced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `Message` with `#[serde(default)]`: every field known and optional.
+    Message,
+    /// The codec's salvage struct: only `requestID` known, and required.
+    IdOnly,
+}
+
+impl Mode {
+    fn field(self, key: &[u8]) -> Option<Field> {
+        match (self, Field::from_name(key)) {
+            (Mode::IdOnly, Some(Field::RequestId)) => Some(Field::RequestId),
+            (Mode::IdOnly, _) => None,
+            (Mode::Message, f) => f,
+        }
+    }
+
+    fn fields(self) -> &'static [Field] {
+        match self {
+            Mode::Message => &Field::ALL,
+            Mode::IdOnly => &[Field::RequestId],
+        }
+    }
+}
+
+/// Checks one inbound message. `Ok` means serde_json would decode it, and
+/// nanoserde can safely decode the canonical object built from the fields;
+/// `Err` carries the position, reason and salvaged `requestID`.
+pub(crate) fn check(input: &[u8]) -> Result<Fields<'_>, DecodeError> {
+    let mut scan = Scan::new(input);
+    match scan.top(Mode::Message) {
+        Ok(fields) => Ok(fields),
+        Err(fault) => {
+            let salvaged = Scan::new(input)
+                .top(Mode::IdOnly)
+                .ok()
+                .and_then(|f| f.raw(Field::RequestId))
+                .and_then(|raw| raw.parse().ok());
+            let (line, column) = position_of_index(input, fault.at);
+            Err(DecodeError {
+                request_id: salvaged,
+                line,
+                column: column.max(1),
+                reason: fault.reason,
+            })
+        }
+    }
+}
+
+/// serde_json's position of byte index `at`: 1-based line, and the number of
+/// bytes from the start of that line up to `at`.
+fn position_of_index(input: &[u8], at: usize) -> (usize, usize) {
+    let at = at.min(input.len());
+    let before = &input[..at];
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let column = match before.iter().rposition(|&b| b == b'\n') {
+        Some(nl) => at - nl - 1,
+        None => at,
+    };
+    (line, column)
+}
+
+/// Where and why the input was rejected.
+struct Fault {
+    /// Byte index handed to [`position_of_index`].
+    at: usize,
+    /// serde_json-style reason, without the position.
+    reason: String,
+}
+
+type Res<T> = Result<T, Fault>;
+
+/// A cursor over the input.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Scan { b, i: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// Skips JSON whitespace and peeks at the next byte.
+    fn ws(&mut self) -> Option<u8> {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+        self.peek()
+    }
+
+    /// A fault at the byte under the cursor (serde_json's `peek_error`).
+    fn peek_fault(&self, reason: impl Into<String>) -> Fault {
+        Fault {
+            at: (self.i + 1).min(self.b.len()),
+            reason: reason.into(),
+        }
+    }
+
+    /// A fault at the last byte consumed (serde_json's `error`).
+    fn fault(&self, reason: impl Into<String>) -> Fault {
+        Fault {
+            at: self.i.min(self.b.len()),
+            reason: reason.into(),
+        }
+    }
+
+    fn top(&mut self, mode: Mode) -> Res<Fields<'a>> {
+        let fields = match self.ws() {
+            None => return Err(self.peek_fault("EOF while parsing a value")),
+            Some(b'{') => self.object(mode)?,
+            Some(b'[') => self.array(mode)?,
+            Some(_) => return Err(self.invalid_type("struct Message")),
+        };
+        if self.ws().is_some() {
+            return Err(self.peek_fault("trailing characters"));
+        }
+        Ok(fields)
+    }
+
+    /// The top-level object; the cursor is on `{`.
+    fn object(&mut self, mode: Mode) -> Res<Fields<'a>> {
+        self.i += 1;
+        let mut fields = Fields::default();
+        let mut first = true;
+        loop {
+            match self.ws() {
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                Some(b',') if !first => {
+                    self.i += 1;
+                    match self.ws() {
+                        Some(b'"') => {}
+                        Some(b'}') => return Err(self.peek_fault("trailing comma")),
+                        Some(_) => return Err(self.peek_fault("key must be a string")),
+                        None => return Err(self.peek_fault("EOF while parsing a value")),
+                    }
+                }
+                Some(b'"') if first => {}
+                Some(_) if first => return Err(self.peek_fault("key must be a string")),
+                Some(_) => return Err(self.peek_fault("expected `,` or `}`")),
+                None => return Err(self.peek_fault("EOF while parsing an object")),
+            }
+            first = false;
+            self.i += 1;
+            let key = self.string(true)?;
+            let field = mode.field(&unescape_short(key));
+            if let Some(f) = field {
+                if fields.raw[f as usize].is_some() {
+                    return Err(self.fault(format!("duplicate field `{}`", f.name())));
+                }
+            }
+            match self.ws() {
+                Some(b':') => self.i += 1,
+                Some(_) => return Err(self.peek_fault("expected `:`")),
+                None => return Err(self.peek_fault("EOF while parsing an object")),
+            }
+            match field {
+                Some(f) => fields.raw[f as usize] = Some(self.typed(f)?),
+                None => self.skip_value()?,
+            }
+        }
+        if mode == Mode::IdOnly && fields.raw(Field::RequestId).is_none() {
+            return Err(self.fault("missing field `requestID`"));
+        }
+        Ok(fields)
+    }
+
+    /// The top-level array form; the cursor is on `[`.
+    fn array(&mut self, mode: Mode) -> Res<Fields<'a>> {
+        self.i += 1;
+        let mut fields = Fields::default();
+        let mut count = 0;
+        for (k, &f) in mode.fields().iter().enumerate() {
+            match self.ws() {
+                Some(b']') => break,
+                Some(b',') if k > 0 => {
+                    self.i += 1;
+                    match self.ws() {
+                        Some(b']') => return Err(self.peek_fault("trailing comma")),
+                        None => return Err(self.peek_fault("EOF while parsing a value")),
+                        Some(_) => {}
+                    }
+                }
+                Some(_) if k == 0 => {}
+                Some(_) => return Err(self.peek_fault("expected `,` or `]`")),
+                None => return Err(self.peek_fault("EOF while parsing a list")),
+            }
+            fields.raw[f as usize] = Some(self.typed(f)?);
+            count += 1;
+        }
+        if mode == Mode::IdOnly && count == 0 {
+            return Err(self.fault("invalid length 0, expected struct IdOnly with 1 element"));
+        }
+        match self.ws() {
+            Some(b']') => {
+                self.i += 1;
+                Ok(fields)
+            }
+            Some(b',') => {
+                self.i += 1;
+                match self.ws() {
+                    Some(b']') => Err(self.peek_fault("trailing comma")),
+                    _ => Err(self.peek_fault("trailing characters")),
+                }
+            }
+            Some(_) => Err(self.peek_fault("trailing characters")),
+            None => Err(self.peek_fault("EOF while parsing a list")),
+        }
+    }
+
+    /// A known field's value, checked strictly; returns its raw text.
+    fn typed(&mut self, field: Field) -> Res<&'a str> {
+        self.ws();
+        let start = self.i;
+        match field.kind() {
+            Kind::I64 => self.i64_value()?,
+            Kind::Bool => match self.peek() {
+                Some(b't') => {
+                    self.i += 1;
+                    self.ident(b"rue")?
+                }
+                Some(b'f') => {
+                    self.i += 1;
+                    self.ident(b"alse")?
+                }
+                _ => return Err(self.invalid_type("a boolean")),
+            },
+            Kind::Str => match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    self.string(true)?;
+                }
+                _ => return Err(self.invalid_type("a string")),
+            },
+        }
+        // Strict strings are valid UTF-8 and everything else here is ASCII.
+        std::str::from_utf8(&self.b[start..self.i])
+            .map_err(|_| self.fault("invalid unicode code point"))
+    }
+
+    /// The wrong JSON type where `expected` was wanted (or no value at all).
+    /// Like serde_json, a scalar is read first, so the position is its end
+    /// (and a fault inside it wins).
+    fn invalid_type(&mut self, expected: &str) -> Fault {
+        let found = match self.peek() {
+            None => return self.peek_fault("EOF while parsing a value"),
+            Some(b'"') => {
+                self.i += 1;
+                if let Err(fault) = self.string(true) {
+                    return fault;
+                }
+                "string"
+            }
+            Some(b'n') => {
+                self.i += 1;
+                if let Err(fault) = self.ident(b"ull") {
+                    return fault;
+                }
+                "null"
+            }
+            Some(b't') => {
+                self.i += 1;
+                if let Err(fault) = self.ident(b"rue") {
+                    return fault;
+                }
+                "boolean"
+            }
+            Some(b'f') => {
+                self.i += 1;
+                if let Err(fault) = self.ident(b"alse") {
+                    return fault;
+                }
+                "boolean"
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                if let Err(fault) = self.skip_number() {
+                    return fault;
+                }
+                "number"
+            }
+            Some(b'[') => "sequence",
+            Some(b'{') => "map",
+            Some(_) => return self.peek_fault("expected value"),
+        };
+        self.fault(format!("invalid type: {found}, expected {expected}"))
+    }
+
+    /// An integer in i64 range, as serde_json reads `i64`.
+    fn i64_value(&mut self) -> Res<()> {
+        let negative = match self.peek() {
+            Some(b'-') => {
+                self.i += 1;
+                true
+            }
+            Some(b'0'..=b'9') => false,
+            _ => return Err(self.invalid_type("i64")),
+        };
+        let mut magnitude: Option<u64> = Some(0);
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return Err(self.peek_fault("invalid number"));
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(d @ b'0'..=b'9') = self.peek() {
+                    self.i += 1;
+                    magnitude = magnitude
+                        .and_then(|m| m.checked_mul(10))
+                        .and_then(|m| m.checked_add(u64::from(d - b'0')));
+                }
+            }
+            _ => {
+                self.i += 1;
+                return Err(self.fault("invalid number"));
+            }
+        }
+        if let Some(b'.' | b'e' | b'E') = self.peek() {
+            self.skip_fraction_and_exponent()?;
+            return Err(self.fault("invalid type: floating point, expected i64"));
+        }
+        // serde_json reads a u64 overflow as a float, and `-0` as `-0.0`.
+        let fits = match (negative, magnitude) {
+            (_, None) | (true, Some(0)) => {
+                return Err(self.fault("invalid type: floating point, expected i64"))
+            }
+            (true, Some(m)) => m <= I64_MIN_MAGNITUDE,
+            (false, Some(m)) => i64::try_from(m).is_ok(),
+        };
+        if !fits {
+            let text = String::from_utf8_lossy(&self.b[..self.i]);
+            let digits = text.rsplit(|c: char| c != '-' && !c.is_ascii_digit()).next();
+            return Err(self.fault(format!(
+                "invalid value: integer `{}`, expected i64",
+                digits.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The rest of a literal whose first byte was consumed.
+    fn ident(&mut self, rest: &[u8]) -> Res<()> {
+        for &want in rest {
+            match self.peek() {
+                None => return Err(self.peek_fault("EOF while parsing a value")),
+                Some(got) => {
+                    self.i += 1;
+                    if got != want {
+                        return Err(self.fault("expected ident"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A string whose opening quote was consumed; returns the raw bytes
+    /// between the quotes. `strict` is serde_json's `parse_str` (valid UTF-8,
+    /// paired surrogates), otherwise its `ignore_str`.
+    fn string(&mut self, strict: bool) -> Res<&'a [u8]> {
+        let start = self.i;
+        loop {
+            match self.peek() {
+                None => return Err(self.peek_fault("EOF while parsing a string")),
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    self.i += 1;
+                    self.escape(strict)?;
+                }
+                Some(0..=0x1F) => {
+                    self.i += 1;
+                    return Err(self.fault(
+                        "control character (\\u0000-\\u001F) found while parsing a string",
+                    ));
+                }
+                Some(_) => self.i += 1,
+            }
+        }
+        let content = &self.b[start..self.i];
+        self.i += 1;
+        // Escapes are ASCII, so the decoded text is valid UTF-8 exactly when
+        // the raw text is.
+        if strict && std::str::from_utf8(content).is_err() {
+            return Err(self.fault("invalid unicode code point"));
+        }
+        Ok(content)
+    }
+
+    /// One escape whose backslash was consumed.
+    fn escape(&mut self, strict: bool) -> Res<()> {
+        let Some(c) = self.peek() else {
+            return Err(self.peek_fault("EOF while parsing a string"));
+        };
+        self.i += 1;
+        match c {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+            b'u' => {
+                let n = self.hex4()?;
+                if strict {
+                    self.surrogate_pair(n)
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(self.fault("invalid escape")),
+        }
+    }
+
+    /// serde_json's strict rule after `\uXXXX` = `n`: a trailing surrogate
+    /// alone is an error; a leading one must be followed by `\u` + trailing.
+    fn surrogate_pair(&mut self, n: u16) -> Res<()> {
+        if (TRAIL_SURROGATE_MIN..=TRAIL_SURROGATE_MAX).contains(&n) {
+            return Err(self.fault("lone leading surrogate in hex escape"));
+        }
+        if !(LEAD_SURROGATE_MIN..=LEAD_SURROGATE_MAX).contains(&n) {
+            return Ok(());
+        }
+        for want in [b'\\', b'u'] {
+            match self.peek() {
+                None => return Err(self.peek_fault("EOF while parsing a string")),
+                Some(got) => {
+                    self.i += 1;
+                    if got != want {
+                        return Err(self.fault("unexpected end of hex escape"));
+                    }
+                }
+            }
+        }
+        let n2 = self.hex4()?;
+        if !(TRAIL_SURROGATE_MIN..=TRAIL_SURROGATE_MAX).contains(&n2) {
+            return Err(self.fault("lone leading surrogate in hex escape"));
+        }
+        Ok(())
+    }
+
+    /// Four hex digits of a `\u` escape.
+    fn hex4(&mut self) -> Res<u16> {
+        let Some(digits) = self.b.get(self.i..self.i + 4) else {
+            self.i = self.b.len();
+            return Err(self.peek_fault("EOF while parsing a string"));
+        };
+        self.i += 4;
+        let mut n: u16 = 0;
+        for &d in digits {
+            let v = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                b'A'..=b'F' => d - b'A' + 10,
+                _ => return Err(self.fault("invalid escape")),
+            };
+            n = n * 16 + u16::from(v);
+        }
+        Ok(n)
+    }
+
+    /// A number with serde_json's `ignore_integer` grammar (no range check).
+    fn skip_number(&mut self) -> Res<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return Err(self.peek_fault("invalid number"));
+                }
+            }
+            Some(b'1'..=b'9') => self.skip_digits(),
+            _ => {
+                self.i += 1;
+                return Err(self.fault("invalid number"));
+            }
+        }
+        self.skip_fraction_and_exponent()
+    }
+
+    /// The optional `.digits` and `e[+-]digits` parts of a number.
+    fn skip_fraction_and_exponent(&mut self) -> Res<()> {
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(self.peek_fault("invalid number"));
+            }
+            self.skip_digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                self.i += 1;
+                return Err(self.fault("invalid number"));
+            }
+            self.skip_digits();
+        }
+        Ok(())
+    }
+
+    fn skip_digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// An object key and its colon inside a skipped value; the cursor is
+    /// before the key.
+    fn skip_key(&mut self) -> Res<()> {
+        match self.ws() {
+            Some(b'"') => self.i += 1,
+            Some(_) => return Err(self.peek_fault("key must be a string")),
+            None => return Err(self.peek_fault("EOF while parsing an object")),
+        }
+        self.string(false)?;
+        match self.ws() {
+            Some(b':') => {
+                self.i += 1;
+                Ok(())
+            }
+            Some(_) => Err(self.peek_fault("expected `:`")),
+            None => Err(self.peek_fault("EOF while parsing an object")),
+        }
+    }
+
+    /// Skips one value of an unknown field, as serde_json's `ignore_value`:
+    /// iteratively, with an explicit stack of open containers.
+    fn skip_value(&mut self) -> Res<()> {
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            // A value is expected here.
+            match self.ws() {
+                None => return Err(self.peek_fault("EOF while parsing a value")),
+                Some(b'n') => {
+                    self.i += 1;
+                    self.ident(b"ull")?;
+                }
+                Some(b't') => {
+                    self.i += 1;
+                    self.ident(b"rue")?;
+                }
+                Some(b'f') => {
+                    self.i += 1;
+                    self.ident(b"alse")?;
+                }
+                Some(b'-' | b'0'..=b'9') => self.skip_number()?,
+                Some(b'"') => {
+                    self.i += 1;
+                    self.string(false)?;
+                }
+                Some(bracket @ (b'[' | b'{')) => {
+                    self.i += 1;
+                    let close = if bracket == b'[' { b']' } else { b'}' };
+                    if self.ws() == Some(close) {
+                        self.i += 1;
+                    } else {
+                        open.push(close);
+                        if bracket == b'{' {
+                            self.skip_key()?;
+                        }
+                        continue;
+                    }
+                }
+                Some(_) => return Err(self.peek_fault("expected value")),
+            }
+            // A value ended: close containers until one wants another value.
+            loop {
+                let Some(&close) = open.last() else {
+                    return Ok(());
+                };
+                match self.ws() {
+                    Some(b',') => {
+                        self.i += 1;
+                        if close == b'}' {
+                            self.skip_key()?;
+                        }
+                        break;
+                    }
+                    Some(c) if c == close => {
+                        self.i += 1;
+                        open.pop();
+                    }
+                    Some(_) if close == b']' => {
+                        return Err(self.peek_fault("expected `,` or `]`"))
+                    }
+                    Some(_) => return Err(self.peek_fault("expected `,` or `}`")),
+                    None if close == b']' => {
+                        return Err(self.peek_fault("EOF while parsing a list"))
+                    }
+                    None => return Err(self.peek_fault("EOF while parsing an object")),
+                }
+            }
+        }
+    }
+}
+
+/// Unescapes a strictly checked key just far enough to compare it with the
+/// field names: keys that are long or decode to non-ASCII come back as
+/// something that matches no field.
+fn unescape_short(raw: &[u8]) -> Vec<u8> {
+    if !raw.contains(&b'\\') {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(LONGEST_FIELD_NAME + 1);
+    let mut i = 0;
+    while i < raw.len() && out.len() <= LONGEST_FIELD_NAME {
+        let b = raw[i];
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some(&e) = raw.get(i) else { break };
+        i += 1;
+        let plain = match e {
+            b'b' => 0x08,
+            b'f' => 0x0C,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let hex = raw.get(i..i + 4).and_then(|h| std::str::from_utf8(h).ok());
+                i += 4;
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(c) if c.is_ascii() => c,
+                    // Non-ASCII cannot be part of a field name.
+                    _ => return vec![0xFF],
+                }
+            }
+            other => other,
+        };
+        out.push(plain);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(s: &str) -> Result<Option<i64>, Option<i64>> {
+        check(s.as_bytes())
+            .map(|f| f.raw(Field::RequestId).and_then(|r| r.parse().ok()))
+            .map_err(|e| e.request_id)
+    }
+
+    #[test]
+    fn reads_keys_after_unescaping() {
+        assert_eq!(verdict(r#"{"request\u0049D":3}"#), Ok(Some(3)));
+        assert_eq!(verdict(r#"{"request\u00c9D":3}"#), Ok(None));
+    }
+
+    #[test]
+    fn skips_deep_unknown_values_without_recursion() {
+        let deep = format!("{{\"x\":{}{}}}", "[{\"a\":".repeat(200_000), "}]".repeat(200_000));
+        assert_eq!(verdict(&deep), Ok(None));
+        let open = format!("{{\"x\":{}", "[".repeat(200_000));
+        assert!(verdict(&open).is_err());
+    }
+
+    #[test]
+    fn reports_serde_json_positions() {
+        let err = check(b"{\"requestID\":9,\"success\":\"yes\"}").unwrap_err();
+        assert_eq!((err.line, err.column, err.request_id), (1, 26, Some(9)));
+        let err = check(b"{\n \"a\":1,}").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 8));
+        assert_eq!(err.reason, "trailing comma");
+    }
+}

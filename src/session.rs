@@ -1,0 +1,322 @@
+//! What outlives one TCP connection: the outbound queue, the outstanding
+//! requests awaiting replies, and the source of request ids.
+//!
+//! On the server every connection has its own [`Session`]. The reconnecting
+//! client keeps one session across reconnects, so messages queued while it
+//! is disconnected are sent once it is back, and request ids never repeat.
+//!
+//! Correlation rule (both directions): an inbound message is a *reply* when
+//! its `command` is empty and it reports a result (`success` or an `error`).
+//! A reply completes the outstanding request with its `requestID`; a reply
+//! that matches nothing is logged and dropped, never handed to anyone else.
+//! Every other message is a request for the [`Handler`](crate::Handler).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+
+use crate::time::timeout;
+use crate::Message;
+
+/// One item in the outbound queue.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A message to send as is.
+    Message(Message),
+    /// A request registered as outstanding; marked in flight once written.
+    Request(Message),
+    /// Close the connection with this code once everything before it is sent.
+    Close(u16),
+}
+
+/// Why a message could not be queued; the message comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The outbound queue holds [`Config::outbound_capacity`](crate::Config::outbound_capacity) messages.
+    Full(Message),
+    /// The connection (or client) is closed for good.
+    Closed(Message),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Full(_) => write!(f, "outbound queue full"),
+            SendError::Closed(_) => write!(f, "connection closed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The outbound queue was full; the request was not sent.
+    QueueFull,
+    /// The connection (or client) is closed for good; not sent.
+    Closed,
+    /// The request was sent, but the connection dropped before its reply
+    /// came. It is *not* re-sent (the command may have run); retry if safe.
+    ConnectionLost,
+    /// No reply within the request timeout.
+    Timeout,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestError::QueueFull => "outbound queue full",
+            RequestError::Closed => "connection closed",
+            RequestError::ConnectionLost => "connection lost before the reply arrived",
+            RequestError::Timeout => "no reply within the request timeout",
+        })
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// A queue and a table of outstanding requests shared by the tasks that
+/// talk to one peer (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    tx: Sender<Outgoing>,
+    rx: Receiver<Outgoing>,
+    capacity: usize,
+    request_timeout: Duration,
+    next_id: AtomicI64,
+    /// Number of entries in `pending`, read without the lock so that
+    /// connections with no outstanding requests skip it entirely.
+    pending_len: AtomicUsize,
+    pending: Mutex<HashMap<i64, Pending>>,
+}
+
+/// One outstanding request.
+struct Pending {
+    reply: Sender<Message>,
+    /// Written to a connection; lost with it if that connection drops.
+    in_flight: bool,
+}
+
+impl Session {
+    /// A session whose queue holds at most `capacity` messages and whose
+    /// requests wait at most `request_timeout` for their reply.
+    pub fn new(capacity: usize, request_timeout: Duration) -> Session {
+        // Unbounded underneath so an idle session holds no preallocated
+        // slots; the bound is enforced in `send`. Concurrent senders may
+        // overshoot it by at most their own number.
+        let (tx, rx) = async_channel::unbounded();
+        Session {
+            inner: Arc::new(SessionInner {
+                tx,
+                rx,
+                capacity,
+                request_timeout,
+                next_id: AtomicI64::new(1),
+                pending_len: AtomicUsize::new(0),
+                pending: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Queues `message` without waiting (fire and forget).
+    pub fn send(&self, message: Message) -> Result<(), SendError> {
+        if self.inner.tx.len() >= self.inner.capacity {
+            return Err(SendError::Full(message));
+        }
+        self.inner
+            .tx
+            .try_send(Outgoing::Message(message))
+            .map_err(|e| match e.into_inner() {
+                Outgoing::Message(m) => SendError::Closed(m),
+                _ => unreachable!("try_send returns what it was given"),
+            })
+    }
+
+    /// Sends `command` under a fresh `requestID` and waits for the reply
+    /// with that id, at most the request timeout.
+    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
+        self.start_request(command)?.wait().await
+    }
+
+    /// Queues a request now and returns a handle to await its reply later,
+    /// so many requests can be in flight at once (for example a broadcast).
+    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        let inner = &self.inner;
+        if inner.tx.len() >= inner.capacity {
+            return Err(RequestError::QueueFull);
+        }
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = async_channel::bounded(1);
+        self.lock().insert(
+            id,
+            Pending {
+                reply: reply_tx,
+                in_flight: false,
+            },
+        );
+        inner.pending_len.fetch_add(1, Ordering::Relaxed);
+        // From here on the handle's drop removes the entry, whatever happens.
+        let handle = PendingReply {
+            id,
+            session: self.clone(),
+            reply: reply_rx,
+            deadline: Instant::now() + inner.request_timeout,
+        };
+        inner
+            .tx
+            .try_send(Outgoing::Request(Message::request(id, command)))
+            .map_err(|_| RequestError::Closed)?;
+        Ok(handle)
+    }
+
+    /// Asks the connection to close with `code` once everything queued
+    /// before this call is sent. Ignores the capacity bound, so a full queue
+    /// cannot prevent a close.
+    pub fn close(&self, code: u16) {
+        let _ = self.inner.tx.try_send(Outgoing::Close(code));
+    }
+
+    /// Messages waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.inner.tx.len()
+    }
+
+    /// Requests waiting for a reply.
+    pub fn outstanding(&self) -> usize {
+        self.inner.pending_len.load(Ordering::Relaxed)
+    }
+
+    /// The receiving end the connection loop reads from.
+    pub(crate) fn receiver(&self) -> Receiver<Outgoing> {
+        self.inner.rx.clone()
+    }
+
+    /// Closes the queue for good: later sends fail with `Closed`, and every
+    /// outstanding request fails too.
+    pub(crate) fn shut(&self) {
+        self.inner.tx.close();
+        self.fail(|_| true);
+    }
+
+    /// Whether [`shut`](Self::shut) has been called.
+    pub fn is_shut(&self) -> bool {
+        self.inner.tx.is_closed()
+    }
+
+    /// Records that the request `id` was written to the current connection.
+    pub(crate) fn mark_in_flight(&self, id: i64) {
+        if let Some(pending) = self.lock().get_mut(&id) {
+            pending.in_flight = true;
+        }
+    }
+
+    /// Fails the requests written to a connection that has just dropped;
+    /// requests still queued stay, to be sent on the next connection.
+    pub(crate) fn connection_lost(&self) {
+        self.fail(|pending| pending.in_flight);
+    }
+
+    /// Routes an inbound message. Returns it back when it is a request for
+    /// the handler; consumes it when it is a reply (matched or dropped).
+    pub(crate) fn route(&self, message: Message) -> Option<Message> {
+        let is_reply = message.command.is_empty() && (message.success || !message.error.is_empty());
+        if !is_reply {
+            return Some(message);
+        }
+        let pending = match self.inner.pending_len.load(Ordering::Relaxed) {
+            0 => None,
+            _ => self.lock().remove(&message.request_id),
+        };
+        match pending {
+            Some(pending) => {
+                self.inner.pending_len.fetch_sub(1, Ordering::Relaxed);
+                let _ = pending.reply.try_send(message);
+            }
+            None => log::info!(
+                "dropping a reply for requestID {} that matches no outstanding request",
+                message.request_id
+            ),
+        }
+        None
+    }
+
+    /// Drops the reply channels of the requests `which` selects; their
+    /// waiters see the channel closed.
+    fn fail(&self, which: impl Fn(&Pending) -> bool) {
+        let mut pending = self.lock();
+        let before = pending.len();
+        pending.retain(|_, p| !which(p));
+        let failed = before - pending.len();
+        self.inner.pending_len.fetch_sub(failed, Ordering::Relaxed);
+    }
+
+    fn forget(&self, id: i64) {
+        if self.lock().remove(&id).is_some() {
+            self.inner.pending_len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Pending>> {
+        // Every critical section is a single map operation; a poisoned lock
+        // still holds a consistent map.
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("queued", &self.queued())
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}
+
+/// A request that has been queued; [`wait`](Self::wait) for its reply.
+/// Dropping it forgets the request (a late reply is then dropped).
+pub struct PendingReply {
+    id: i64,
+    session: Session,
+    reply: Receiver<Message>,
+    deadline: Instant,
+}
+
+impl PendingReply {
+    /// The `requestID` the request was sent under.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Waits for the reply, until the deadline set when it was queued.
+    pub async fn wait(self) -> Result<Message, RequestError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match timeout(left, self.reply.recv()).await {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(_)) => Err(RequestError::ConnectionLost),
+            None => Err(RequestError::Timeout),
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        self.session.forget(self.id);
+    }
+}
+
+impl fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("id", &self.id)
+            .finish()
+    }
+}
