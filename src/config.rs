@@ -37,6 +37,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// are just read in more pieces.
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
 
+/// How long one frame may take to go out. A peer that stops reading fills
+/// its socket buffers; past this it is dropped rather than allowed to stall
+/// its connection task (gorilla/websocket's `writeWait`).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long [`Peer::request`](crate::Peer::request) waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,6 +85,8 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// How long a request waits for its reply ([`DEFAULT_REQUEST_TIMEOUT`]).
     pub request_timeout: Duration,
+    /// How long one frame may take to be written ([`DEFAULT_WRITE_TIMEOUT`]).
+    pub write_timeout: Duration,
 }
 
 impl Default for Config {
@@ -92,6 +99,7 @@ impl Default for Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }

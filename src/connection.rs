@@ -480,12 +480,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// Sends one frame and flushes it. A peer that does not take it within
-    /// the idle timeout is treated as gone: a stuck write must not stall the
-    /// loop forever.
+    /// the write timeout is treated as gone: a stuck write must not stall
+    /// the loop forever.
     async fn send_frame(&mut self, frame: Frame) -> Result<(), Error> {
-        match timeout(self.config.idle_timeout(), self.ws.send(frame)).await {
+        match timeout(self.config.write_timeout, self.ws.send(frame)).await {
             Some(result) => result.map_err(Error::from),
-            None => Err(Error::Timeout("peer did not accept data")),
+            None => Err(Error::Timeout("peer stopped reading (write timeout)")),
         }
     }
 
