@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lexopt::prelude::*;
 use wsloop::client::ClientOptions;
-use wsloop::{parse_duration, Config};
+use wsloop::{parse_duration, AccessPolicy, Config, TOKEN_ENV};
 
 /// The address both modes use unless told otherwise.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8080";
@@ -31,6 +31,9 @@ COMMON OPTIONS:
                            [default: 1048576]
     --handshake-timeout DURATION
                            time allowed for the HTTP/WebSocket handshake [default: 10s]
+    --token-file PATH      shared secret: the server requires it at /server
+                           (Authorization: Bearer, or ?token=); the client
+                           sends it. Default: $WSLOOP_TOKEN, if set.
     -q, --quiet            log only warnings and errors
     -v, --verbose          also log every message
     -h, --help             print this help
@@ -40,6 +43,15 @@ SERVER OPTIONS:
     --queue N              pushed messages that may wait per client [default: 64]
     --console              read commands from stdin and push each to every
                            client, printing their replies
+    --allow-origin URL     also accept upgrades from this browser origin
+                           (repeatable), e.g. https://example.com
+    --allow-any-origin     turn the origin check off (logged as a warning)
+    --max-connections N    concurrent connections; 503 past it [default: 10000]
+    --max-connections-per-ip N
+                           concurrent connections per remote IP [default: 1000]
+    --max-messages-per-sec N
+                           per connection; excess closes with 1008
+                           [default: 10000; 0 = unlimited]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -75,6 +87,7 @@ pub enum Command {
         address: String,
         www: Option<PathBuf>,
         config: Config,
+        access: AccessPolicy,
         console: bool,
         verbosity: Verbosity,
     },
@@ -98,6 +111,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut verbosity = Verbosity::Normal;
     let mut client = ClientOptions::new(DEFAULT_ADDRESS);
     let mut console = false;
+    let mut access = AccessPolicy::default();
+    let mut token_file: Option<PathBuf> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -114,6 +129,16 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("count") => client.count = Some(parser.value()?.parse()?),
             Long("stdin") => client.stdin = true,
             Long("console") => console = true,
+            Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
+            Long("allow-any-origin") => access.allow_any_origin = true,
+            Long("max-connections") => access.max_connections = parser.value()?.parse()?,
+            Long("max-connections-per-ip") => {
+                access.max_connections_per_ip = parser.value()?.parse()?
+            }
+            Long("max-messages-per-sec") => {
+                config.max_messages_per_second = parser.value()?.parse()?
+            }
+            Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
             Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
@@ -131,11 +156,13 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     if client.interval.is_zero() {
         return Err("--interval must be greater than zero".into());
     }
+    let token = read_token(token_file)?;
     match mode.as_deref() {
         Some("server") => Ok(Command::Server {
             address,
             www,
             config,
+            access: AccessPolicy { token, ..access },
             console,
             verbosity,
         }),
@@ -143,6 +170,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             options: ClientOptions {
                 address,
                 config,
+                token,
                 ..client
             },
             verbosity,
@@ -150,6 +178,23 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
         Some(other) => Err(format!("unknown mode {other:?}; use server or client").into()),
         None => Ok(Command::Help),
     }
+}
+
+/// The shared secret from `--token-file`, else from `$WSLOOP_TOKEN`.
+fn read_token(file: Option<PathBuf>) -> Result<Option<String>, lexopt::Error> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?,
+        None => match std::env::var(TOKEN_ENV) {
+            Ok(token) => token,
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(Some(token))
 }
 
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {

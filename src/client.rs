@@ -67,13 +67,19 @@ pub type TcpConnection = Connection<Async<TcpStream>>;
 pub async fn connect(address: &str, config: &Config) -> Result<TcpConnection, Error> {
     config.validate()?;
     let session = Session::new(config.outbound_capacity, config.request_timeout);
-    let mut conn = dial(address, config, session).await?;
+    let mut conn = dial(address, config, None, session).await?;
     conn.owns_session = true;
     Ok(conn)
 }
 
-/// Dials and shakes hands, sending from (and routing replies into) `session`.
-async fn dial(address: &str, config: &Config, session: Session) -> Result<TcpConnection, Error> {
+/// Dials and shakes hands (with the token, if any), sending from (and
+/// routing replies into) `session`.
+async fn dial(
+    address: &str,
+    config: &Config,
+    token: Option<&str>,
+    session: Session,
+) -> Result<TcpConnection, Error> {
     let handshake = async {
         let addr = first_addr(address).await?;
         let stream = Async::<TcpStream>::connect(addr).await?;
@@ -81,6 +87,12 @@ async fn dial(address: &str, config: &Config, session: Session) -> Result<TcpCon
         let origin = HeaderValue::from_str(&format!("http://{address}/"))
             .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;
         request.headers_mut().insert("Origin", origin);
+        if let Some(token) = token {
+            let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                Error::Config("the token has characters a header cannot carry".into())
+            })?;
+            request.headers_mut().insert("Authorization", bearer);
+        }
         let websocket = Some(config.websocket());
         let (ws, _) =
             async_tungstenite::client_async_with_config(request, stream, websocket).await?;
@@ -146,6 +158,8 @@ pub struct ClientOptions {
     pub config: Config,
     /// Reconnect policy.
     pub reconnect: Reconnect,
+    /// Shared secret sent as `Authorization: Bearer` (see [`AccessPolicy`](crate::AccessPolicy)).
+    pub token: Option<String>,
     /// [`run`]: time between requests ([`DEFAULT_INTERVAL`]); unused with `stdin`.
     pub interval: Duration,
     /// [`run`]: stop after this many replies.
@@ -162,6 +176,7 @@ impl ClientOptions {
             address: address.into(),
             config: Config::default(),
             reconnect: Reconnect::default(),
+            token: None,
             interval: DEFAULT_INTERVAL,
             count: None,
             stdin: false,
@@ -195,7 +210,8 @@ impl Client {
         let config = &options.config;
         config.validate()?;
         let session = Session::new(config.outbound_capacity, config.request_timeout);
-        let first = dial(&options.address, config, session.clone()).await?;
+        let token = options.token.as_deref();
+        let first = dial(&options.address, config, token, session.clone()).await?;
         let addr = first.peer().addr();
         log::info!("connected to ws://{}/server", options.address);
         let (stop, stopped) = async_channel::bounded(1);
@@ -320,7 +336,8 @@ impl<H: Handler> Supervisor<H> {
             if !future::or(wait, closing).await {
                 return None;
             }
-            match dial(address, &self.options.config, self.session.clone()).await {
+            let token = self.options.token.as_deref();
+            match dial(address, &self.options.config, token, self.session.clone()).await {
                 Ok(conn) => {
                     log::info!("reconnected to ws://{address}/server");
                     return Some(Ok(conn));

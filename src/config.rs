@@ -45,6 +45,11 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Peer::request`](crate::Peer::request) waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most data messages one connection may send per second before it is
+/// closed with 1008: far above any interactive use, low enough that one
+/// flooding peer cannot monopolise a small server. 0 turns the check off.
+pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 10_000;
+
 /// Largest HTTP request head the server reads (431 past it).
 pub const MAX_REQUEST_HEAD_SIZE: usize = 8 * 1024;
 
@@ -87,6 +92,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long one frame may take to be written ([`DEFAULT_WRITE_TIMEOUT`]).
     pub write_timeout: Duration,
+    /// Inbound data messages allowed per second
+    /// ([`DEFAULT_MAX_MESSAGES_PER_SECOND`]; 0 = unlimited).
+    pub max_messages_per_second: u32,
 }
 
 impl Default for Config {
@@ -100,6 +108,7 @@ impl Default for Config {
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_messages_per_second: DEFAULT_MAX_MESSAGES_PER_SECOND,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use std::{fmt, io};
 
 use async_channel::{Receiver, Sender};
@@ -30,7 +30,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{self, Message as Frame};
 use async_tungstenite::WebSocketStream;
-use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 
 use crate::config::CLOSE_TIMEOUT;
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
@@ -289,6 +289,43 @@ pub struct Connection<S> {
     pub(crate) owns_session: bool,
 }
 
+/// Reads and drops everything until EOF or an error.
+async fn discard_input(stream: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = [0u8; 1024];
+    while let Ok(1..) = stream.read(&mut sink).await {}
+}
+
+/// Counts inbound data and ping frames per one-second window.
+struct RateLimit {
+    limit: u32,
+    window_start: Instant,
+    count: u32,
+}
+
+impl RateLimit {
+    fn new(limit: u32) -> Self {
+        RateLimit {
+            limit,
+            window_start: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Counts `frame` (data or ping) at `now`; true past the limit.
+    fn exceeded(&mut self, now: Instant, frame: &Frame) -> bool {
+        // Pings count too: a ping flood costs as much as a message flood.
+        if self.limit == 0 || !matches!(frame, Frame::Text(_) | Frame::Binary(_) | Frame::Ping(_)) {
+            return false;
+        }
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count > self.limit
+    }
+}
+
 /// What woke the loop.
 enum Event {
     Inbound(Option<Result<Frame, tungstenite::Error>>),
@@ -355,7 +392,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             session.connection_lost();
         }
         // Always release the socket, however the loop ended.
-        let _ = timeout(CLOSE_TIMEOUT, self.ws.get_mut().close()).await;
+        let stream = self.ws.get_mut();
+        let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
+        if let Err(Error::Policy(_) | Error::WebSocket(_)) = &result {
+            // We closed on a peer that is still sending. Closing the socket
+            // with its input unread would make the kernel send a reset,
+            // which can destroy our Close frame before the peer reads it:
+            // discard its input for a moment first (a "lingering close").
+            let _ = timeout(CLOSE_TIMEOUT, discard_input(stream)).await;
+        }
         result
     }
 
@@ -369,6 +414,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // busy connections cost no timer syscalls per message.
         let mut timer = Timer::at(next_ping.min(last_seen + idle_timeout));
         let mut outbound_first = false;
+        let mut rate = RateLimit::new(self.config.max_messages_per_second);
 
         loop {
             // Alternate which source is polled first so neither can starve
@@ -384,6 +430,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                         self.drain().await;
                         return Ok(Ended::PeerClosed(close));
+                    }
+                    if rate.exceeded(last_seen, &frame) {
+                        self.close(CLOSE_POLICY, "message rate limit exceeded", false)
+                            .await;
+                        return Err(Error::Policy("message rate limit exceeded".into()));
                     }
                     self.on_frame(frame, handler).await?;
                 }

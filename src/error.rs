@@ -19,6 +19,9 @@ pub enum Error {
     Timeout(&'static str),
     /// A [`Config`](crate::Config) or option value is invalid.
     Config(String),
+    /// The peer broke a limit (for example the message rate) and was closed
+    /// with 1008; says which.
+    Policy(String),
     /// The connection ended while the caller still expected data; says how.
     ConnectionClosed(String),
 }
@@ -31,6 +34,7 @@ impl fmt::Display for Error {
             Error::Handshake(why) => write!(f, "handshake failed: {why}"),
             Error::Timeout(what) => write!(f, "timed out: {what}"),
             Error::Config(why) => write!(f, "invalid configuration: {why}"),
+            Error::Policy(why) => write!(f, "policy violation: {why}"),
             Error::ConnectionClosed(how) => write!(f, "connection ended unexpectedly: {how}"),
         }
     }

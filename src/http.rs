@@ -539,7 +539,7 @@ fn path_segments(raw_path: &str) -> Result<Vec<String>, u16> {
 
 /// Decodes `%XX` escapes in `s`; `None` if an escape is cut short or not
 /// hexadecimal.
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -50,6 +50,7 @@
 //! any executor.
 #![warn(missing_docs)]
 
+mod access;
 pub mod client;
 mod codec;
 mod config;
@@ -62,6 +63,9 @@ pub mod server;
 mod session;
 mod time;
 
+pub use access::{
+    AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
+};
 pub use codec::{decode, encode, DecodeError};
 pub use config::*;
 pub use connection::{

@@ -19,7 +19,7 @@ use futures_lite::StreamExt;
 use smol::Executor;
 use wsloop::client::{self, ClientOptions, Event};
 use wsloop::http::StaticFiles;
-use wsloop::{encode, Config, Error, Hub, Message, Peer, Server};
+use wsloop::{encode, AccessPolicy, Config, Error, Hub, Message, Peer, Server};
 
 use cli::{Command, Verbosity};
 
@@ -40,11 +40,12 @@ fn main() -> ExitCode {
             address,
             www,
             config,
+            access,
             console,
             verbosity,
         } => {
             init_logging(verbosity);
-            run_server(&address, www, config, console).map_err(|e| e.to_string())
+            run_server(&address, www, config, access, console).map_err(|e| e.to_string())
         }
         Command::Client { options, verbosity } => {
             init_logging(verbosity);
@@ -66,6 +67,7 @@ fn run_server(
     address: &str,
     www: Option<std::path::PathBuf>,
     config: Config,
+    access: AccessPolicy,
     console: bool,
 ) -> Result<(), Error> {
     let files = match www {
@@ -77,7 +79,8 @@ fn run_server(
     with_threads(&ex, async {
         let server = Server::bind(address, config)
             .await?
-            .with_static_files(files);
+            .with_static_files(files)
+            .with_access(access);
         println!(
             "wsloop server on http://{}/ (WebSocket at /server)",
             server.local_addr()?

@@ -30,6 +30,7 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncWriteExt};
 use smol::Executor;
 
+use crate::access::{AccessPolicy, Admission};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
 use crate::http::{
     read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
@@ -65,6 +66,8 @@ struct Shared {
     /// Where upgrades are accepted; `None` means at any path.
     endpoint: Option<String>,
     started: Instant,
+    access: AccessPolicy,
+    admission: Arc<Admission>,
 }
 
 impl Server {
@@ -83,6 +86,8 @@ impl Server {
                 hub: Arc::new(Hub::new()),
                 endpoint: Some(WEBSOCKET_PATH.to_string()),
                 started: Instant::now(),
+                access: AccessPolicy::default(),
+                admission: Arc::new(Admission::default()),
             }),
         })
     }
@@ -100,6 +105,17 @@ impl Server {
     pub fn with_websocket_path(mut self, path: Option<&str>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.endpoint = path.map(str::to_string);
+        }
+        self
+    }
+
+    /// Sets who may connect: origin check, token, connection limits.
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        if access.allow_any_origin {
+            log::warn!("origin check disabled: any web page may open a socket to this server");
+        }
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.access = access;
         }
         self
     }
@@ -201,9 +217,12 @@ async fn serve<H: Handler>(
     handler: Arc<H>,
     _alive: Sender<()>,
 ) {
+    // Take a connection slot; past a limit the request still gets its 503.
+    let admitted = shared.admission.admit(addr.ip(), &shared.access);
     // The handshake's buffers live in this boxed future only until it ends,
     // so the long-lived connection future below stays small.
-    let leftover = match Box::pin(handshake(&mut stream, addr, &shared)).await {
+    let handshake = handshake(&mut stream, addr, &shared, admitted.as_ref().err().copied());
+    let leftover = match Box::pin(handshake).await {
         Some(leftover) => leftover,
         None => return,
     };
@@ -235,6 +254,7 @@ async fn handshake(
     stream: &mut Async<TcpStream>,
     addr: SocketAddr,
     shared: &Shared,
+    over_limit: Option<&str>,
 ) -> Option<Vec<u8>> {
     let head = timeout(
         shared.config.handshake_timeout,
@@ -257,6 +277,10 @@ async fn handshake(
         }
     };
 
+    if let Some(why) = over_limit {
+        log::warn!("{addr}: refused: {why}");
+        return refuse(stream, 503, why).await;
+    }
     if request.wants_upgrade() {
         return upgrade(stream, &request, shared).await.map(|()| leftover);
     }
@@ -277,8 +301,9 @@ async fn handshake(
         }
         "GET" | "HEAD" => {
             match shared.files.serve(&request, stream).await {
-                Ok(status) => log::debug!("{addr}: {} {} {status}", request.method, request.target),
-                Err(err) => log::debug!("{addr}: {} failed: {err}", request.target),
+                // The path only: a query string might carry a token.
+                Ok(status) => log::debug!("{addr}: {} {} {status}", request.method, request.path()),
+                Err(err) => log::debug!("{addr}: {} failed: {err}", request.path()),
             }
             let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
             None
@@ -307,6 +332,24 @@ async fn upgrade(stream: &mut Async<TcpStream>, request: &Request, shared: &Shar
     }
     if request.header("Sec-WebSocket-Version") != Some("13") {
         return refuse(stream, 426, "unsupported WebSocket version; use 13").await;
+    }
+    if let Err(why) = shared.access.check_origin(request) {
+        log::warn!("refused upgrade: {why}");
+        return refuse(stream, 403, &why).await;
+    }
+    if !shared.access.check_token(request) {
+        log::warn!("refused upgrade: missing or wrong token");
+        let answer = async {
+            let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
+            let headers = [
+                ("WWW-Authenticate", "Bearer"),
+                ("Content-Type", "text/plain"),
+            ];
+            write_response(stream, 401, &headers, body, false).await?;
+            stream.close().await
+        };
+        let _ = timeout(CLOSE_TIMEOUT, answer).await;
+        return None;
     }
     let key = match request.header("Sec-WebSocket-Key") {
         Some(key) if key.len() == 24 => key,
