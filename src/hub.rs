@@ -6,7 +6,7 @@
 //! non-blocking [`Peer::send`], so one stuck client cannot stall the others.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::{Message, Peer, PendingReply, RequestError, SendError, CLOSE_POLICY};
@@ -18,6 +18,9 @@ pub struct Hub {
     /// Messages received from and sent to connections that have left.
     departed_received: AtomicU64,
     departed_sent: AtomicU64,
+    /// Set by [`close_all`](Hub::close_all): connections that register
+    /// afterwards are closed with this code at once (0 = not closing).
+    closing: AtomicU16,
 }
 
 /// Totals over a hub's lifetime, for `/stats`.
@@ -114,8 +117,10 @@ impl Hub {
             .collect()
     }
 
-    /// Asks every live connection to close with `code`.
+    /// Asks every live connection, and any that registers from now on, to
+    /// close with `code`.
     pub fn close_all(&self, code: u16) {
+        self.closing.store(code, Ordering::SeqCst);
         for peer in self.peers() {
             peer.close(code);
         }
@@ -138,7 +143,12 @@ impl Hub {
 
     /// Adds a connection; the server calls this once per upgrade.
     pub(crate) fn insert(&self, peer: Peer) {
-        self.lock().insert(peer.id(), peer);
+        self.lock().insert(peer.id(), peer.clone());
+        // A connection upgraded just as shutdown began is told too.
+        match self.closing.load(Ordering::SeqCst) {
+            0 => {}
+            code => peer.close(code),
+        }
     }
 
     /// Removes a connection; true the one time it was present.

@@ -129,9 +129,10 @@ async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<Hub>) {
 /// Runs the seed client; fails unless every request got a successful
 /// reply when `--count` or `--stdin` bounds the run.
 fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), String> {
+    // One thread: replies are then reported in the order they arrive.
     let ex = Executor::new();
     let loud = verbosity != Verbosity::Quiet;
-    let summary = with_threads(&ex, async {
+    let summary = smol::block_on(ex.run(async {
         client::run(&ex, options, |event| match event {
             Event::Connected(addr) if loud => println!("Connected to ws://{addr}/server"),
             Event::Sent(request) if loud => println!("Sending request: {}", encode(request)),
@@ -141,7 +142,7 @@ fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), Strin
             _ => {}
         })
         .await
-    })
+    }))
     .map_err(|e| format!("client failed: {e}"))?;
     if summary.all_ok() {
         Ok(())

@@ -1,0 +1,601 @@
+//! The `wsloop` binary end to end: real server and client processes talking
+//! over real sockets on 127.0.0.1, plus raw WebSocket and HTTP peers.
+//!
+//! Every wait is bounded: child output is read on threads and handed over
+//! channels (`recv_timeout`), and every child is killed and reaped on drop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message as Frame;
+use futures_lite::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsloop");
+
+/// The first line `wsloop server` prints, up to the address.
+const ANNOUNCE: &str = "wsloop server on http://";
+
+/// The prefix of every reply line the client prints.
+const RECEIVED: &str = "Received from server: ";
+
+// ---------------------------------------------------------------------------
+// Harness: child processes with bounded, channel-based output reading.
+// ---------------------------------------------------------------------------
+
+/// Reads `pipe` line by line on a thread; the channel disconnects at EOF.
+fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A child process whose stdout and stderr lines arrive on channels.
+/// Dropping it kills and reaps the process, so no test leaves one behind.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    out_seen: Vec<String>,
+    err_seen: Vec<String>,
+}
+
+/// How a process ended and everything it printed.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `wsloop ARGS`; `input`, when given, is written to its stdin,
+    /// which is then closed (otherwise stdin is /dev/null).
+    fn wsloop(name: &str, args: &[&str], input: Option<&str>) -> Proc {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({BIN} {args:?}): {e}"));
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            stdin
+                .write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("writing {name}'s stdin: {e}"));
+            // Dropping `stdin` closes it: the child sees end of input.
+        }
+        let stdout = lines_of(child.stdout.take().expect("stdout was piped"));
+        let stderr = lines_of(child.stderr.take().expect("stderr was piped"));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+            out_seen: Vec::new(),
+            err_seen: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (through kill(1): the tests use std only).
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -TERM {} failed", self.name);
+    }
+
+    /// Moves whatever stderr has printed so far into `err_seen`.
+    fn collect_stderr(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.err_seen.push(line);
+        }
+    }
+
+    /// Everything seen so far, for failure messages.
+    fn context(&mut self) -> String {
+        self.collect_stderr();
+        format!(
+            "{} stdout so far: {:#?}\n{} stderr so far: {:#?}",
+            self.name, self.out_seen, self.name, self.err_seen
+        )
+    }
+
+    /// Fails the test with `what` and everything the process printed.
+    fn fail(&mut self, what: &str) -> ! {
+        let context = self.context();
+        panic!("{}: {what}\n{context}", self.name)
+    }
+
+    /// The next stdout line, or `None` at end of output; fails the test at
+    /// `deadline`.
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.stdout.recv_timeout(left) {
+            Ok(line) => {
+                self.out_seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => self.fail("no stdout line in time"),
+        }
+    }
+
+    /// Reads stdout until a line satisfies `wanted`, within `secs` seconds.
+    fn wait_for_line(&mut self, secs: u64, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            match self.next_line(deadline) {
+                Some(line) if wanted(&line) => return line,
+                Some(_) => continue,
+                None => self.fail(&format!("output ended before {what}")),
+            }
+        }
+    }
+
+    /// Waits for the process to exit within `secs` seconds and returns its
+    /// status with all of its output.
+    fn finish(&mut self, secs: u64) -> Finished {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        // Both pipes reach EOF when the process exits: that is the signal.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => self.out_seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("did not exit within {secs} s"))
+                }
+            }
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.err_seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("did not exit within {secs} s"))
+                }
+            }
+        }
+        // The pipes are closed, so the exit is at most moments away.
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                Ok(None) => self.fail(&format!("output closed but no exit within {secs} s")),
+                Err(e) => panic!("waiting for {}: {e}", self.name),
+            }
+        };
+        Finished {
+            status,
+            stdout: self.out_seen.clone(),
+            stderr: self.err_seen.clone(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Harmless if the process already exited and was reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `wsloop ARGS --address 127.0.0.1:0` and returns it with the
+/// address parsed from its first stdout line.
+fn start_server(args: &[&str]) -> (Proc, SocketAddr) {
+    let mut all = args.to_vec();
+    all.extend(["--address", "127.0.0.1:0"]);
+    let mut server = Proc::wsloop("server", &all, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = server
+        .next_line(deadline)
+        .unwrap_or_else(|| server.fail("exited before announcing its address"));
+    let addr = first
+        .strip_prefix(ANNOUNCE)
+        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
+        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+    (server, addr)
+}
+
+/// Runs `wsloop client --address ADDR ARGS` to completion (bounded).
+fn run_client(args: &[&str], addr: SocketAddr, input: Option<&str>, secs: u64) -> Finished {
+    let addr = addr.to_string();
+    let mut all = args.to_vec();
+    all.extend(["--address", &addr]);
+    Proc::wsloop("client", &all, input).finish(secs)
+}
+
+/// The JSON replies in the client's `Received from server:` lines.
+fn replies(stdout: &[String]) -> Vec<serde_json::Value> {
+    stdout
+        .iter()
+        .filter_map(|line| line.strip_prefix(RECEIVED))
+        .map(|json| {
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("reply {json:?} is not JSON: {e}"))
+        })
+        .collect()
+}
+
+/// Asserts the client saw exactly the replies to `commands`, in order, with
+/// request IDs 1, 2, ...
+fn assert_replies(run: &Finished, commands: &[&str]) {
+    assert!(run.status.success(), "client failed: {run:#?}");
+    check_replies(&replies(&run.stdout), commands, run);
+}
+
+/// Like [`assert_replies`], in any order: the client prints each reply as
+/// its request's task sees it, so requests sent back to back may print in
+/// either order.
+fn assert_replies_any_order(run: &Finished, commands: &[&str]) {
+    assert!(run.status.success(), "client failed: {run:#?}");
+    let mut replies = replies(&run.stdout);
+    replies.sort_by_key(|reply| reply["requestID"].as_u64());
+    check_replies(&replies, commands, run);
+}
+
+/// Reply `i` answers `commands[i]` under request ID `i + 1`.
+fn check_replies(replies: &[serde_json::Value], commands: &[&str], run: &Finished) {
+    assert_eq!(replies.len(), commands.len(), "reply count: {run:#?}");
+    for (i, (reply, command)) in replies.iter().zip(commands).enumerate() {
+        assert_eq!(reply["requestID"], i as u64 + 1, "reply {i}: {reply}");
+        assert_eq!(reply["success"], true, "reply {i}: {reply}");
+        assert_eq!(
+            reply["someOtherThing"],
+            format!("Command '{command}' processed successfully."),
+            "reply {i}: {reply}"
+        );
+    }
+}
+
+const HOT_DOGS: [&str; 3] = [
+    "Eject the hot dog 1.",
+    "Eject the hot dog 2.",
+    "Eject the hot dog 3.",
+];
+
+// ---------------------------------------------------------------------------
+// Client and server together.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn client_and_server_binaries_talk() {
+    let (mut server, addr) = start_server(&["server"]);
+    let run = run_client(
+        &["client", "--count", "3", "--interval", "0.05"],
+        addr,
+        None,
+        10,
+    );
+    assert_replies(&run, &HOT_DOGS);
+    // The server is unharmed by the client leaving.
+    server.sigterm();
+    let stopped = server.finish(10);
+    assert!(stopped.status.success(), "server: {stopped:#?}");
+}
+
+#[test]
+fn mode_flag_spelling_works() {
+    let (_server, addr) = start_server(&["--mode", "server"]);
+    let run = run_client(
+        &["--mode", "client", "--count", "3", "--interval", "0.05"],
+        addr,
+        None,
+        10,
+    );
+    assert_replies(&run, &HOT_DOGS);
+}
+
+#[test]
+fn stdin_mode_sends_one_request_per_line() {
+    let (_server, addr) = start_server(&["server"]);
+    let run = run_client(&["client", "--stdin"], addr, Some("alpha\nbeta\n"), 10);
+    assert_replies_any_order(&run, &["alpha", "beta"]);
+}
+
+#[test]
+fn client_fails_fast_when_server_unreachable() {
+    // A port that was just free: nothing listens there now.
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().expect("local addr").port()
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let run = run_client(&["client", "--count", "1"], addr, None, 5);
+    assert!(!run.status.success(), "client succeeded: {run:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.stderr.len(), 1, "stderr should be one line: {run:#?}");
+    assert!(run.stderr[0].starts_with("wsloop:"), "{run:#?}");
+    assert!(replies(&run.stdout).is_empty(), "{run:#?}");
+}
+
+#[test]
+fn client_without_reconnect_fails_when_server_goes_away() {
+    let (mut server, addr) = start_server(&["server"]);
+    let addr = addr.to_string();
+    let mut client = Proc::wsloop(
+        "client",
+        &[
+            "client",
+            "--address",
+            &addr,
+            "--interval",
+            "0.05",
+            "--no-reconnect",
+        ],
+        None,
+    );
+    client.wait_for_line(10, "the first reply", |l| l.starts_with(RECEIVED));
+
+    server.sigterm();
+    let run = client.finish(5);
+    assert!(
+        !run.status.success(),
+        "client must fail when the server leaves: {run:#?}"
+    );
+    let last = run.stderr.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.starts_with("wsloop:") && last.contains("connection ended unexpectedly"),
+        "client's last stderr line: {run:#?}"
+    );
+
+    let stopped = server.finish(5);
+    assert!(stopped.status.success(), "server: {stopped:#?}");
+}
+
+#[test]
+fn client_gives_up_after_max_attempts_when_server_stays_away() {
+    let (mut server, addr) = start_server(&["server"]);
+    let addr = addr.to_string();
+    let args = [
+        "client",
+        "--address",
+        &addr,
+        "--interval",
+        "0.05",
+        "--reconnect-delay",
+        "50ms",
+        "--max-attempts",
+        "3",
+    ];
+    let mut client = Proc::wsloop("client", &args, None);
+    client.wait_for_line(10, "the first reply", |l| l.starts_with(RECEIVED));
+
+    server.sigterm();
+    let stopped = server.finish(5);
+    assert!(stopped.status.success(), "server: {stopped:#?}");
+    let run = client.finish(10);
+    assert!(!run.status.success(), "client must give up: {run:#?}");
+    let attempts = run
+        .stderr
+        .iter()
+        .filter(|l| l.contains("reconnect attempt"))
+        .count();
+    assert!(attempts >= 2, "each failed attempt is logged: {run:#?}");
+    let last = run.stderr.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.starts_with("wsloop:") && last.contains("gave up reconnecting after 3 attempts"),
+        "client's last stderr line: {run:#?}"
+    );
+}
+
+#[test]
+fn server_sigterm_sends_close_1001() {
+    let (mut server, addr) = start_server(&["server"]);
+    let code = smol::block_on(wsloop::timeout(Duration::from_secs(10), async {
+        let stream = smol::net::TcpStream::connect(addr)
+            .await
+            .expect("tcp connect to the server");
+        let (mut ws, _) = async_tungstenite::client_async(format!("ws://{addr}/server"), stream)
+            .await
+            .expect("websocket handshake");
+        // One round trip proves the server's loop for this connection runs
+        // (so the connection is registered for the shutdown close).
+        ws.send(Frame::text(
+            r#"{"requestID":7,"command":"ping"}"#.to_string(),
+        ))
+        .await
+        .expect("send a request");
+        loop {
+            match ws.next().await {
+                Some(Ok(Frame::Text(text))) => {
+                    assert!(
+                        text.contains("Command 'ping' processed successfully."),
+                        "{text}"
+                    );
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a reply, got {other:?}"),
+            }
+        }
+
+        server.sigterm();
+        let code = loop {
+            match ws.next().await {
+                Some(Ok(Frame::Close(Some(frame)))) => break u16::from(frame.code),
+                Some(Ok(Frame::Close(None))) => panic!("Close frame without a code"),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended without a Close frame: {other:?}"),
+            }
+        };
+        // Keep reading so our Close reply is flushed, until the stream ends.
+        while ws.next().await.is_some() {}
+        code
+    }))
+    .expect("test did not finish within 10 s");
+    assert_eq!(code, 1001, "close code on shutdown");
+    let stopped = server.finish(5);
+    assert!(stopped.status.success(), "server: {stopped:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// Command line.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn help_lists_every_option() {
+    let run = Proc::wsloop("help", &["--help"], None).finish(5);
+    assert!(run.status.success(), "{run:#?}");
+    let help = run.stdout.join("\n");
+    for needle in [
+        "--address",
+        "--www",
+        "--heartbeat",
+        "--interval",
+        "--count",
+        "--stdin",
+        " -q",
+        " -v",
+        "127.0.0.1:8080",
+        "[default: 2s]",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_option_is_a_one_line_error() {
+    let run = Proc::wsloop("server", &["server", "--heartbeat", "0.1"], None).finish(5);
+    assert_eq!(run.status.code(), Some(2), "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    let first = run.stderr.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        first.starts_with("wsloop:") && first.contains("heartbeat"),
+        "{run:#?}"
+    );
+    // The error itself is one line; at most a pointer to --help follows.
+    assert!(run.stderr.len() <= 2, "{run:#?}");
+    assert!(
+        run.stderr.iter().skip(1).all(|l| l.contains("--help")),
+        "{run:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Static files.
+// ---------------------------------------------------------------------------
+
+/// A uniquely named directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("wsloop-test-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One HTTP/1.1 GET over a raw socket: (status, headers, body).
+fn http_get(addr: SocketAddr, target: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("tcp connect to the server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set read timeout");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
+    // The server closes after one answer, so read to EOF.
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("GET {target}: reading the answer: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {target}: no header end in {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {target}: bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn www_dir_is_served() {
+    let www = TempDir::new("www");
+    std::fs::write(www.0.join("index.html"), "hello wsloop").expect("write index.html");
+    std::fs::write(www.0.join("style.css"), "body { color: red }").expect("write style.css");
+    let dir = www.0.to_str().expect("temp dir path is UTF-8");
+    let (_server, addr) = start_server(&["server", "--www", dir]);
+
+    let (status, headers, body) = http_get(addr, "/");
+    assert_eq!(status, 200, "GET / {headers:?}");
+    assert_eq!(body, b"hello wsloop");
+    let html = header(&headers, "content-type").unwrap_or_default();
+    assert!(html.starts_with("text/html"), "GET / Content-Type {html:?}");
+
+    let (status, headers, body) = http_get(addr, "/style.css");
+    assert_eq!(status, 200, "GET /style.css {headers:?}");
+    assert_eq!(body, b"body { color: red }");
+    let css = header(&headers, "content-type").unwrap_or_default();
+    assert!(
+        css.starts_with("text/css"),
+        "GET /style.css Content-Type {css:?}"
+    );
+
+    let (status, _, _) = http_get(addr, "/missing");
+    assert_eq!(status, 404, "GET /missing");
+}
