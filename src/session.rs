@@ -207,7 +207,8 @@ impl Session {
         self.fail(|_| true);
     }
 
-    /// Whether [`shut`](Self::shut) has been called.
+    /// Whether the session is closed for good (its connection ended, or
+    /// the client was closed): sends and requests fail from now on.
     pub fn is_shut(&self) -> bool {
         self.inner.tx.is_closed()
     }
