@@ -147,20 +147,37 @@ impl Server {
 
         let accept = async {
             loop {
-                match self.listener.accept().await {
-                    Ok((stream, addr)) => {
-                        let task = serve(
-                            stream,
-                            addr,
-                            self.shared.clone(),
-                            handler.clone(),
-                            alive.clone(),
-                        );
-                        ex.spawn(task).detach();
-                    }
-                    Err(err) => {
-                        log::warn!("accept failed: {err}");
-                        Timer::after(ACCEPT_ERROR_BACKOFF).await;
+                // Wait for readiness first, then accept everything pending.
+                // (`Async::accept` would try the syscall on every poll of
+                // this future, and it is polled whenever the caller's
+                // executor wakes it, not only when a client arrives.)
+                if let Err(err) = self.listener.readable().await {
+                    log::warn!("listener failed: {err}");
+                    Timer::after(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+                loop {
+                    match self.listener.get_ref().accept() {
+                        Ok((stream, addr)) => match Async::new(stream) {
+                            Ok(stream) => {
+                                let task = serve(
+                                    stream,
+                                    addr,
+                                    self.shared.clone(),
+                                    handler.clone(),
+                                    alive.clone(),
+                                );
+                                ex.spawn(task).detach();
+                            }
+                            Err(err) => log::warn!("cannot register a connection: {err}"),
+                        },
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(err) => {
+                            // For example out of file descriptors: back off.
+                            log::warn!("accept failed: {err}");
+                            Timer::after(ACCEPT_ERROR_BACKOFF).await;
+                            break;
+                        }
                     }
                 }
             }
