@@ -50,6 +50,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// flooding peer cannot monopolise a small server. 0 turns the check off.
 pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 10_000;
 
+/// Replies buffered past this many bytes are written out even before the
+/// loop flushes; it bounds the write buffer a pipelining peer can build up.
+pub const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
 /// Largest HTTP request head the server reads (431 past it).
 pub const MAX_REQUEST_HEAD_SIZE: usize = 8 * 1024;
 
@@ -147,8 +151,9 @@ impl Config {
     pub(crate) fn websocket(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
-            // We flush after every send, so buffering writes gains nothing.
-            .write_buffer_size(0)
+            // Replies are flushed per batch; tungstenite writes out early
+            // only past this size.
+            .write_buffer_size(WRITE_BATCH_BYTES)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size))
     }
