@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 pub const TOKEN_ENV: &str = "WSLOOP_TOKEN";
 
 /// The server's admission rules (see the module docs).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AccessPolicy {
     /// Extra origins allowed besides the server's own (`scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
@@ -40,10 +40,22 @@ pub struct AccessPolicy {
     pub allow_any_origin: bool,
     /// Shared secret required at `/server`, if any.
     pub token: Option<String>,
-    /// Concurrent connections in total ([`DEFAULT_MAX_CONNECTIONS`]; 0 = default).
+    /// Concurrent connections in total ([`DEFAULT_MAX_CONNECTIONS`]; 0 = no limit).
     pub max_connections: usize,
-    /// Concurrent connections per remote IP ([`DEFAULT_MAX_CONNECTIONS_PER_IP`]; 0 = default).
+    /// Concurrent connections per remote IP ([`DEFAULT_MAX_CONNECTIONS_PER_IP`]; 0 = no limit).
     pub max_connections_per_ip: usize,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        AccessPolicy {
+            allowed_origins: Vec::new(),
+            allow_any_origin: false,
+            token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+        }
+    }
 }
 
 impl std::fmt::Debug for AccessPolicy {
@@ -110,19 +122,19 @@ impl AccessPolicy {
     }
 
     fn max_connections(&self) -> usize {
-        nonzero_or(self.max_connections, DEFAULT_MAX_CONNECTIONS)
+        no_limit_if_zero(self.max_connections)
     }
 
     fn max_connections_per_ip(&self) -> usize {
-        nonzero_or(self.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP)
+        no_limit_if_zero(self.max_connections_per_ip)
     }
 }
 
-fn nonzero_or(value: usize, default: usize) -> usize {
-    if value == 0 {
-        default
+fn no_limit_if_zero(limit: usize) -> usize {
+    if limit == 0 {
+        usize::MAX
     } else {
-        value
+        limit
     }
 }
 

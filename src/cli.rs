@@ -46,9 +46,11 @@ SERVER OPTIONS:
     --allow-origin URL     also accept upgrades from this browser origin
                            (repeatable), e.g. https://example.com
     --allow-any-origin     turn the origin check off (logged as a warning)
-    --max-connections N    concurrent connections; 503 past it [default: 10000]
+    --max-connections N    concurrent connections; 503 past it
+                           [default: 10000; 0 = unlimited]
     --max-connections-per-ip N
-                           concurrent connections per remote IP [default: 1000]
+                           concurrent connections per remote IP
+                           [default: 1000; 0 = unlimited]
     --max-messages-per-sec N
                            per connection; excess closes with 1008
                            [default: 10000; 0 = unlimited]

@@ -83,6 +83,8 @@ async fn dial(
     let handshake = async {
         let addr = first_addr(address).await?;
         let stream = Async::<TcpStream>::connect(addr).await?;
+        // Requests are small; do not hold them back for Nagle's algorithm.
+        stream.get_ref().set_nodelay(true)?;
         let mut request = format!("ws://{address}/server").into_client_request()?;
         let origin = HeaderValue::from_str(&format!("http://{address}/"))
             .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;

@@ -31,11 +31,13 @@ pub const DEFAULT_OUTBOUND_CAPACITY: usize = 64;
 /// client to receive the 101). Peers that open TCP and say nothing go away.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// tungstenite's read buffer per connection. It is allocated up front for
-/// every connection, so it dominates the cost of an idle one: 4 KiB instead
-/// of tungstenite's 128 KiB default. Larger messages still arrive whole; they
-/// are just read in more pieces.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+/// tungstenite's read buffer per connection. It is allocated up front and
+/// zero-filled on every read, so idle memory moves 1:1 with it: 1 KiB
+/// instead of tungstenite's 128 KiB default. It still holds a batch of
+/// pipelined requests (ours are ~60 bytes); larger messages arrive whole,
+/// read in more pieces. Measured: 4 KiB -> 1 KiB saved 3 KiB per idle
+/// connection with no change in CPU per round trip.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 
 /// How long one frame may take to go out. A peer that stops reading fills
 /// its socket buffers; past this it is dropped rather than allowed to stall

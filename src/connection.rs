@@ -24,7 +24,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 use std::{fmt, io};
 
-use async_channel::{Receiver, Sender};
+use async_channel::Sender;
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
@@ -287,10 +287,8 @@ impl fmt::Display for Ended {
 /// [`run`](Connection::run). Works on any `futures-io` stream.
 pub struct Connection<S> {
     ws: WebSocketStream<S>,
-    /// Boxed because async-channel's receiver is `!Unpin`.
-    outbox: Pin<Box<Receiver<Outgoing>>>,
     peer: Peer,
-    config: Config,
+    settings: LoopSettings,
     /// Whether the session ends with this connection (server side) or
     /// outlives it (the reconnecting client).
     pub(crate) owns_session: bool,
@@ -298,10 +296,42 @@ pub struct Connection<S> {
     unflushed: bool,
 }
 
+/// Shuts the stream down. With `lingering`, we closed on a peer that is
+/// still sending: closing the socket with its input unread would make the
+/// kernel send a reset, which can destroy our Close frame before the peer
+/// reads it, so its input is discarded for a moment first.
+async fn release(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), lingering: bool) {
+    let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
+    if lingering {
+        let _ = timeout(CLOSE_TIMEOUT, discard_input(stream)).await;
+    }
+}
+
 /// Reads and drops everything until EOF or an error.
 async fn discard_input(stream: &mut (impl AsyncRead + Unpin)) {
-    let mut sink = [0u8; 1024];
+    // On the heap: a stack array would live in every connection's future.
+    let mut sink = vec![0u8; 1024];
     while let Ok(1..) = stream.read(&mut sink).await {}
+}
+
+/// The part of [`Config`] the loop reads, kept per connection (the whole
+/// config would cost every connection its size again).
+struct LoopSettings {
+    heartbeat: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    max_messages_per_second: u32,
+}
+
+impl From<&Config> for LoopSettings {
+    fn from(config: &Config) -> Self {
+        LoopSettings {
+            heartbeat: config.heartbeat,
+            idle_timeout: config.idle_timeout(),
+            write_timeout: config.write_timeout,
+            max_messages_per_second: config.max_messages_per_second,
+        }
+    }
 }
 
 /// Counts inbound data and ping frames per one-second window.
@@ -337,7 +367,9 @@ impl RateLimit {
 
 /// What woke the loop.
 enum Event {
-    Inbound(Option<Result<Frame, tungstenite::Error>>),
+    /// Errors are boxed: they are rare, and inline they would double the
+    /// size of every connection's future.
+    Inbound(Option<Result<Frame, Box<tungstenite::Error>>>),
     Outbound(Option<Outgoing>),
     Tick,
 }
@@ -361,7 +393,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         config: &Config,
         session: Session,
     ) -> Self {
-        let outbox = Box::pin(session.receiver());
         let peer = Peer {
             inner: Arc::new(PeerInner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -374,9 +405,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         Connection {
             ws,
-            outbox,
             peer,
-            config: config.clone(),
+            settings: LoopSettings::from(config),
             owns_session: false,
             unflushed: false,
         }
@@ -392,39 +422,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// `Ok` is a normal end (the peer closed, EOF, a local close, idle
     /// timeout); `Err` is a failure (I/O error, protocol violation, oversized
     /// message — the peer was sent the matching close code first).
-    pub async fn run(mut self, handler: impl Handler) -> Result<Ended, Error> {
-        let result = self.serve(&handler).await;
-        // Requests written to this connection can no longer be answered.
-        let session = &self.peer.inner.session;
-        if self.owns_session {
-            session.shut();
-        } else {
-            session.connection_lost();
+    // Not an `async fn` on purpose; see the comment inside.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(
+        mut self,
+        handler: impl Handler,
+    ) -> impl Future<Output = Result<Ended, Error>> + Send {
+        // A plain fn returning an `async move` block: an `async fn` taking
+        // `mut self` would keep two copies of the connection in its future.
+        async move {
+            let result = self.serve(&handler).await;
+            // Requests written to this connection can no longer be answered.
+            let session = &self.peer.inner.session;
+            if self.owns_session {
+                session.shut();
+            } else {
+                session.connection_lost();
+            }
+            // Always release the socket, however the loop ended.
+            let lingering = matches!(result, Err(Error::Policy(_) | Error::WebSocket(_)));
+            Box::pin(release(self.ws.get_mut(), lingering)).await;
+            result
         }
-        // Always release the socket, however the loop ended.
-        let stream = self.ws.get_mut();
-        let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
-        if let Err(Error::Policy(_) | Error::WebSocket(_)) = &result {
-            // We closed on a peer that is still sending. Closing the socket
-            // with its input unread would make the kernel send a reset,
-            // which can destroy our Close frame before the peer reads it:
-            // discard its input for a moment first (a "lingering close").
-            let _ = timeout(CLOSE_TIMEOUT, discard_input(stream)).await;
-        }
-        result
     }
 
     /// The loop itself. Returns only when the connection is over.
     async fn serve(&mut self, handler: &impl Handler) -> Result<Ended, Error> {
-        let heartbeat = self.config.heartbeat;
-        let idle_timeout = self.config.idle_timeout();
+        let heartbeat = self.settings.heartbeat;
+        let idle_timeout = self.settings.idle_timeout;
         let mut last_seen = Instant::now();
         let mut next_ping = last_seen + heartbeat;
         // One timer for both deadlines; it is re-armed only when it fires, so
         // busy connections cost no timer syscalls per message.
         let mut timer = Timer::at(next_ping.min(last_seen + idle_timeout));
         let mut outbound_first = false;
-        let mut rate = RateLimit::new(self.config.max_messages_per_second);
+        let mut rate = RateLimit::new(self.settings.max_messages_per_second);
 
         let mut batch = 0;
 
@@ -432,29 +464,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             // Alternate which source is polled first so neither can starve
             // the other.
             outbound_first = !outbound_first;
-            // Replies are only buffered while more work is ready at once;
-            // they are written out together when the loop would wait, so a
-            // pipelining peer costs one write per batch, not per message.
-            let ready = future::poll_once(self.next_event(&mut timer, outbound_first)).await;
-            let event = match ready {
-                Some(event) if batch < MAX_BATCH => {
-                    batch += 1;
-                    event
-                }
-                Some(event) => {
-                    // A long batch: flush and let other tasks run, so one
-                    // busy connection cannot stall the rest.
-                    self.flush().await?;
-                    future::yield_now().await;
-                    batch = 0;
-                    event
-                }
-                None => {
-                    self.flush().await?;
-                    batch = 0;
-                    self.next_event(&mut timer, outbound_first).await
-                }
-            };
+            let event = self
+                .next_batched(&mut timer, outbound_first, &mut batch)
+                .await?;
             match event {
                 Event::Inbound(Some(Ok(frame))) => {
                     last_seen = Instant::now();
@@ -463,7 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         // so it is flushed, until the stream reports the end.
                         log::debug!("peer {} sent close {:?}", self.peer.id(), frame);
                         let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-                        self.drain().await;
+                        Box::pin(self.drain()).await;
                         return Ok(Ended::PeerClosed(close));
                     }
                     if rate.exceeded(last_seen, &frame) {
@@ -471,20 +483,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                             .await;
                         return Err(Error::Policy("message rate limit exceeded".into()));
                     }
-                    self.on_frame(frame, handler).await?;
+                    // Boxed: a message's handling state lives only while it
+                    // is handled; inline it would enlarge every idle
+                    // connection's future.
+                    Box::pin(self.on_frame(frame, handler)).await?;
                 }
-                Event::Inbound(Some(Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )))) => {
-                    // The peer closed TCP between frames without a Close:
-                    // abrupt, but a normal end (the Go client does this).
-                    return Ok(Ended::Eof);
+                Event::Inbound(Some(Err(err))) => {
+                    if let tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ) = *err
+                    {
+                        // The peer closed TCP between frames without a
+                        // Close: abrupt, but a normal end (the Go client
+                        // does this).
+                        return Ok(Ended::Eof);
+                    }
+                    return Err(Box::pin(self.fail(*err)).await);
                 }
-                Event::Inbound(Some(Err(err))) => return Err(self.fail(err).await),
                 Event::Inbound(None) => return Ok(Ended::Eof),
-                Event::Outbound(Some(Outgoing::Message(message))) => self.send(&message).await?,
+                Event::Outbound(Some(Outgoing::Message(message))) => {
+                    Box::pin(self.send(&message)).await?
+                }
                 Event::Outbound(Some(Outgoing::Request(message))) => {
-                    self.send(&message).await?;
+                    Box::pin(self.send(&message)).await?;
                     self.peer.inner.session.mark_in_flight(message.request_id);
                 }
                 Event::Outbound(Some(Outgoing::Close(code))) => {
@@ -516,6 +537,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
+    /// The next event, flushing buffered replies first when none is ready.
+    /// Replies are only buffered while more work is ready at once; they are
+    /// written out together when the loop would wait, so a pipelining peer
+    /// costs one write per batch, not per message.
+    async fn next_batched(
+        &mut self,
+        timer: &mut Timer,
+        outbound_first: bool,
+        batch: &mut usize,
+    ) -> Result<Event, Error> {
+        if *batch >= MAX_BATCH {
+            // A long batch: flush and let other tasks run, so one busy
+            // connection cannot stall the rest.
+            self.flush().await?;
+            future::yield_now().await;
+            *batch = 0;
+        }
+        if let Some(event) = future::poll_once(self.next_event(timer, outbound_first)).await {
+            *batch += 1;
+            return Ok(event);
+        }
+        self.flush().await?;
+        *batch = 0;
+        Ok(self.next_event(timer, outbound_first).await)
+    }
+
     /// Waits for the first of: the heartbeat timer, an outbound message, an
     /// inbound frame. Each source keeps its own waker registration between
     /// calls, so nothing is allocated per turn.
@@ -526,9 +573,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             for turn in [outbound_first, !outbound_first] {
                 let ready = if turn {
-                    self.outbox.as_mut().poll_next(cx).map(Event::Outbound)
+                    self.peer
+                        .inner
+                        .session
+                        .poll_outgoing(cx)
+                        .map(Event::Outbound)
                 } else {
-                    Pin::new(&mut self.ws).poll_next(cx).map(Event::Inbound)
+                    Pin::new(&mut self.ws)
+                        .poll_next(cx)
+                        .map(|frame| Event::Inbound(frame.map(|f| f.map_err(Box::new))))
                 };
                 if ready.is_ready() {
                     return ready;
@@ -576,7 +629,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             future::poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await?;
             Pin::new(&mut *ws).start_send(frame)
         };
-        let result = timeout(self.config.write_timeout, feed).await;
+        let result = timeout(self.settings.write_timeout, feed).await;
         self.unflushed = true;
         match result {
             Some(result) => result.map_err(Error::from),
@@ -591,7 +644,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let ws = &mut self.ws;
         let flush = future::poll_fn(|cx| Pin::new(&mut *ws).poll_flush(cx));
-        let result = timeout(self.config.write_timeout, flush).await;
+        let result = timeout(self.settings.write_timeout, flush).await;
         self.unflushed = false;
         match result {
             Some(result) => result.map_err(Error::from),
@@ -600,8 +653,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// Sends our Close frame and, if `await_reply`, waits (bounded) for the
-    /// peer's Close in return.
+    /// peer's Close in return. Boxed: the closing paths are rare, and their
+    /// state would otherwise sit in every connection's future for its life.
     async fn close(&mut self, code: u16, reason: &str, await_reply: bool) {
+        Box::pin(self.close_inner(code, reason, await_reply)).await
+    }
+
+    async fn close_inner(&mut self, code: u16, reason: &str, await_reply: bool) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),

@@ -77,7 +77,7 @@ pub use hub::{Hub, HubStats};
 pub use message::Message;
 pub use server::Server;
 pub use session::{PendingReply, RequestError, SendError, Session};
-pub use time::{parse_duration, timeout};
+pub use time::{parse_duration, timeout, Timeout};
 
 /// One WebSocket frame (tungstenite's message type), as seen by
 /// [`Handler::on_frame`].

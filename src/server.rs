@@ -158,7 +158,7 @@ impl Server {
                 }
                 loop {
                     match self.listener.get_ref().accept() {
-                        Ok((stream, addr)) => match Async::new(stream) {
+                        Ok((stream, addr)) => match nodelay(stream) {
                             Ok(stream) => {
                                 let task = serve(
                                     stream,
@@ -214,6 +214,13 @@ impl Shared {
             self.started.elapsed().as_secs()
         )
     }
+}
+
+/// Turns Nagle's algorithm off (replies are small and must not wait for
+/// the peer's next packet) and registers the socket with the reactor.
+fn nodelay(stream: TcpStream) -> std::io::Result<Async<TcpStream>> {
+    stream.set_nodelay(true)?;
+    Async::new(stream)
 }
 
 /// Resolves `host:port` to the first address it names.

@@ -11,10 +11,11 @@
 //! that matches nothing is logged and dropped, never handed to anyone else.
 //! Every other message is a request for the [`Handler`](crate::Handler).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
@@ -88,8 +89,7 @@ pub struct Session {
 }
 
 struct SessionInner {
-    tx: Sender<Outgoing>,
-    rx: Receiver<Outgoing>,
+    outbox: Outbox,
     capacity: usize,
     request_timeout: Duration,
     next_id: AtomicI64,
@@ -97,6 +97,97 @@ struct SessionInner {
     /// connections with no outstanding requests skip it entirely.
     pending_len: AtomicUsize,
     pending: Mutex<HashMap<i64, Pending>>,
+}
+
+/// The outbound queue: a locked deque and the waker of the one connection
+/// loop that drains it. It allocates only while items wait; an
+/// async-channel here cost every idle connection about 0.6 KiB (its
+/// cache-padded queue) plus a listener allocation per wait.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    items: VecDeque<Outgoing>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+/// Why [`Outbox::push`] refused an item.
+enum Refused {
+    Full,
+    Closed,
+}
+
+/// A queue that grew past this many slots is released once drained, so a
+/// burst does not leave its memory behind on an idle connection.
+const OUTBOX_KEEP_SLOTS: usize = 8;
+
+impl Outbox {
+    /// Queues `item`, refusing it past `capacity` (when given) or once
+    /// closed, and wakes the loop.
+    fn push(&self, item: Outgoing, capacity: Option<usize>) -> Result<(), (Outgoing, Refused)> {
+        let waker = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err((item, Refused::Closed));
+            }
+            if capacity.is_some_and(|cap| state.items.len() >= cap) {
+                return Err((item, Refused::Full));
+            }
+            state.items.push_back(item);
+            state.waker.take()
+        };
+        // Wake outside the lock.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        let mut state = self.lock();
+        if let Some(item) = state.items.pop_front() {
+            if state.items.is_empty() && state.items.capacity() > OUTBOX_KEEP_SLOTS {
+                state.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(item));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    fn close(&self) {
+        let waker = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.items.clear();
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One outstanding request.
@@ -110,14 +201,9 @@ impl Session {
     /// A session whose queue holds at most `capacity` messages and whose
     /// requests wait at most `request_timeout` for their reply.
     pub fn new(capacity: usize, request_timeout: Duration) -> Session {
-        // Unbounded underneath so an idle session holds no preallocated
-        // slots; the bound is enforced in `send`. Concurrent senders may
-        // overshoot it by at most their own number.
-        let (tx, rx) = async_channel::unbounded();
         Session {
             inner: Arc::new(SessionInner {
-                tx,
-                rx,
+                outbox: Outbox::default(),
                 capacity,
                 request_timeout,
                 next_id: AtomicI64::new(1),
@@ -129,16 +215,13 @@ impl Session {
 
     /// Queues `message` without waiting (fire and forget).
     pub fn send(&self, message: Message) -> Result<(), SendError> {
-        if self.inner.tx.len() >= self.inner.capacity {
-            return Err(SendError::Full(message));
+        let capacity = Some(self.inner.capacity);
+        match self.inner.outbox.push(Outgoing::Message(message), capacity) {
+            Ok(()) => Ok(()),
+            Err((Outgoing::Message(m), Refused::Full)) => Err(SendError::Full(m)),
+            Err((Outgoing::Message(m), Refused::Closed)) => Err(SendError::Closed(m)),
+            Err(_) => unreachable!("push returns what it was given"),
         }
-        self.inner
-            .tx
-            .try_send(Outgoing::Message(message))
-            .map_err(|e| match e.into_inner() {
-                Outgoing::Message(m) => SendError::Closed(m),
-                _ => unreachable!("try_send returns what it was given"),
-            })
     }
 
     /// Sends `command` under a fresh `requestID` and waits for the reply
@@ -151,7 +234,7 @@ impl Session {
     /// so many requests can be in flight at once (for example a broadcast).
     pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
         let inner = &self.inner;
-        if inner.tx.len() >= inner.capacity {
+        if inner.outbox.len() >= inner.capacity {
             return Err(RequestError::QueueFull);
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -171,23 +254,24 @@ impl Session {
             reply: reply_rx,
             deadline: Instant::now() + inner.request_timeout,
         };
-        inner
-            .tx
-            .try_send(Outgoing::Request(Message::request(id, command)))
-            .map_err(|_| RequestError::Closed)?;
-        Ok(handle)
+        let request = Outgoing::Request(Message::request(id, command));
+        match inner.outbox.push(request, Some(inner.capacity)) {
+            Ok(()) => Ok(handle),
+            Err((_, Refused::Full)) => Err(RequestError::QueueFull),
+            Err((_, Refused::Closed)) => Err(RequestError::Closed),
+        }
     }
 
     /// Asks the connection to close with `code` once everything queued
     /// before this call is sent. Ignores the capacity bound, so a full queue
     /// cannot prevent a close.
     pub fn close(&self, code: u16) {
-        let _ = self.inner.tx.try_send(Outgoing::Close(code));
+        let _ = self.inner.outbox.push(Outgoing::Close(code), None);
     }
 
     /// Messages waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.inner.tx.len()
+        self.inner.outbox.len()
     }
 
     /// Requests waiting for a reply.
@@ -195,22 +279,23 @@ impl Session {
         self.inner.pending_len.load(Ordering::Relaxed)
     }
 
-    /// The receiving end the connection loop reads from.
-    pub(crate) fn receiver(&self) -> Receiver<Outgoing> {
-        self.inner.rx.clone()
+    /// The next queued item for the connection loop (only one loop drains
+    /// a session at a time); `None` once the session is shut.
+    pub(crate) fn poll_outgoing(&self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        self.inner.outbox.poll_pop(cx)
     }
 
     /// Closes the queue for good: later sends fail with `Closed`, and every
     /// outstanding request fails too.
     pub(crate) fn shut(&self) {
-        self.inner.tx.close();
+        self.inner.outbox.close();
         self.fail(|_| true);
     }
 
     /// Whether the session is closed for good (its connection ended, or
     /// the client was closed): sends and requests fail from now on.
     pub fn is_shut(&self) -> bool {
-        self.inner.tx.is_closed()
+        self.inner.outbox.is_closed()
     }
 
     /// Records that the request `id` was written to the current connection.

@@ -2,25 +2,52 @@
 //! any future, and parsing of human-written durations (`2`, `0.2`, `200ms`, `30s`).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_io::Timer;
-use futures_lite::future;
 
 /// Runs `fut` to completion unless `limit` passes first (then `None`).
 ///
-/// The timer is only registered if `fut` does not finish on its first poll,
-/// so the common fast path costs no timer syscalls.
-pub async fn timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    if let Some(out) = future::poll_once(fut.as_mut()).await {
-        return Some(out);
+/// The timer is only created if `fut` does not finish on its first poll,
+/// so the common fast path costs no timer syscalls. A plain struct rather
+/// than an `async fn`, which would store `fut` twice in its state (this
+/// wraps every write, so its size is paid by every connection).
+pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        limit,
+        timer: None,
     }
-    future::or(async { Some(fut.await) }, async {
-        Timer::after(limit).await;
-        None
-    })
-    .await
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`timeout`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        limit: Duration,
+        timer: Option<Timer>,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let limit = *this.limit;
+        let timer = this.timer.get_or_insert_with(|| Timer::after(limit));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Parses a duration: a plain number is seconds (fractions allowed); the
@@ -77,7 +104,7 @@ mod tests {
     fn timeout_expires_and_passes_through() {
         smol::block_on(async {
             assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Some(7));
-            let never = future::pending::<()>();
+            let never = futures_lite::future::pending::<()>();
             assert_eq!(timeout(Duration::from_millis(20), never).await, None);
         });
     }
