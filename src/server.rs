@@ -7,7 +7,6 @@
 //! handshake and runs [`Connection::run`] until the peer leaves.
 //!
 //! ```no_run
-//! # use std::sync::Arc;
 //! # use wsloop::{Config, Message, Peer, Server};
 //! let ex = smol::Executor::new();
 //! smol::block_on(ex.run(async {
@@ -19,7 +18,9 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_channel::Sender;
@@ -36,7 +37,7 @@ use crate::http::{
     read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
 };
 use crate::time::timeout;
-use crate::{Config, Connection, Error, Handler, Hub, CLOSE_GOING_AWAY};
+use crate::{Config, Connection, Ended, Error, Handler, Hub, CLOSE_GOING_AWAY};
 
 /// The path of the WebSocket endpoint, as in the original program.
 pub const WEBSOCKET_PATH: &str = "/server";
@@ -232,43 +233,87 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
 
-/// One TCP connection, from its first byte to its close. `_alive` marks the
+/// One TCP connection, from its first byte to its close. `alive` marks the
 /// task as running for the shutdown wait.
-async fn serve<H: Handler>(
+///
+/// A plain fn returning an `async move` block, not an `async fn`: the
+/// latter copies its arguments into a second set of locals, and this future
+/// lives as long as the connection.
+fn serve<H: Handler>(
     mut stream: Async<TcpStream>,
     addr: SocketAddr,
     shared: Arc<Shared>,
     handler: Arc<H>,
-    _alive: Sender<()>,
-) {
-    // Take a connection slot; past a limit the request still gets its 503.
-    let admitted = shared.admission.admit(addr.ip(), &shared.access);
-    // The handshake's buffers live in this boxed future only until it ends,
-    // so the long-lived connection future below stays small.
-    let handshake = handshake(&mut stream, addr, &shared, admitted.as_ref().err().copied());
-    let leftover = match Box::pin(handshake).await {
-        Some(leftover) => leftover,
-        None => return,
-    };
-    let config = &shared.config;
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        leftover,
-        Role::Server,
-        Some(config.websocket()),
-    )
-    .await;
-    let conn = Connection::new(ws, Some(addr), config);
+    alive: Sender<()>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Take a connection slot; past a limit the request still gets its 503.
+        let admitted = shared.admission.admit(addr.ip(), &shared.access);
+        // The handshake's buffers live in this boxed future only until it
+        // ends, so the long-lived connection future below stays small.
+        let over_limit = admitted.as_ref().err().copied();
+        let handshake = handshake(&mut stream, addr, &shared, over_limit);
+        let leftover = match Box::pin(handshake).await {
+            Some(leftover) => leftover,
+            None => return,
+        };
+        let websocket = Some(shared.config.websocket());
+        let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
+        let ws = Box::pin(ws).await;
+        connected(ws, addr, &shared, handler).await;
+        drop((admitted, alive));
+    }
+}
+
+/// Registers an upgraded connection with the hub, and returns its loop
+/// followed by its removal from the hub.
+fn connected<H: Handler>(
+    ws: WebSocketStream<Async<TcpStream>>,
+    addr: SocketAddr,
+    shared: &Shared,
+    handler: Arc<H>,
+) -> impl Future<Output = ()> + Send {
+    let conn = Connection::new(ws, Some(addr), &shared.config);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
     handler.on_connect(conn.peer());
-
-    match conn.run(handler).await {
-        Ok(ended) => log::info!("client {id} disconnected: {ended}"),
-        Err(err) => log::warn!("client {id} dropped: {err}"),
+    let hub = shared.hub.clone();
+    // `Finish` rather than an async block, which would hold the
+    // connection's future twice (as a captured value and as the awaitee).
+    Finish {
+        fut: conn.run(handler),
+        then: Some(move |ended: Result<Ended, Error>| {
+            match ended {
+                Ok(ended) => log::info!("client {id} disconnected: {ended}"),
+                Err(err) => log::warn!("client {id} dropped: {err}"),
+            }
+            hub.remove(id);
+        }),
     }
-    shared.hub.remove(id);
+}
+
+pin_project_lite::pin_project! {
+    /// Runs `fut`, then hands its output to `then` (a `map` that stores the
+    /// future only once).
+    struct Finish<F, C> {
+        #[pin]
+        fut: F,
+        then: Option<C>,
+    }
+}
+
+impl<F: Future, C: FnOnce(F::Output)> Future for Finish<F, C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let output = std::task::ready!(this.fut.poll(cx));
+        if let Some(then) = this.then.take() {
+            then(output);
+        }
+        Poll::Ready(())
+    }
 }
 
 /// Reads the request head and answers it. Returns the bytes read past the
