@@ -239,6 +239,7 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
 /// A plain fn returning an `async move` block, not an `async fn`: the
 /// latter copies its arguments into a second set of locals, and this future
 /// lives as long as the connection.
+#[allow(clippy::manual_async_fn)]
 fn serve<H: Handler>(
     mut stream: Async<TcpStream>,
     addr: SocketAddr,
