@@ -44,6 +44,7 @@ use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
 
 use crate::session::{PendingReply, RequestError, SendError, Session};
+use crate::tcp::Tcp;
 use crate::time::timeout;
 use crate::{Config, Connection, Ended, Error, Handler, Message, CLOSE_NORMAL};
 
@@ -60,7 +61,7 @@ pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 const PUSH_QUEUE: usize = 64;
 
 /// A connection dialled over TCP.
-pub type TcpConnection = Connection<Async<TcpStream>>;
+pub type TcpConnection = Connection<Tcp>;
 
 /// Dials `ws://{address}/server` once, with `Origin: http://{address}/` (as
 /// the Go client does), within the handshake timeout.
@@ -82,9 +83,7 @@ async fn dial(
 ) -> Result<TcpConnection, Error> {
     let handshake = async {
         let addr = first_addr(address).await?;
-        let stream = Async::<TcpStream>::connect(addr).await?;
-        // Requests are small; do not hold them back for Nagle's algorithm.
-        stream.get_ref().set_nodelay(true)?;
+        let stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
         let mut request = format!("ws://{address}/server").into_client_request()?;
         let origin = HeaderValue::from_str(&format!("http://{address}/"))
             .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;

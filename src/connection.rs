@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 use std::{fmt, io};
@@ -307,6 +307,22 @@ async fn release(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), lingering: 
     }
 }
 
+/// Heartbeat deadlines are rounded up to this grid, so the timers of many
+/// connections fire together and one reactor wake-up serves them all
+/// (each wake-up costs async-io several syscalls). A quarter second is
+/// nothing next to a heartbeat of at least one second.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(250);
+
+/// `deadline` rounded up to the [`TIMER_GRANULARITY`] grid.
+fn coarse(deadline: Instant) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    let grid = TIMER_GRANULARITY.as_nanos();
+    let rounded = since.div_ceil(grid) * grid;
+    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+}
+
 /// Reads and drops everything until EOF or an error.
 async fn discard_input(stream: &mut (impl AsyncRead + Unpin)) {
     // On the heap: a stack array would live in every connection's future.
@@ -454,7 +470,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut next_ping = last_seen + heartbeat;
         // One timer for both deadlines; it is re-armed only when it fires, so
         // busy connections cost no timer syscalls per message.
-        let mut timer = Timer::at(next_ping.min(last_seen + idle_timeout));
+        let mut timer = Timer::at(coarse(next_ping.min(last_seen + idle_timeout)));
         let mut outbound_first = false;
         let mut rate = RateLimit::new(self.settings.max_messages_per_second);
 
@@ -529,9 +545,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                     if now >= next_ping {
                         self.send_frame(Frame::Ping(Default::default())).await?;
-                        next_ping = now + heartbeat;
+                        // From the scheduled time, so that rounding to the
+                        // timer grid does not accumulate into drift.
+                        next_ping += heartbeat;
+                        if next_ping <= now {
+                            next_ping = now + heartbeat;
+                        }
                     }
-                    timer.set_at(next_ping.min(last_seen + idle_timeout));
+                    timer.set_at(coarse(next_ping.min(last_seen + idle_timeout)));
                 }
             }
         }

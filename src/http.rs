@@ -963,6 +963,6 @@ mod tests {
         assert_eq!(serve(&files, "GET", "/index.html").status, 200);
         assert_eq!(serve(&files, "GET", "/favicon.ico").status, 404);
         assert_eq!(serve(&files, "GET", "/x").status, 404);
-        assert!(BUILTIN_PAGE.len() < 4096);
+        assert!(BUILTIN_PAGE.len() < 12 * 1024);
     }
 }

@@ -61,6 +61,7 @@ mod hub;
 mod message;
 pub mod server;
 mod session;
+mod tcp;
 mod time;
 
 pub use access::{
@@ -77,6 +78,7 @@ pub use hub::{Hub, HubStats};
 pub use message::Message;
 pub use server::Server;
 pub use session::{PendingReply, RequestError, SendError, Session};
+pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
 
 /// One WebSocket frame (tungstenite's message type), as seen by

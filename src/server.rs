@@ -17,7 +17,7 @@
 //! ```
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -36,6 +36,7 @@ use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
 use crate::http::{
     read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
 };
+use crate::tcp::Tcp;
 use crate::time::timeout;
 use crate::{Config, Connection, Ended, Error, Handler, Hub, CLOSE_GOING_AWAY};
 
@@ -159,7 +160,7 @@ impl Server {
                 }
                 loop {
                     match self.listener.get_ref().accept() {
-                        Ok((stream, addr)) => match nodelay(stream) {
+                        Ok((stream, addr)) => match Async::new(stream).and_then(Tcp::new) {
                             Ok(stream) => {
                                 let task = serve(
                                     stream,
@@ -217,13 +218,6 @@ impl Shared {
     }
 }
 
-/// Turns Nagle's algorithm off (replies are small and must not wait for
-/// the peer's next packet) and registers the socket with the reactor.
-fn nodelay(stream: TcpStream) -> std::io::Result<Async<TcpStream>> {
-    stream.set_nodelay(true)?;
-    Async::new(stream)
-}
-
 /// Resolves `host:port` to the first address it names.
 fn resolve(address: &str) -> Result<SocketAddr, Error> {
     address
@@ -241,7 +235,7 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
 /// lives as long as the connection.
 #[allow(clippy::manual_async_fn)]
 fn serve<H: Handler>(
-    mut stream: Async<TcpStream>,
+    mut stream: Tcp,
     addr: SocketAddr,
     shared: Arc<Shared>,
     handler: Arc<H>,
@@ -269,7 +263,7 @@ fn serve<H: Handler>(
 /// Registers an upgraded connection with the hub, and returns its loop
 /// followed by its removal from the hub.
 fn connected<H: Handler>(
-    ws: WebSocketStream<Async<TcpStream>>,
+    ws: WebSocketStream<Tcp>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
@@ -321,7 +315,7 @@ impl<F: Future, C: FnOnce(F::Output)> Future for Finish<F, C> {
 /// head when the connection was upgraded to WebSocket, `None` when it was
 /// answered as plain HTTP (or the peer failed) and should be closed.
 async fn handshake(
-    stream: &mut Async<TcpStream>,
+    stream: &mut Tcp,
     addr: SocketAddr,
     shared: &Shared,
     over_limit: Option<&str>,
@@ -385,7 +379,7 @@ async fn handshake(
 
 /// Validates a WebSocket upgrade request and, when it is good, writes the
 /// 101 response. `None` when it was refused (the refusal is already sent).
-async fn upgrade(stream: &mut Async<TcpStream>, request: &Request, shared: &Shared) -> Option<()> {
+async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option<()> {
     if !shared.is_endpoint(request.path()) {
         return refuse(stream, 404, "no WebSocket endpoint here; use /server").await;
     }
@@ -444,7 +438,7 @@ async fn upgrade(stream: &mut Async<TcpStream>, request: &Request, shared: &Shar
 
 /// Answers with an error status and a one-line reason, then closes. Always
 /// `None`, so callers can `return refuse(..).await`.
-async fn refuse<T>(stream: &mut Async<TcpStream>, status: u16, why: &str) -> Option<T> {
+async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
     let answer = async {
         write_error(stream, status, why).await?;
         stream.close().await

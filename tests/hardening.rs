@@ -317,3 +317,29 @@ fn two_thousand_connections_opened_and_dropped_leave_nothing_behind() {
         "fd leak: {fds_before} -> {fds_after}"
     );
 }
+
+#[test]
+fn after_a_protocol_error_the_server_sends_fin_at_once() {
+    let server = TestServer::start(Config::default());
+    let mut stream = raw_upgrade(server.addr);
+    // A frame with a reserved bit set: close 1002, then our FIN at once
+    // (not after the lingering-close timeout).
+    let mut frame = client_frame(1, br#"{"requestID":1}"#);
+    frame[0] |= 0x40;
+    stream.write_all(&frame).expect("send");
+    let started = Instant::now();
+    assert_eq!(read_close_code(&mut stream), Some(1002));
+    let mut rest = [0u8; 64];
+    loop {
+        match stream.read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(err) => panic!("expected EOF, got {err}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "FIN after {elapsed:?}"
+    );
+}

@@ -1,0 +1,208 @@
+//! The client side of the Autobahn|Testsuite: drives `wstest -m
+//! fuzzingserver` through wsloop's connection loop, so the suite checks how
+//! wsloop behaves as a *client* (masking, framing, fragmentation, UTF-8
+//! validation, close handshake) as `echo_server` lets it check the server.
+//!
+//! The suite's client protocol: connect to `/getCaseCount` (one text message,
+//! the number of cases), then for each case N to `/runCase?case=N&agent=A`
+//! and echo every message until the suite closes, then to
+//! `/updateReports?agent=A` so the suite writes its report.
+//!
+//! [`wsloop::client::connect`] only dials `ws://ADDR/server`, so this example
+//! does the handshake itself with async-tungstenite and hands the stream to
+//! [`Connection::new`]: from there on it is the same loop wsloop's own client
+//! and server run.
+//!
+//! Run it (with the fuzzingserver listening; `scripts/autobahn` does both):
+//!
+//! ```sh
+//! cargo run --release --example autobahn_client -- --address 127.0.0.1:9002
+//! ```
+//!
+//! What to watch for: one line per case with how the connection ended. Many
+//! cases *should* end in an error — the suite sends broken frames on purpose
+//! and wsloop must fail the connection with the right close code. The
+//! verdicts are in the suite's report (`reports/clients/index.json`), not in
+//! this program's exit code, which only says whether the suite was reachable.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_io::Async;
+use wsloop::async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsloop::{Config, Connection, Ended, Error, Frame, Handler, Message, Peer};
+
+/// Where the fuzzingserver listens unless `--address` says otherwise.
+const DEFAULT_ADDRESS: &str = "127.0.0.1:9002";
+
+/// The agent name the report files are filed under.
+const DEFAULT_AGENT: &str = "wsloop";
+
+/// The suite sends messages of up to 16 MiB; wsloop's small default read
+/// buffer (512 B, sized for idle connections) would read them in tiny
+/// pieces, since tungstenite reads at most this much per syscall.
+const READ_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Largest message accepted: the suite's 9.x cases send up to 16 MiB.
+const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// Upper bound for one case, so a stuck case cannot hang the run (the
+/// slowest 9.x cases take seconds; the loop's own idle timeout is 60 s).
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a connection does with each inbound text or binary message.
+enum Role {
+    /// Send it straight back (the `/runCase` connections).
+    Echo,
+    /// Forward its text to a channel (the `/getCaseCount` connection).
+    Collect(async_channel::Sender<String>),
+}
+
+impl Handler for Role {
+    /// Never called: `on_frame` below replaces the JSON decoding that would
+    /// call it. Required by the trait, so it answers nothing.
+    async fn on_message(&self, _peer: &Peer, _message: Message) -> Option<Message> {
+        None
+    }
+
+    async fn on_frame(&self, _peer: &Peer, frame: Frame) -> Option<Frame> {
+        match self {
+            Role::Echo => Some(frame),
+            Role::Collect(sender) => {
+                if let Frame::Text(text) = &frame {
+                    let _ = sender.send(text.to_string()).await;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// The command line.
+struct Args {
+    address: String,
+    agent: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        address: DEFAULT_ADDRESS.to_string(),
+        agent: DEFAULT_AGENT.to_string(),
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg, None),
+        };
+        let slot = match name.as_str() {
+            "--address" | "-a" => &mut args.address,
+            "--agent" => &mut args.agent,
+            "--help" | "-h" => {
+                return Err(format!(
+                    "usage: autobahn_client [--address HOST:PORT] [--agent NAME]\n\
+                     (defaults {DEFAULT_ADDRESS}, {DEFAULT_AGENT})"
+                ))
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        };
+        *slot = match inline.or_else(|| argv.next()) {
+            Some(value) => value,
+            None => return Err(format!("{name} needs a value")),
+        };
+    }
+    Ok(args)
+}
+
+/// Dials `ws://{address}{path}` and wraps the result in wsloop's loop.
+async fn dial(
+    address: &str,
+    path: &str,
+    config: &Config,
+) -> Result<Connection<Async<TcpStream>>, Error> {
+    let addr: SocketAddr = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Config(format!("{address:?} resolves to nothing")))?;
+    let stream = Async::<TcpStream>::connect(addr).await?;
+    // The protocol layer's limits must match the loop's: wsloop's own
+    // `Config` → tungstenite mapping is crate-private, so spell it out.
+    let limits = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size));
+    let url = format!("ws://{address}{path}");
+    let (ws, _response) =
+        wsloop::async_tungstenite::client_async_with_config(url, stream, Some(limits)).await?;
+    Ok(Connection::new(ws, Some(addr), config))
+}
+
+/// Runs one connection to its end with `role`, within [`CASE_TIMEOUT`].
+async fn run(address: &str, path: &str, config: &Config, role: Role) -> Result<Ended, Error> {
+    let conn = dial(address, path, config).await?;
+    wsloop::timeout(CASE_TIMEOUT, conn.run(role))
+        .await
+        .unwrap_or(Err(Error::Timeout("case did not finish")))
+}
+
+async fn drive(args: &Args, config: &Config) -> Result<(), Error> {
+    // 1. How many cases the fuzzingserver was configured with.
+    let (sender, counts) = async_channel::unbounded();
+    run(
+        &args.address,
+        "/getCaseCount",
+        config,
+        Role::Collect(sender),
+    )
+    .await?;
+    let count: u32 = match counts.try_recv() {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| Error::Config(format!("bad case count {text:?}")))?,
+        Err(_) => return Err(Error::Config("the suite sent no case count".into())),
+    };
+    println!("{count} cases");
+
+    // 2. Every case, one connection each, echoing until the suite closes.
+    // How a case ends is the suite's to judge; a failed connection is often
+    // the expected outcome, so it is reported and the run goes on.
+    for case in 1..=count {
+        let path = format!("/runCase?case={case}&agent={}", args.agent);
+        match run(&args.address, &path, config, Role::Echo).await {
+            Ok(ended) => println!("case {case}/{count}: {ended}"),
+            Err(err) => println!("case {case}/{count}: failed: {err}"),
+        }
+    }
+
+    // 3. Ask the suite to write its report for this agent.
+    let path = format!("/updateReports?agent={}", args.agent);
+    let (sender, _ignored) = async_channel::unbounded();
+    run(&args.address, &path, config, Role::Collect(sender)).await?;
+    println!("report updated for agent {}", args.agent);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = Config {
+        max_message_size: MAX_MESSAGE_SIZE,
+        read_buffer_size: READ_BUFFER_SIZE,
+        ..Config::default()
+    };
+    match smol::block_on(drive(&args, &config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("autobahn client: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

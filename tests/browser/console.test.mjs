@@ -1,0 +1,380 @@
+// End-to-end test of the built-in console page (src/builtin/index.html) in a
+// real browser: Debian's /usr/bin/chromium driven by playwright-core (no
+// browser download). Run by scripts/browser-test, which builds the binary.
+//
+// It starts `wsloop server --console` on a free port, opens the page, sends
+// a command and checks the matched reply, pushes a command from the server's
+// stdin and checks the page's answer, checks the status panel, SIGKILLs and
+// restarts the server and checks the page reconnects by itself and works
+// again, and opens the page with ?token= against a token-protected server.
+// A screenshot goes to target/console.png. Prints `N passed, M failed` last.
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, existsSync, mkdirSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const BIN = process.env.WSLOOP_BIN || join(ROOT, "target/release/wsloop");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SCREENSHOT = join(ROOT, "target/console.png");
+const TOTAL_TIMEOUT_MS = 60_000;
+const WAIT_MS = 10_000;
+
+const started = Date.now();
+const results = []; // [name, ok, detail]
+const servers = new Set();
+let context = null;
+let profile = null;
+
+function elapsed() {
+  return ((Date.now() - started) / 1000).toFixed(1) + "s";
+}
+
+function pass(name, detail = "") {
+  results.push([name, true, detail]);
+  console.log(`ok   ${name}${detail ? ` (${detail})` : ""} [${elapsed()}]`);
+}
+
+class CheckFailed extends Error {}
+
+function fail(name, detail) {
+  results.push([name, false, detail]);
+  console.log(`FAIL ${name}: ${detail} [${elapsed()}]`);
+  throw new CheckFailed(name);
+}
+
+/** Runs one named check; any exception in `body` fails it. */
+async function check(name, body) {
+  try {
+    const detail = await body();
+    pass(name, detail || "");
+  } catch (err) {
+    if (err instanceof CheckFailed) throw err;
+    fail(name, String(err && err.message ? err.message.split("\n")[0] : err));
+  }
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** Polls `pred` every 50 ms until it returns truthy, or throws after `ms`. */
+async function until(what, pred, ms = WAIT_MS) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Starts `wsloop server --console` on `port`; resolves once it listens. */
+async function startServer(port, env = {}) {
+  const childEnv = { ...process.env, ...env };
+  if (!("WSLOOP_TOKEN" in env)) delete childEnv.WSLOOP_TOKEN;
+  const child = spawn(BIN, ["server", "--address", `127.0.0.1:${port}`, "--console"], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: childEnv,
+  });
+  const server = { child, port, stdout: [], stderr: "", exited: false };
+  servers.add(server);
+  let partial = "";
+  child.stdout.setEncoding("utf8");
+  child.stdout.on("data", (chunk) => {
+    partial += chunk;
+    const lines = partial.split("\n");
+    partial = lines.pop();
+    server.stdout.push(...lines);
+  });
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (chunk) => (server.stderr += chunk));
+  child.stdin.on("error", () => {});
+  child.on("exit", () => {
+    server.exited = true;
+    servers.delete(server);
+  });
+  await until(`the server to listen on port ${port}`, () => {
+    if (server.exited) throw new Error(`server exited at start: ${server.stderr.trim()}`);
+    return server.stdout.some((l) => l.startsWith("wsloop server on"));
+  });
+  return server;
+}
+
+async function kill(server) {
+  if (server.exited) return;
+  const gone = new Promise((r) => server.child.once("exit", r));
+  server.child.kill("SIGKILL");
+  await gone;
+}
+
+async function cleanup() {
+  for (const s of [...servers]) {
+    try {
+      s.child.kill("SIGKILL");
+    } catch {}
+  }
+  if (context) await context.close().catch(() => {});
+  if (profile) rmSync(profile, { recursive: true, force: true });
+}
+
+function summary() {
+  const passed = results.filter((r) => r[1]).length;
+  const failed = results.length - passed;
+  console.log(`\nbrowser test: ${results.length} check(s) in ${elapsed()}`);
+  for (const [name, ok] of results) console.log(`  ${ok ? "ok  " : "FAIL"} ${name}`);
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed;
+}
+
+/** Sends `cmd` from the page; returns the requestID the page used. */
+async function sendFromPage(page, cmd) {
+  await page.fill("#cmd", cmd);
+  await page.click("#send", { timeout: WAIT_MS });
+  const id = await page.locator("#log .request").last().getAttribute("data-request-id");
+  const text = await page.locator(`#log .request[data-request-id="${id}"] .msg`).textContent();
+  if (text !== cmd) throw new Error(`request row #${id} shows ${JSON.stringify(text)}`);
+  return id;
+}
+
+/** Waits for the reply row to request `id` and checks its content. */
+async function expectReply(page, id, cmd) {
+  const reply = page.locator(`#log .reply[data-request-id="${id}"]`);
+  await reply.waitFor({ timeout: WAIT_MS });
+  const text = await reply.locator(".msg").textContent();
+  const shown = await reply.locator(".cmd").textContent();
+  const rtt = await reply.locator(".rtt").textContent();
+  const ms = Number(await reply.getAttribute("data-rtt"));
+  const want = `Command '${cmd}' processed successfully.`;
+  if (text !== want) throw new Error(`reply #${id} says ${JSON.stringify(text)}, want ${JSON.stringify(want)}`);
+  if (shown !== cmd) throw new Error(`reply #${id} names command ${shown}`);
+  if (!/^\d+(\.\d)? ms$/.test(rtt) || !(ms >= 0 && ms < WAIT_MS)) throw new Error(`reply #${id} RTT ${rtt} / ${ms}`);
+  if ((await reply.getAttribute("class")).includes("unmatched")) throw new Error(`reply #${id} unmatched`);
+  return `#${id}, RTT ${rtt}`;
+}
+
+/** Debian's chromium with a fresh profile directory, headless, as root. */
+function launch() {
+  return chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1100, height: 720 },
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    timeout: 20_000,
+  });
+}
+
+async function main() {
+  if (!existsSync(BIN)) fail("wsloop binary present", `${BIN} missing: run cargo build --release`);
+  if (!existsSync(CHROMIUM)) fail("chromium present", `${CHROMIUM} missing: apt-get install chromium`);
+  mkdirSync(join(ROOT, "target"), { recursive: true });
+
+  const port = await freePort();
+  let server = await startServer(port);
+  const base = `http://127.0.0.1:${port}/`;
+
+  profile = mkdtempSync(join(tmpdir(), "wsloop-chromium-"));
+  await check(`${CHROMIUM} starts headless`, async () => {
+    context = await launch();
+    return context.browser() ? context.browser().version() : "";
+  });
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(WAIT_MS);
+  const pageErrors = [];
+  page.on("pageerror", (err) => pageErrors.push(String(err)));
+
+  await check("page loads from the built-in server at /", async () => {
+    const resp = await page.goto(base, { timeout: WAIT_MS });
+    if (resp.status() !== 200) throw new Error(`GET / answered ${resp.status()}`);
+    const body = await page.textContent("body");
+    for (const want of ["wsloop", `ws://127.0.0.1:${port}/server`, `wsloop client --address 127.0.0.1:${port}`]) {
+      if (!body.includes(want)) throw new Error(`page does not mention ${want}`);
+    }
+    return `${(await resp.body()).length} bytes`;
+  });
+
+  await check("state becomes open", async () => {
+    await page.waitForSelector('#state[data-state="open"]', { timeout: WAIT_MS });
+    return await page.textContent("#state");
+  });
+
+  const cmd1 = "Eject the hot dog 1.";
+  await check("sent command gets its matched reply with RTT", async () => {
+    const id = await sendFromPage(page, cmd1);
+    return await expectReply(page, id, cmd1);
+  });
+
+  await check("each of several requests is matched to its own reply", async () => {
+    const cmds = ["Eject the hot dog 2.", "Check the mustard level"];
+    const ids = [];
+    for (const c of cmds) ids.push(await sendFromPage(page, c));
+    const out = [];
+    for (let i = 0; i < cmds.length; i++) out.push(await expectReply(page, ids[i], cmds[i]));
+    return out.join("; ");
+  });
+
+  const pushed = "Restock the buns";
+  await check("command pushed from the server's stdin is shown and answered", async () => {
+    server.child.stdin.write(pushed + "\n");
+    const row = page.locator("#log .pushed").filter({ hasText: pushed });
+    await row.waitFor({ timeout: WAIT_MS });
+    const id = await row.getAttribute("data-request-id");
+    await page.locator(`#log .answer[data-request-id="${id}"]`).waitFor({ timeout: WAIT_MS });
+    const line = await until("the server to print the page's reply", () =>
+      server.stdout.find((l) => /^client \d+ replied: /.test(l) && l.includes(`Command '${pushed}' processed successfully.`)),
+    );
+    const reply = JSON.parse(line.replace(/^client \d+ replied: /, ""));
+    if (reply.success !== true || reply.command !== "" || String(reply.requestID) !== id) {
+      throw new Error(`unexpected reply ${line}`);
+    }
+    return line;
+  });
+
+  await check("status panel shows >= 1 client, uptime and a message rate", async () => {
+    await until("#clients >= 1 and a rate", async () => {
+      const clients = Number(await page.textContent("#clients"));
+      const rate = Number(await page.textContent("#rate"));
+      return clients >= 1 && Number.isFinite(rate);
+    });
+    const c = await page.textContent("#clients");
+    const r = await page.textContent("#rate");
+    const u = await page.textContent("#uptime");
+    if (!/^\d+s$|\d+m \d+s$/.test(u)) throw new Error(`uptime shows ${u}`);
+    return `clients ${c}, ${r} msg/s, uptime ${u}`;
+  });
+
+  await check("server killed (SIGKILL): page shows reconnecting", async () => {
+    await kill(server);
+    await page.waitForSelector('#state[data-state="reconnecting"]', { timeout: WAIT_MS });
+    const text = await page.textContent("#state");
+    if (!/^reconnecting in \d+(\.\d)? s/.test(text)) throw new Error(`state reads ${JSON.stringify(text)}`);
+    return text;
+  });
+
+  await check("server restarted on the same port: page is open again by itself", async () => {
+    server = await until("the port to be free again", async () => {
+      try {
+        return await startServer(port);
+      } catch {
+        return null;
+      }
+    });
+    await page.waitForSelector('#state[data-state="open"]', { timeout: 20_000 });
+    const events = await page.locator("#log .event").allTextContents();
+    if (!events.some((e) => e.includes("closed 1006"))) throw new Error(`no close event in log: ${events}`);
+    return `${events.filter((e) => e.includes("connected to")).length} connects logged`;
+  });
+
+  const cmd3 = "Eject the hot dog 3.";
+  await check("after reconnecting a new command round-trips", async () => {
+    const id = await sendFromPage(page, cmd3);
+    return await expectReply(page, id, cmd3);
+  });
+
+  await check("status panel follows the restarted server", async () => {
+    await until("#clients >= 1 with a fresh uptime", async () => {
+      const clients = Number(await page.textContent("#clients"));
+      const u = await page.textContent("#uptime");
+      return clients >= 1 && /^\d+s$/.test(u);
+    });
+    return `clients ${await page.textContent("#clients")}, uptime ${await page.textContent("#uptime")}`;
+  });
+
+  await check(`screenshot saved to target/console.png`, async () => {
+    const rows = await page.locator("#log li").count();
+    if (rows < 6) throw new Error(`only ${rows} log rows`);
+    await page.screenshot({ path: SCREENSHOT, timeout: WAIT_MS });
+    return `${rows} log rows`;
+  });
+
+  await check("?token= from the page URL is passed to /server; Disconnect/Connect button", async () => {
+    const tport = await freePort();
+    await startServer(tport, { WSLOOP_TOKEN: "s3cret&x" });
+    const tpage = await context.newPage();
+    tpage.on("pageerror", (err) => pageErrors.push(String(err)));
+    await tpage.goto(`http://127.0.0.1:${tport}/?token=${encodeURIComponent("s3cret&x")}`, { timeout: WAIT_MS });
+    await tpage.waitForSelector('#state[data-state="open"]', { timeout: WAIT_MS });
+    const id = await sendFromPage(tpage, "with token");
+    const r = await expectReply(tpage, id, "with token");
+    // The Disconnect button closes with 1000 and stays closed; Connect reopens.
+    await tpage.click("#toggle");
+    await tpage.waitForSelector('#state[data-state="closed"]', { timeout: WAIT_MS });
+    const closed = await tpage.textContent("#state");
+    if (closed !== "closed 1000 (closed by you)") throw new Error(`after Disconnect the state reads ${JSON.stringify(closed)}`);
+    if (!(await tpage.isDisabled("#send"))) throw new Error("Send is enabled while closed");
+    await tpage.click("#toggle");
+    await tpage.waitForSelector('#state[data-state="open"]', { timeout: WAIT_MS });
+    // And without the token the upgrade is refused: the page keeps retrying.
+    await tpage.goto(`http://127.0.0.1:${tport}/`, { timeout: WAIT_MS });
+    await tpage.waitForSelector('#state[data-state="reconnecting"]', { timeout: WAIT_MS });
+    await tpage.close();
+    return `${r}; Disconnect shows "${closed}", Connect reopens; refused without the token`;
+  });
+
+  await check("no uncaught errors in the page", async () => {
+    if (pageErrors.length) throw new Error(pageErrors.join("; "));
+  });
+}
+
+// Whatever ends this process, no server and no profile directory outlive it.
+process.on("exit", () => {
+  for (const s of servers) {
+    try {
+      s.child.kill("SIGKILL");
+    } catch {}
+  }
+  if (profile) rmSync(profile, { recursive: true, force: true });
+});
+process.stdout.on("error", () => {}); // e.g. piped into `head`
+
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, async () => {
+    console.log(`FAIL interrupted by ${signal}`);
+    await cleanup();
+    process.exit(1);
+  });
+}
+
+const deadline = setTimeout(async () => {
+  results.push([`whole test within ${TOTAL_TIMEOUT_MS / 1000} s`, false, "timed out"]);
+  console.log(`FAIL the test did not finish within ${TOTAL_TIMEOUT_MS / 1000} s`);
+  await cleanup();
+  summary();
+  process.exit(1);
+}, TOTAL_TIMEOUT_MS);
+
+let code = 0;
+try {
+  await main();
+} catch (err) {
+  if (!(err instanceof CheckFailed)) {
+    results.push(["test harness", false, String(err && err.stack ? err.stack : err)]);
+    console.log(`FAIL test harness: ${err && err.stack ? err.stack : err}`);
+  }
+  for (const s of servers) if (s.stderr.trim()) console.log(`server stderr (port ${s.port}):\n${s.stderr.trim()}`);
+  code = 1;
+}
+clearTimeout(deadline);
+await cleanup();
+if (summary() > 0) code = 1;
+process.exit(code);
