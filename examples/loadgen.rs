@@ -216,15 +216,6 @@ impl From<io::Error> for Fault {
     }
 }
 
-/// The reply fields the generator checks; serde skips the rest.
-#[derive(serde::Deserialize)]
-struct Reply {
-    #[serde(rename = "requestID", default)]
-    request_id: i64,
-    #[serde(default)]
-    success: bool,
-}
-
 impl Conn {
     /// Dials `addr`, sets TCP_NODELAY (request/reply traffic), and runs a
     /// normal WebSocket handshake with async-tungstenite. After it, the
@@ -339,7 +330,8 @@ impl Conn {
             match header.opcode {
                 OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) if header.is_final => {
                     let bytes = &self.rbuf[payload];
-                    match serde_json::from_slice::<Reply>(bytes) {
+                    // wsloop's own codec, so this works under either codec feature.
+                    match wsloop::decode(bytes) {
                         Ok(reply) => self.replies.push((reply.request_id, reply.success)),
                         Err(err) => {
                             return Err(Fault::Protocol(format!(

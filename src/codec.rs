@@ -1,24 +1,44 @@
-//! The message codec: [`Message`] to JSON text and back.
+//! The message codec: [`Message`](crate::Message) to JSON text and back.
 //!
-//! serde + serde_json is the default codec. Decoding errors carry the position
-//! of the fault and, where the input was valid JSON with an integer
-//! `requestID`, that id, so the error reply can be correlated by the peer.
+//! Two interchangeable implementations, chosen by Cargo feature:
+//!
+//! - `serde` (the default): serde + serde_json.
+//! - `nanoserde`: nanoserde's JSON derive behind wsloop's strict JSON check
+//!   (`json_check`), for small builds with no serde crate in the tree.
+//!
+//! **nanoserde wins whenever it is enabled**, including under
+//! `--all-features` and `--features nanoserde` on top of the defaults
+//! (otherwise that command would silently keep serde_json). Both produce the
+//! same bytes on output and the same verdict, salvaged `requestID` and
+//! (nearly always the same) position on input; `tests/codec.rs` runs one
+//! suite under both, and with both features on the unit tests below also
+//! compare the two on random inputs.
+//!
+//! Decoding errors carry the position of the fault and, where the input was
+//! valid JSON with an integer `requestID`, that id, so the error reply can be
+//! correlated by the peer.
 
 use std::fmt;
 
-use crate::Message;
+#[cfg(not(any(feature = "serde", feature = "nanoserde")))]
+compile_error!(
+    "wsloop needs a message codec: enable the `serde` feature (the default) or `nanoserde` \
+     (e.g. `--no-default-features --features nanoserde`)"
+);
 
-#[cfg(not(feature = "serde"))]
-compile_error!("wsloop needs a message codec: enable the `serde` feature (the default)");
+#[cfg(feature = "nanoserde")]
+pub use nano::{decode, encode};
+#[cfg(all(feature = "serde", not(feature = "nanoserde")))]
+pub use serde_codec::{decode, encode};
 
 /// Why an inbound message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
     /// The `requestID` of the message, if it could still be read.
     pub request_id: Option<i64>,
-    /// 1-based line of the fault (0 when unknown).
+    /// 1-based line of the fault.
     pub line: usize,
-    /// 1-based column of the fault (0 when unknown).
+    /// 1-based column of the fault (in bytes, as serde_json counts).
     pub column: usize,
     /// What was wrong, without the position.
     pub reason: String,
@@ -36,82 +56,400 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Encodes `msg` as one line of compact JSON, the seed's field order.
-pub fn encode(msg: &Message) -> String {
-    // Serializing a struct of strings, an integer and a bool cannot fail.
-    serde_json::to_string(msg).unwrap_or_default()
-}
-
-/// Decodes one message from the bytes of a text or binary frame.
-pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|err| DecodeError {
-        request_id: salvage_request_id(bytes),
-        line: err.line(),
-        column: err.column(),
-        reason: strip_position(&err.to_string()),
-    })
-}
-
-/// Reads just `requestID` from input that failed to decode as a whole
-/// (for example `{"requestID":4,"success":"yes"}`), so the error reply can
-/// carry it. Returns `None` unless the input is valid JSON with an integer id.
-fn salvage_request_id(bytes: &[u8]) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        #[serde(rename = "requestID")]
-        request_id: i64,
+/// Writes `s` as a JSON string literal exactly as serde_json does: `"` and
+/// `\` escaped, the control characters U+0000..U+001F as `\b \t \n \f \r` or
+/// `\u00XX` (lowercase hex), everything else (DEL, `/`, non-ASCII) as is.
+#[cfg(feature = "nanoserde")]
+fn write_json_string(out: &mut String, s: &str) {
+    /// serde_json's hex digits for `\u00XX`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            0x0C => "\\f",
+            b'\r' => "\\r",
+            0x00..=0x1F => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
     }
-    serde_json::from_slice::<IdOnly>(bytes)
-        .ok()
-        .map(|m| m.request_id)
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
-/// serde_json appends " at line L column C"; we report the position in our
-/// own fields, so keep just the reason.
-fn strip_position(text: &str) -> String {
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text.to_string(),
-    }
-}
+/// The nanoserde codec.
+#[cfg(feature = "nanoserde")]
+pub(crate) mod nano {
+    use nanoserde::DeJson;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    use super::{write_json_string, DecodeError};
+    use crate::json_check::{self, Field};
+    use crate::Message;
 
-    #[test]
-    fn encodes_the_seed_fields_in_order_and_omits_empty_error() {
-        let json = encode(&Message::request(1, "go"));
-        assert_eq!(
-            json,
-            r#"{"requestID":1,"command":"go","someOtherThing":"","success":false}"#
+    /// Encodes `msg` as one line of compact JSON, the seed's field order.
+    ///
+    /// Written by hand rather than with nanoserde's `SerJson` derive, which
+    /// would differ from serde_json on the wire: it cannot omit an empty
+    /// `error`, and it escapes DEL (U+007F) as `\u007f` where serde_json
+    /// writes it raw.
+    pub fn encode(msg: &Message) -> String {
+        let mut out = String::with_capacity(
+            64 + msg.command.len() + msg.some_other_thing.len() + msg.error.len(),
         );
+        out.push_str("{\"requestID\":");
+        out.push_str(&msg.request_id.to_string());
+        out.push_str(",\"command\":");
+        write_json_string(&mut out, &msg.command);
+        out.push_str(",\"someOtherThing\":");
+        write_json_string(&mut out, &msg.some_other_thing);
+        out.push_str(",\"success\":");
+        out.push_str(if msg.success { "true" } else { "false" });
+        if !msg.error.is_empty() {
+            out.push_str(",\"error\":");
+            write_json_string(&mut out, &msg.error);
+        }
+        out.push('}');
+        out
+    }
+
+    /// Decodes one message from the bytes of a text or binary frame.
+    ///
+    /// The strict check decides the verdict (serde_json's, exactly); nanoserde
+    /// then decodes a canonical object holding only the known fields, copied
+    /// verbatim from the input. It never sees unknown fields (whose skipping
+    /// can panic or loop in nanoserde 0.2.1), the array form, duplicate keys,
+    /// comments, out-of-range numbers or invalid UTF-8.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let fields = json_check::check(bytes)?;
+        let mut canonical = String::with_capacity(bytes.len() + 64);
+        canonical.push('{');
+        for field in Field::ALL {
+            if let Some(raw) = fields.raw(field) {
+                if canonical.len() > 1 {
+                    canonical.push(',');
+                }
+                canonical.push('"');
+                canonical.push_str(field.name());
+                canonical.push_str("\":");
+                canonical.push_str(raw);
+            }
+        }
+        canonical.push('}');
+        // Cannot fail on checked input; should it, it is still an error reply.
+        Message::deserialize_json(&canonical).map_err(|err| DecodeError {
+            request_id: fields
+                .raw(Field::RequestId)
+                .and_then(|raw| raw.parse().ok()),
+            line: 1,
+            column: 1,
+            reason: format!("nanoserde: {err}"),
+        })
+    }
+}
+
+/// The serde_json codec. With both features on it is still compiled (the
+/// differential tests compare it with nanoserde) but not used.
+#[cfg(feature = "serde")]
+#[cfg_attr(feature = "nanoserde", allow(dead_code))]
+pub(crate) mod serde_codec {
+    use super::DecodeError;
+    use crate::Message;
+
+    /// Encodes `msg` as one line of compact JSON, the seed's field order.
+    pub fn encode(msg: &Message) -> String {
+        // Serializing a struct of strings, an integer and a bool cannot fail.
+        serde_json::to_string(msg).unwrap_or_default()
+    }
+
+    /// Decodes one message from the bytes of a text or binary frame.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|err| DecodeError {
+            request_id: salvage_request_id(bytes),
+            line: err.line(),
+            // serde_json says column 0 for empty input.
+            column: err.column().max(1),
+            reason: strip_position(&err.to_string()),
+        })
+    }
+
+    /// Reads just `requestID` from input that failed to decode as a whole
+    /// (for example `{"requestID":4,"success":"yes"}`), so the error reply can
+    /// carry it. Returns `None` unless the input is valid JSON with an integer id.
+    fn salvage_request_id(bytes: &[u8]) -> Option<i64> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            #[serde(rename = "requestID")]
+            request_id: i64,
+        }
+        serde_json::from_slice::<IdOnly>(bytes)
+            .ok()
+            .map(|m| m.request_id)
+    }
+
+    /// serde_json appends " at line L column C"; we report the position in our
+    /// own fields, so keep just the reason.
+    fn strip_position(text: &str) -> String {
+        match text.rfind(" at line ") {
+            Some(i) => text[..i].to_string(),
+            None => text.to_string(),
+        }
+    }
+}
+
+/// Stand-ins so that a build without a codec fails with the one
+/// `compile_error!` above rather than a cascade of missing items.
+#[cfg(not(any(feature = "serde", feature = "nanoserde")))]
+mod no_codec {
+    use super::DecodeError;
+    use crate::Message;
+
+    /// Unreachable: the crate does not compile without a codec.
+    pub fn encode(_: &Message) -> String {
+        String::new()
+    }
+
+    /// Unreachable: the crate does not compile without a codec.
+    pub fn decode(_: &[u8]) -> Result<Message, DecodeError> {
+        Ok(Message::default())
+    }
+}
+#[cfg(not(any(feature = "serde", feature = "nanoserde")))]
+pub use no_codec::{decode, encode};
+
+/// With both codecs compiled in, compare them on deterministic random
+/// inputs: same verdict, same salvaged `requestID`, same message, same bytes.
+#[cfg(all(test, feature = "serde", feature = "nanoserde"))]
+mod differential {
+    use super::{nano, serde_codec};
+    use crate::Message;
+
+    /// How many random inputs each test compares.
+    const CASES: usize = 300_000;
+
+    /// xorshift64*: tiny, fast and deterministic.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a [u8]]) -> &'a [u8] {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// Fragments that JSON-ish messages are made of, valid and not.
+    const ATOMS: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b" ",
+        b"\n",
+        b"\t",
+        b"\r",
+        b"\"",
+        b"\\",
+        b"\"requestID\"",
+        b"\"command\"",
+        b"\"someOtherThing\"",
+        b"\"success\"",
+        b"\"error\"",
+        b"\"request\\u0049D\"",
+        b"\"x\"",
+        b"\"\"",
+        b"0",
+        b"-0",
+        b"1",
+        b"-1",
+        b"007",
+        b"1.0",
+        b"1e2",
+        b"1E+5",
+        b"-",
+        b"+1",
+        b"9223372036854775807",
+        b"9223372036854775808",
+        b"-9223372036854775808",
+        b"-9223372036854775809",
+        b"18446744073709551615",
+        b"18446744073709551616",
+        b"true",
+        b"false",
+        b"null",
+        b"tru",
+        b"nul",
+        b"\"a\"",
+        b"\"\\n\"",
+        b"\"\\u0000\"",
+        b"\"\\ud83d\\ude00\"",
+        b"\"\\ud800\"",
+        b"\"\\udc00\"",
+        b"\"\\ud800\\u0041\"",
+        b"\"\\ud800x\"",
+        b"\"\\x\"",
+        b"\"\\u12\"",
+        b"\"\xff\"",
+        b"\"\xe5\xbc\xb9\"",
+        b"\"\xe5\xbc\"",
+        b"\"\x01\"",
+        b"\"\x7f\"",
+        b"/",
+        b"//",
+        b"/*",
+        b"*/",
+        b"\xef\xbb\xbf",
+        b"\x00",
+        b"a",
+    ];
+
+    fn random_input(rng: &mut Rng) -> Vec<u8> {
+        let mut out = Vec::new();
+        match rng.below(4) {
+            // A well-formed object of random fields, then maybe a mutation.
+            0 | 1 => {
+                let values: &[&[u8]] = &[
+                    b"1",
+                    b"-0",
+                    b"1.5",
+                    b"\"s\"",
+                    b"true",
+                    b"null",
+                    b"[1,{\"a\":[]}]",
+                    b"{}",
+                    b"\"\\ud800\"",
+                    b"\"\xff\"",
+                    b"9223372036854775808",
+                    b"\"\\u00e9\\n\"",
+                    b"-9223372036854775808",
+                    b"[]",
+                    b"[[[[[[[[]]]]]]]]",
+                ];
+                let keys: &[&[u8]] = &[
+                    b"\"requestID\"",
+                    b"\"command\"",
+                    b"\"someOtherThing\"",
+                    b"\"success\"",
+                    b"\"error\"",
+                    b"\"x\"",
+                    b"\"request\\u0049D\"",
+                    b"\"\\ud800\"",
+                ];
+                out.push(if rng.below(8) == 0 { b'[' } else { b'{' });
+                for i in 0..rng.below(5) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    if out[0] == b'{' {
+                        out.extend_from_slice(rng.pick(keys));
+                        out.push(b':');
+                    }
+                    out.extend_from_slice(rng.pick(values));
+                }
+                out.push(if out[0] == b'[' { b']' } else { b'}' });
+                for _ in 0..rng.below(4).saturating_sub(1) {
+                    let at = rng.below(out.len() + 1);
+                    match rng.below(3) {
+                        0 if at < out.len() => {
+                            out.remove(at);
+                        }
+                        1 => out.insert(at, rng.next() as u8),
+                        _ => {
+                            let atom = rng.pick(ATOMS);
+                            out.splice(at..at, atom.iter().copied());
+                        }
+                    }
+                }
+            }
+            // Random fragments.
+            _ => {
+                for _ in 0..rng.below(12) {
+                    out.extend_from_slice(rng.pick(ATOMS));
+                }
+            }
+        }
+        out
+    }
+
+    fn random_string(rng: &mut Rng) -> String {
+        const CHARS: &[char] = &[
+            'a', '"', '\\', '/', '\n', '\r', '\t', '\u{0}', '\u{8}', '\u{c}', '\u{1f}', '\u{7f}',
+            'é', '弹', '😀', '\u{2028}', '\u{feff}', ' ',
+        ];
+        (0..rng.below(8))
+            .map(|_| CHARS[rng.below(CHARS.len())])
+            .collect()
     }
 
     #[test]
-    fn encodes_error_when_set() {
-        let json = encode(&Message::error_reply(2, "bad"));
-        assert!(
-            json.ends_with(r#""success":false,"error":"bad"}"#),
-            "{json}"
+    fn both_codecs_agree_on_random_input() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut accepted, mut salvaged, mut same_position) = (0, 0, 0);
+        for _ in 0..CASES {
+            let input = random_input(&mut rng);
+            let a = serde_codec::decode(&input);
+            let b = nano::decode(&input);
+            let shown = String::from_utf8_lossy(&input);
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => {
+                    assert_eq!(x, y, "{shown}");
+                    accepted += 1;
+                }
+                (Err(x), Err(y)) => {
+                    assert_eq!(x.request_id, y.request_id, "{shown}");
+                    assert!(y.line >= 1 && y.column >= 1, "{shown}: {y}");
+                    salvaged += usize::from(y.request_id.is_some());
+                    same_position += usize::from((x.line, x.column) == (y.line, y.column));
+                }
+                _ => panic!("verdicts differ on {shown:?}: serde {a:?}, nanoserde {b:?}"),
+            }
+        }
+        let rejected = CASES - accepted;
+        eprintln!(
+            "{CASES} inputs: {accepted} accepted, {rejected} rejected \
+             ({salvaged} with a salvaged id, {same_position} at serde_json's exact position)"
         );
+        assert!(accepted > CASES / 20 && rejected > CASES / 2 && salvaged > 0);
     }
 
     #[test]
-    fn ignores_unknown_fields_and_defaults_missing_ones() {
-        let m = decode(br#"{"requestID":5,"extra":[1,{"a":null}]}"#).unwrap();
-        assert_eq!(m, Message::request(5, ""));
-    }
-
-    #[test]
-    fn reports_position_and_salvages_the_id() {
-        let err = decode(br#"{"requestID":9,"success":"yes"}"#).unwrap_err();
-        assert_eq!(err.request_id, Some(9));
-        assert_eq!((err.line, err.column), (1, 30));
-        assert!(err.to_string().contains("line 1 column 30"), "{err}");
-
-        let err = decode(b"{\"requestID\":").unwrap_err();
-        assert_eq!(err.request_id, None);
-        assert!(err.column > 0);
+    fn both_codecs_encode_the_same_bytes() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..CASES / 10 {
+            let msg = Message {
+                request_id: rng.next() as i64 >> rng.below(64),
+                command: random_string(&mut rng),
+                some_other_thing: random_string(&mut rng),
+                success: rng.below(2) == 1,
+                error: random_string(&mut rng),
+            };
+            let json = serde_codec::encode(&msg);
+            assert_eq!(json, nano::encode(&msg));
+            assert_eq!(nano::decode(json.as_bytes()).as_ref(), Ok(&msg));
+        }
     }
 }

@@ -58,6 +58,7 @@ mod connection;
 mod error;
 pub mod http;
 mod hub;
+mod json_check;
 mod message;
 pub mod server;
 mod session;
