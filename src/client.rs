@@ -16,18 +16,42 @@
 //! server may already have executed them. Requests still queued (not yet
 //! written) are sent after the reconnect.
 //!
-//! ```no_run
-//! use wsloop::client::{Client, ClientOptions};
-//! use wsloop::{Message, Peer};
+//! A complete round trip, runnable as it stands: a server on a free port,
+//! a client that requests and answers pushes, and a push from the server's
+//! hub back to the client.
 //!
+//! ```
+//! use wsloop::client::{Client, ClientOptions};
+//! use wsloop::{Config, Message, Peer, Server};
+//!
+//! // Both sides answer the way the Go program does.
+//! let seed = |_: &Peer, m: Message| Some(m.seed_reply());
 //! let ex = smol::Executor::new();
 //! smol::block_on(ex.run(async {
-//!     // Answer whatever the server pushes the way the Go client would.
-//!     let answer = |_: &Peer, pushed: Message| Some(pushed.seed_reply());
-//!     let client = Client::connect(&ex, ClientOptions::new("127.0.0.1:8080"), answer).await?;
-//!     let reply = client.request("Eject the hot dog 1.").await;
-//!     println!("{reply:?}");
-//!     client.close().await
+//!     let server = Server::bind("127.0.0.1:0", Config::default()).await?;
+//!     let address = server.local_addr()?.to_string();
+//!     let hub = server.hub();
+//!     let mut outcome = Ok(());
+//!     let demo = async {
+//!         outcome = async {
+//!             let client = Client::connect(&ex, ClientOptions::new(address), seed).await?;
+//!
+//!             // Client -> server: the reply is matched by its requestID.
+//!             let reply = client.request("Eject the hot dog 1.").await.expect("reply");
+//!             assert_eq!(reply.some_other_thing, "Command 'Eject the hot dog 1.' processed successfully.");
+//!
+//!             // Server -> client: push through the hub, await the answer.
+//!             for (_, pending) in hub.broadcast_request("Restock the buns") {
+//!                 let answer = pending.expect("queued").wait().await.expect("answer");
+//!                 assert!(answer.success);
+//!             }
+//!             client.close().await
+//!         }
+//!         .await;
+//!     };
+//!     // The server runs until its shutdown future (here: the demo) is done.
+//!     server.run(&ex, seed, demo).await?;
+//!     outcome
 //! }))?;
 //! # Ok::<(), wsloop::Error>(())
 //! ```
