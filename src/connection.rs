@@ -511,12 +511,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     {
                         // The peer closed TCP between frames without a
                         // Close: abrupt, but a normal end (the Go client
-                        // does this).
+                        // does this). Replies still buffered go out first:
+                        // it may only have closed its sending half.
+                        let _ = self.flush().await;
                         return Ok(Ended::Eof);
                     }
                     return Err(Box::pin(self.fail(*err)).await);
                 }
-                Event::Inbound(None) => return Ok(Ended::Eof),
+                Event::Inbound(None) => {
+                    let _ = self.flush().await;
+                    return Ok(Ended::Eof);
+                }
                 Event::Outbound(Some(Outgoing::Message(message))) => {
                     Box::pin(self.send(&message)).await?
                 }
