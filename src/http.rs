@@ -460,6 +460,10 @@ async fn resolve(root: &Path, raw_path: &str) -> Resolved {
     if meta.is_dir() {
         return resolve_dir(root, &target, raw_path).await;
     }
+    if raw_path.ends_with('/') {
+        // `/file.txt/` names a directory that does not exist.
+        return Resolved::Status(404);
+    }
     regular_file(target, &meta)
 }
 
@@ -899,6 +903,7 @@ mod tests {
         let files = files_of(&tmp);
         assert_eq!(serve(&files, "GET", "/nope.txt").status, 404);
         assert_eq!(serve(&files, "GET", "/hello.txt/x").status, 404);
+        assert_eq!(serve(&files, "GET", "/hello.txt/").status, 404);
         // Decoded once only: the literal name `%2e%2e` simply is not there.
         assert_eq!(serve(&files, "GET", "/%252e%252e/x").status, 404);
     }
