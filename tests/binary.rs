@@ -4,227 +4,17 @@
 //! Every wait is bounded: child output is read on threads and handed over
 //! channels (`recv_timeout`), and every child is killed and reaped on drop.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message as Frame;
 use futures_lite::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsloop");
+mod common;
 
-/// The first line `wsloop server` prints, up to the address.
-const ANNOUNCE: &str = "wsloop server on http://";
-
-/// The prefix of every reply line the client prints.
-const RECEIVED: &str = "Received from server: ";
-
-// ---------------------------------------------------------------------------
-// Harness: child processes with bounded, channel-based output reading.
-// ---------------------------------------------------------------------------
-
-/// Reads `pipe` line by line on a thread; the channel disconnects at EOF.
-fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// A child process whose stdout and stderr lines arrive on channels.
-/// Dropping it kills and reaps the process, so no test leaves one behind.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: Receiver<String>,
-    stderr: Receiver<String>,
-    out_seen: Vec<String>,
-    err_seen: Vec<String>,
-}
-
-/// How a process ended and everything it printed.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<String>,
-    stderr: Vec<String>,
-}
-
-impl Proc {
-    /// Starts `wsloop ARGS`; `input`, when given, is written to its stdin,
-    /// which is then closed (otherwise stdin is /dev/null).
-    fn wsloop(name: &str, args: &[&str], input: Option<&str>) -> Proc {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({BIN} {args:?}): {e}"));
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().expect("stdin was piped");
-            stdin
-                .write_all(input.as_bytes())
-                .unwrap_or_else(|e| panic!("writing {name}'s stdin: {e}"));
-            // Dropping `stdin` closes it: the child sees end of input.
-        }
-        let stdout = lines_of(child.stdout.take().expect("stdout was piped"));
-        let stderr = lines_of(child.stderr.take().expect("stderr was piped"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-            out_seen: Vec::new(),
-            err_seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM (through kill(1): the tests use std only).
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill -TERM {} failed", self.name);
-    }
-
-    /// Moves whatever stderr has printed so far into `err_seen`.
-    fn collect_stderr(&mut self) {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.err_seen.push(line);
-        }
-    }
-
-    /// Everything seen so far, for failure messages.
-    fn context(&mut self) -> String {
-        self.collect_stderr();
-        format!(
-            "{} stdout so far: {:#?}\n{} stderr so far: {:#?}",
-            self.name, self.out_seen, self.name, self.err_seen
-        )
-    }
-
-    /// Fails the test with `what` and everything the process printed.
-    fn fail(&mut self, what: &str) -> ! {
-        let context = self.context();
-        panic!("{}: {what}\n{context}", self.name)
-    }
-
-    /// The next stdout line, or `None` at end of output; fails the test at
-    /// `deadline`.
-    fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.stdout.recv_timeout(left) {
-            Ok(line) => {
-                self.out_seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => self.fail("no stdout line in time"),
-        }
-    }
-
-    /// Reads stdout until a line satisfies `wanted`, within `secs` seconds.
-    fn wait_for_line(&mut self, secs: u64, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            match self.next_line(deadline) {
-                Some(line) if wanted(&line) => return line,
-                Some(_) => continue,
-                None => self.fail(&format!("output ended before {what}")),
-            }
-        }
-    }
-
-    /// Waits for the process to exit within `secs` seconds and returns its
-    /// status with all of its output.
-    fn finish(&mut self, secs: u64) -> Finished {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        // Both pipes reach EOF when the process exits: that is the signal.
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => self.out_seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("did not exit within {secs} s"))
-                }
-            }
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => self.err_seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("did not exit within {secs} s"))
-                }
-            }
-        }
-        // The pipes are closed, so the exit is at most moments away.
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                Ok(None) => self.fail(&format!("output closed but no exit within {secs} s")),
-                Err(e) => panic!("waiting for {}: {e}", self.name),
-            }
-        };
-        Finished {
-            status,
-            stdout: self.out_seen.clone(),
-            stderr: self.err_seen.clone(),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Harmless if the process already exited and was reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `wsloop ARGS --address 127.0.0.1:0` and returns it with the
-/// address parsed from its first stdout line.
-fn start_server(args: &[&str]) -> (Proc, SocketAddr) {
-    let mut all = args.to_vec();
-    all.extend(["--address", "127.0.0.1:0"]);
-    let mut server = Proc::wsloop("server", &all, None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first = server
-        .next_line(deadline)
-        .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr = first
-        .strip_prefix(ANNOUNCE)
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
-        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
-    (server, addr)
-}
+use common::process::{replies, start_server, Finished, Proc, RECEIVED};
 
 /// Runs `wsloop client --address ADDR ARGS` to completion (bounded).
 fn run_client(args: &[&str], addr: SocketAddr, input: Option<&str>, secs: u64) -> Finished {
@@ -232,17 +22,6 @@ fn run_client(args: &[&str], addr: SocketAddr, input: Option<&str>, secs: u64) -
     let mut all = args.to_vec();
     all.extend(["--address", &addr]);
     Proc::wsloop("client", &all, input).finish(secs)
-}
-
-/// The JSON replies in the client's `Received from server:` lines.
-fn replies(stdout: &[String]) -> Vec<serde_json::Value> {
-    stdout
-        .iter()
-        .filter_map(|line| line.strip_prefix(RECEIVED))
-        .map(|json| {
-            serde_json::from_str(json).unwrap_or_else(|e| panic!("reply {json:?} is not JSON: {e}"))
-        })
-        .collect()
 }
 
 /// Asserts the client saw exactly the replies to `commands`, in order, with
@@ -288,7 +67,7 @@ const HOT_DOGS: [&str; 3] = [
 
 #[test]
 fn client_and_server_binaries_talk() {
-    let (mut server, addr) = start_server(&["server"]);
+    let (mut server, addr) = start_server("server", &["server"]);
     let run = run_client(
         &["client", "--count", "3", "--interval", "0.05"],
         addr,
@@ -304,7 +83,7 @@ fn client_and_server_binaries_talk() {
 
 #[test]
 fn mode_flag_spelling_works() {
-    let (_server, addr) = start_server(&["--mode", "server"]);
+    let (_server, addr) = start_server("server", &["--mode", "server"]);
     let run = run_client(
         &["--mode", "client", "--count", "3", "--interval", "0.05"],
         addr,
@@ -316,7 +95,7 @@ fn mode_flag_spelling_works() {
 
 #[test]
 fn stdin_mode_sends_one_request_per_line() {
-    let (_server, addr) = start_server(&["server"]);
+    let (_server, addr) = start_server("server", &["server"]);
     let run = run_client(&["client", "--stdin"], addr, Some("alpha\nbeta\n"), 10);
     assert_replies_any_order(&run, &["alpha", "beta"]);
 }
@@ -344,7 +123,7 @@ fn client_fails_fast_when_server_unreachable() {
 
 #[test]
 fn client_without_reconnect_fails_when_server_goes_away() {
-    let (mut server, addr) = start_server(&["server"]);
+    let (mut server, addr) = start_server("server", &["server"]);
     let addr = addr.to_string();
     let mut client = Proc::wsloop(
         "client",
@@ -378,7 +157,7 @@ fn client_without_reconnect_fails_when_server_goes_away() {
 
 #[test]
 fn client_gives_up_after_max_attempts_when_server_stays_away() {
-    let (mut server, addr) = start_server(&["server"]);
+    let (mut server, addr) = start_server("server", &["server"]);
     let addr = addr.to_string();
     let args = [
         "client",
@@ -414,7 +193,7 @@ fn client_gives_up_after_max_attempts_when_server_stays_away() {
 
 #[test]
 fn server_sigterm_sends_close_1001() {
-    let (mut server, addr) = start_server(&["server"]);
+    let (mut server, addr) = start_server("server", &["server"]);
     let code = smol::block_on(wsloop::timeout(Duration::from_secs(10), async {
         let stream = smol::net::TcpStream::connect(addr)
             .await
@@ -579,7 +358,7 @@ fn www_dir_is_served() {
     std::fs::write(www.0.join("index.html"), "hello wsloop").expect("write index.html");
     std::fs::write(www.0.join("style.css"), "body { color: red }").expect("write style.css");
     let dir = www.0.to_str().expect("temp dir path is UTF-8");
-    let (_server, addr) = start_server(&["server", "--www", dir]);
+    let (_server, addr) = start_server("server", &["server", "--www", dir]);
 
     let (status, headers, body) = http_get(addr, "/");
     assert_eq!(status, 200, "GET / {headers:?}");

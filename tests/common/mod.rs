@@ -1,6 +1,7 @@
 //! Shared test harness: a real server on 127.0.0.1 in a background thread,
 //! real WebSocket and raw-TCP peers, and a time bound for every test.
 #![allow(dead_code)]
+pub mod process;
 
 use std::future::Future;
 use std::io::{Read, Write};

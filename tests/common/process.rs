@@ -1,0 +1,243 @@
+//! Shared child-process harness for the tests that run real programs (the
+//! `wsloop` binary, the Go reference peer): a [`Proc`] whose stdout and
+//! stderr lines arrive on channels, so every wait is bounded
+//! (`recv_timeout`), and which is killed and reaped on drop, so no test
+//! leaves a process behind. Also [`start_server`], which starts
+//! `wsloop ... --address 127.0.0.1:0` and reads back the address it chose.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The `wsloop` binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsloop");
+
+/// The first line `wsloop server` prints, up to the address.
+pub const ANNOUNCE: &str = "wsloop server on http://";
+
+/// The prefix of every reply line the clients print.
+pub const RECEIVED: &str = "Received from server: ";
+
+/// Reads `pipe` line by line on a thread; the channel disconnects at EOF.
+fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A child process whose stdout and stderr lines arrive on channels.
+/// Dropping it kills and reaps the process, so no test leaves one behind.
+pub struct Proc {
+    name: String,
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    out_seen: Vec<String>,
+    err_seen: Vec<String>,
+}
+
+/// How a process ended and everything it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `program ARGS`; `input`, when given, is written to its stdin,
+    /// which is then closed (otherwise stdin is /dev/null).
+    pub fn spawn(name: &str, program: &OsStr, args: &[&OsStr], input: Option<&str>) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({program:?} {args:?}): {e}"));
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            stdin
+                .write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("writing {name}'s stdin: {e}"));
+            // Dropping `stdin` closes it: the child sees end of input.
+        }
+        let stdout = lines_of(child.stdout.take().expect("stdout was piped"));
+        let stderr = lines_of(child.stderr.take().expect("stderr was piped"));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+            out_seen: Vec::new(),
+            err_seen: Vec::new(),
+        }
+    }
+
+    /// Starts `wsloop ARGS`, with `input` as for [`Proc::spawn`].
+    pub fn wsloop(name: &str, args: &[&str], input: Option<&str>) -> Proc {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        Proc::spawn(name, OsStr::new(BIN), &args, input)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (through kill(1): the tests use std only).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -TERM {} failed", self.name);
+    }
+
+    /// Moves whatever stderr has printed so far into `err_seen`.
+    pub fn collect_stderr(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.err_seen.push(line);
+        }
+    }
+
+    /// Everything seen so far, for failure messages.
+    pub fn context(&mut self) -> String {
+        self.collect_stderr();
+        format!(
+            "{} stdout so far: {:#?}\n{} stderr so far: {:#?}",
+            self.name, self.out_seen, self.name, self.err_seen
+        )
+    }
+
+    /// Fails the test with `what` and everything the process printed.
+    pub fn fail(&mut self, what: &str) -> ! {
+        let context = self.context();
+        panic!("{}: {what}\n{context}", self.name)
+    }
+
+    /// The next stdout line, or `None` at end of output; fails the test at
+    /// `deadline`.
+    pub fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.stdout.recv_timeout(left) {
+            Ok(line) => {
+                self.out_seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => self.fail("no stdout line in time"),
+        }
+    }
+
+    /// Reads stdout until a line satisfies `wanted`, within `secs` seconds.
+    pub fn wait_for_line(
+        &mut self,
+        secs: u64,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            match self.next_line(deadline) {
+                Some(line) if wanted(&line) => return line,
+                Some(_) => continue,
+                None => self.fail(&format!("output ended before {what}")),
+            }
+        }
+    }
+
+    /// Waits for the process to exit within `secs` seconds and returns its
+    /// status with all of its output.
+    pub fn finish(&mut self, secs: u64) -> Finished {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        // Both pipes reach EOF when the process exits: that is the signal.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => self.out_seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("did not exit within {secs} s"))
+                }
+            }
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.err_seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("did not exit within {secs} s"))
+                }
+            }
+        }
+        // The pipes are closed, so the exit is at most moments away.
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                Ok(None) => self.fail(&format!("output closed but no exit within {secs} s")),
+                Err(e) => panic!("waiting for {}: {e}", self.name),
+            }
+        };
+        Finished {
+            status,
+            stdout: self.out_seen.clone(),
+            stderr: self.err_seen.clone(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Harmless if the process already exited and was reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `wsloop ARGS --address 127.0.0.1:0` (as `name` in failure
+/// messages) and returns it with the address parsed from its first stdout
+/// line.
+pub fn start_server(name: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    let mut all = args.to_vec();
+    all.extend(["--address", "127.0.0.1:0"]);
+    let mut server = Proc::wsloop(name, &all, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = server
+        .next_line(deadline)
+        .unwrap_or_else(|| server.fail("exited before announcing its address"));
+    let addr = first
+        .strip_prefix(ANNOUNCE)
+        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
+        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+    (server, addr)
+}
+
+/// The JSON replies in a client's `Received from server:` lines.
+pub fn replies(stdout: &[String]) -> Vec<serde_json::Value> {
+    stdout
+        .iter()
+        .filter_map(|line| line.strip_prefix(RECEIVED))
+        .map(|json| {
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("reply {json:?} is not JSON: {e}"))
+        })
+        .collect()
+}
