@@ -16,12 +16,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The examples this file tests.
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "one_shot_bug",
     "persistent_loop",
     "reader_task_select",
     "heartbeat",
     "embed_in_smol",
+    "loadgen",
 ];
 
 /// Bound for the one nested build (a cold build compiles the examples only;
@@ -319,4 +320,30 @@ fn embed_in_smol_pushes_to_each_client_and_serves_requests() {
         out.contains("Command 'Eject the hot dog 1.' processed successfully."),
         "the client's own request was not answered:\n{out}"
     );
+}
+
+#[test]
+fn loadgen_checks_every_reply_against_a_persistent_server() {
+    let (_server, address) = start_server("persistent_loop");
+    let args = [
+        "throughput",
+        "-a",
+        address.as_str(),
+        "-c",
+        "2",
+        "-d",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let (status, out) = run_with("loadgen", &args);
+    assert!(status.success(), "loadgen failed:\n{out}");
+    let result = out
+        .lines()
+        .find(|line| line.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
+    assert!(result.contains(" errors=0"), "{result}");
+    assert!(number_after(result, "roundtrips=") > 0.0, "{result}");
 }
