@@ -30,8 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_io::Async;
-use wsloop::async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use wsloop::{Config, Connection, Ended, Error, Frame, Handler, Message, Peer};
+use wsloop::{Config, Connection, Ended, Error, Frame, Handler, Message, Peer, Tcp};
 
 /// Where the fuzzingserver listens unless `--address` says otherwise.
 const DEFAULT_ADDRESS: &str = "127.0.0.1:9002";
@@ -116,26 +115,18 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Dials `ws://{address}{path}` and wraps the result in wsloop's loop.
-async fn dial(
-    address: &str,
-    path: &str,
-    config: &Config,
-) -> Result<Connection<Async<TcpStream>>, Error> {
+async fn dial(address: &str, path: &str, config: &Config) -> Result<Connection<Tcp>, Error> {
     let addr: SocketAddr = address
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| Error::Config(format!("{address:?} resolves to nothing")))?;
-    let stream = Async::<TcpStream>::connect(addr).await?;
-    // The protocol layer's limits must match the loop's: wsloop's own
-    // `Config` → tungstenite mapping is crate-private, so spell it out.
-    let limits = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(0)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size));
+    // wsloop's TCP stream: its close sends FIN, as the loop expects.
+    let stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
+    // The protocol layer's limits must match the loop's.
+    let limits = Some(config.websocket());
     let url = format!("ws://{address}{path}");
     let (ws, _response) =
-        wsloop::async_tungstenite::client_async_with_config(url, stream, Some(limits)).await?;
+        wsloop::async_tungstenite::client_async_with_config(url, stream, limits).await?;
     Ok(Connection::new(ws, Some(addr), config))
 }
 

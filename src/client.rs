@@ -63,6 +63,7 @@ use std::time::Duration;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::WebSocketStream;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
@@ -91,20 +92,16 @@ pub type TcpConnection = Connection<Tcp>;
 /// the Go client does), within the handshake timeout.
 pub async fn connect(address: &str, config: &Config) -> Result<TcpConnection, Error> {
     config.validate()?;
-    let session = Session::new(config.outbound_capacity, config.request_timeout);
-    let mut conn = dial(address, config, None, session).await?;
-    conn.owns_session = true;
-    Ok(conn)
+    let (ws, addr) = dial(address, config, None).await?;
+    Ok(Connection::new(ws, Some(addr), config))
 }
 
-/// Dials and shakes hands (with the token, if any), sending from (and
-/// routing replies into) `session`.
+/// Dials and shakes hands with the token, if any.
 async fn dial(
     address: &str,
     config: &Config,
     token: Option<&str>,
-    session: Session,
-) -> Result<TcpConnection, Error> {
+) -> Result<(WebSocketStream<Tcp>, SocketAddr), Error> {
     let handshake = async {
         let addr = first_addr(address).await?;
         let stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
@@ -121,11 +118,24 @@ async fn dial(
         let websocket = Some(config.websocket());
         let (ws, _) =
             async_tungstenite::client_async_with_config(request, stream, websocket).await?;
-        Ok::<_, Error>(Connection::with_session(ws, Some(addr), config, session))
+        Ok::<_, Error>((ws, addr))
     };
     timeout(config.handshake_timeout, handshake)
         .await
         .unwrap_or(Err(Error::Timeout("connecting to the server")))
+}
+
+/// Dials for the reconnecting client: the connection sends from (and routes
+/// replies into) `session`, which outlives it.
+async fn dial_session(options: &ClientOptions, session: &Session) -> Result<TcpConnection, Error> {
+    let config = &options.config;
+    let (ws, addr) = dial(&options.address, config, options.token.as_deref()).await?;
+    Ok(Connection::with_session(
+        ws,
+        Some(addr),
+        config,
+        session.clone(),
+    ))
 }
 
 async fn first_addr(address: &str) -> Result<SocketAddr, Error> {
@@ -235,8 +245,7 @@ impl Client {
         let config = &options.config;
         config.validate()?;
         let session = Session::new(config.outbound_capacity, config.request_timeout);
-        let token = options.token.as_deref();
-        let first = dial(&options.address, config, token, session.clone()).await?;
+        let first = dial_session(&options, &session).await?;
         let addr = first.peer().addr();
         log::info!("connected to ws://{}/server", options.address);
         let (stop, stopped) = async_channel::bounded(1);
@@ -361,8 +370,7 @@ impl<H: Handler> Supervisor<H> {
             if !future::or(wait, closing).await {
                 return None;
             }
-            let token = self.options.token.as_deref();
-            match dial(address, &self.options.config, token, self.session.clone()).await {
+            match dial_session(&self.options, &self.session).await {
                 Ok(conn) => {
                     log::info!("reconnected to ws://{address}/server");
                     return Some(Ok(conn));

@@ -151,8 +151,9 @@ impl Config {
         Ok(())
     }
 
-    /// The tungstenite settings this config implies.
-    pub(crate) fn websocket(&self) -> WebSocketConfig {
+    /// The tungstenite settings this config implies, for callers that do
+    /// their own handshake before [`Connection::new`](crate::Connection::new).
+    pub fn websocket(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
             // Replies are flushed per batch; tungstenite writes out early

@@ -291,7 +291,7 @@ pub struct Connection<S> {
     settings: LoopSettings,
     /// Whether the session ends with this connection (server side) or
     /// outlives it (the reconnecting client).
-    pub(crate) owns_session: bool,
+    owns_session: bool,
     /// Frames are buffered in tungstenite but not yet flushed.
     unflushed: bool,
 }
@@ -710,26 +710,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Turns a read error into the close code the peer deserves, sends it
     /// when the socket still works, and returns the error for the caller.
     async fn fail(&mut self, err: tungstenite::Error) -> Error {
-        use tungstenite::error::{CapacityError, Error as E};
-        let code = match &err {
-            E::Capacity(CapacityError::MessageTooLong { .. }) => Some(CLOSE_TOO_BIG),
-            E::Capacity(_) => Some(CLOSE_TOO_BIG),
-            E::Utf8(_) => Some(CLOSE_INVALID_DATA),
-            E::Protocol(_) => Some(CLOSE_PROTOCOL_ERROR),
+        use tungstenite::error::Error as E;
+        let close = match &err {
+            E::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
+            E::Utf8(_) => Some((CLOSE_INVALID_DATA, "invalid UTF-8")),
+            E::Protocol(_) => Some((CLOSE_PROTOCOL_ERROR, "protocol error")),
             _ => None,
         };
-        if let Some(code) = code {
-            let reason = match code {
-                CLOSE_TOO_BIG => "message too big",
-                CLOSE_INVALID_DATA => "invalid UTF-8",
-                _ => "protocol error",
-            };
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            // Best effort: the stream has already reported an error.
-            let _ = timeout(CLOSE_TIMEOUT, self.ws.send(Frame::Close(Some(frame)))).await;
+        if let Some((code, reason)) = close {
+            // Best effort: the stream has already reported an error, and a
+            // peer that broke the protocol is not waited for.
+            self.close(code, reason, false).await;
         }
         match err {
             E::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => Error::Io(io::Error::new(

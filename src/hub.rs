@@ -72,13 +72,7 @@ impl Hub {
         for peer in self.peers() {
             match peer.send(message.clone()) {
                 Ok(()) => queued += 1,
-                Err(SendError::Full(_)) => {
-                    log::warn!(
-                        "client {} too slow (outbound queue full); closing",
-                        peer.id()
-                    );
-                    peer.close(CLOSE_POLICY);
-                }
+                Err(SendError::Full(_)) => close_slow(&peer),
                 Err(SendError::Closed(_)) => {}
             }
         }
@@ -106,11 +100,7 @@ impl Hub {
             .map(|peer| {
                 let pending = peer.start_request(command);
                 if let Err(RequestError::QueueFull) = pending {
-                    log::warn!(
-                        "client {} too slow (outbound queue full); closing",
-                        peer.id()
-                    );
-                    peer.close(CLOSE_POLICY);
+                    close_slow(&peer);
                 }
                 (peer.id(), pending)
             })
@@ -168,4 +158,14 @@ impl Hub {
         // half-updated (every operation is a single insert/remove/copy).
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The slow-consumer policy: a peer whose outbound queue is full is closed
+/// with [`CLOSE_POLICY`] rather than allowed to hold memory or a push back.
+fn close_slow(peer: &Peer) {
+    log::warn!(
+        "client {} too slow (outbound queue full); closing",
+        peer.id()
+    );
+    peer.close(CLOSE_POLICY);
 }

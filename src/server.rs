@@ -359,8 +359,7 @@ async fn handshake(
                 ("Cache-Control", "no-store"),
             ];
             let head_only = request.method == "HEAD";
-            let _ = write_response(stream, 200, &headers, body.as_bytes(), head_only).await;
-            let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
+            answer(stream, 200, &headers, body.as_bytes(), head_only).await;
             None
         }
         "GET" | "HEAD" => {
@@ -403,16 +402,12 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
     }
     if !shared.access.check_token(request) {
         log::warn!("refused upgrade: missing or wrong token");
-        let answer = async {
-            let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
-            let headers = [
-                ("WWW-Authenticate", "Bearer"),
-                ("Content-Type", "text/plain"),
-            ];
-            write_response(stream, 401, &headers, body, false).await?;
-            stream.close().await
-        };
-        let _ = timeout(CLOSE_TIMEOUT, answer).await;
+        let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
+        let headers = [
+            ("WWW-Authenticate", "Bearer"),
+            ("Content-Type", "text/plain"),
+        ];
+        answer(stream, 401, &headers, body, false).await;
         return None;
     }
     let key = match request.header("Sec-WebSocket-Key") {
@@ -446,4 +441,20 @@ async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
     // A peer that does not read its answer is not waited for.
     let _ = timeout(CLOSE_TIMEOUT, answer).await;
     None
+}
+
+/// Writes one whole response, then closes. A peer that does not read its
+/// answer is not waited for.
+async fn answer(
+    stream: &mut Tcp,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) {
+    let answer = async {
+        write_response(stream, status, headers, body, head_only).await?;
+        stream.close().await
+    };
+    let _ = timeout(CLOSE_TIMEOUT, answer).await;
 }

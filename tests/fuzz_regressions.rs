@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_lite::io::Cursor;
 use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
-use wsloop::async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use wsloop::async_tungstenite::tungstenite::protocol::Role;
 use wsloop::async_tungstenite::tungstenite::{self, Message as Frame};
 use wsloop::async_tungstenite::WebSocketStream;
 use wsloop::http::{read_request_head, HeadError, Request, StaticFiles};
@@ -448,10 +448,7 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 /// client.
 fn serve_frames(input: &[u8], chunk: usize) -> Vec<Frame> {
     let config = Config::default();
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size));
+    let ws_config = config.websocket();
     let output = Arc::new(Mutex::new(Vec::new()));
     let stream = Duplex {
         input: input.to_vec(),

@@ -70,13 +70,9 @@ impl AsyncWrite for Duplex {
     }
 }
 
-/// What `Config::websocket()` (crate-private) makes of the default config.
+/// The tungstenite settings wsloop's server uses.
 fn websocket_config(config: &Config) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(wsloop::WRITE_BATCH_BYTES)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size))
+    config.websocket()
 }
 
 fuzz_target!(|data: &[u8]| {
