@@ -61,13 +61,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use async_tungstenite::tungstenite::client::IntoClientRequest;
-use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
 
+use crate::handshake;
+use crate::server::WEBSOCKET_PATH;
 use crate::session::{PendingReply, RequestError, SendError, Session};
 use crate::tcp::Tcp;
 use crate::time::timeout;
@@ -102,25 +103,23 @@ async fn dial(
     config: &Config,
     token: Option<&str>,
 ) -> Result<(WebSocketStream<Tcp>, SocketAddr), Error> {
-    let handshake = async {
+    let attempt = async {
         let addr = first_addr(address).await?;
-        let stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
-        let mut request = format!("ws://{address}/server").into_client_request()?;
-        let origin = HeaderValue::from_str(&format!("http://{address}/"))
-            .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;
-        request.headers_mut().insert("Origin", origin);
-        if let Some(token) = token {
-            let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                Error::Config("the token has characters a header cannot carry".into())
-            })?;
-            request.headers_mut().insert("Authorization", bearer);
+        let mut stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
+        // The Go client sends this Origin; the server's origin check wants it.
+        let origin = format!("http://{address}/");
+        let bearer = token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Origin", origin.as_str())];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer));
         }
+        let leftover = handshake::client(&mut stream, address, WEBSOCKET_PATH, &headers).await?;
         let websocket = Some(config.websocket());
-        let (ws, _) =
-            async_tungstenite::client_async_with_config(request, stream, websocket).await?;
+        let ws =
+            WebSocketStream::from_partially_read(stream, leftover, Role::Client, websocket).await;
         Ok::<_, Error>((ws, addr))
     };
-    timeout(config.handshake_timeout, handshake)
+    timeout(config.handshake_timeout, attempt)
         .await
         .unwrap_or(Err(Error::Timeout("connecting to the server")))
 }

@@ -1,5 +1,6 @@
 //! HTTP/1.1 for the one port: reading and parsing a request head, writing
 //! simple responses, and serving static files (or the built-in page) safely.
+//! The client's handshake reads a response head with the same code.
 //!
 //! Every response closes the connection, so there is no keep-alive or
 //! pipelining to get wrong: one request head in, one response out.
@@ -69,10 +70,7 @@ impl Request {
     /// The value of the first header called `name` (case-insensitive),
     /// trimmed of surrounding whitespace.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
+        find_header(&self.headers, name)
     }
 
     /// The target without its `?query`.
@@ -101,18 +99,57 @@ impl Request {
     }
 
     /// Whether any header called `name` holds `token` in its comma-separated
-    /// list. Every such header is looked at: a client may split one list
-    /// over several lines (`Connection: keep-alive` then `Connection: Upgrade`).
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    /// list.
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
+        has_token(&self.headers, name, token)
     }
 }
 
-/// Why a request head could not be read.
+/// A parsed response head (what a WebSocket client reads back).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code, e.g. `101`.
+    pub status: u16,
+    /// The reason phrase, e.g. `Switching Protocols`.
+    pub reason: String,
+    /// Header names and values in the order they were sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The value of the first header called `name` (case-insensitive),
+    /// trimmed of surrounding whitespace.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// Whether any header called `name` holds `token` in its comma-separated
+    /// list.
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
+        has_token(&self.headers, name, token)
+    }
+}
+
+/// The first header called `name` (case-insensitive), trimmed.
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// Whether any header called `name` holds `token` in its comma-separated
+/// list. Every such header is looked at: a client may split one list over
+/// several lines (`Connection: keep-alive` then `Connection: Upgrade`).
+fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Why a request (or response) head could not be read.
 #[derive(Debug)]
 pub enum HeadError {
     /// The head exceeded the size limit; the caller answers 431.
@@ -130,10 +167,10 @@ pub enum HeadError {
 impl fmt::Display for HeadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HeadError::TooLarge => f.write_str("request head too large"),
-            HeadError::Malformed(what) => write!(f, "malformed request head: {what}"),
-            HeadError::Closed => f.write_str("connection closed before a complete request head"),
-            HeadError::Io(err) => write!(f, "reading request head: {err}"),
+            HeadError::TooLarge => f.write_str("HTTP head too large"),
+            HeadError::Malformed(what) => write!(f, "malformed HTTP head: {what}"),
+            HeadError::Closed => f.write_str("connection closed before a complete HTTP head"),
+            HeadError::Io(err) => write!(f, "reading an HTTP head: {err}"),
         }
     }
 }
@@ -163,6 +200,28 @@ pub async fn read_request_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_len: usize,
 ) -> Result<(Request, Vec<u8>), HeadError> {
+    read_head(stream, max_len, parse_request_head).await
+}
+
+/// Reads a response head the way [`read_request_head`] reads a request head;
+/// the bytes past it are the start of the body (or of the WebSocket stream).
+pub async fn read_response_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_len: usize,
+) -> Result<(Response, Vec<u8>), HeadError> {
+    read_head(stream, max_len, parse_response_head).await
+}
+
+/// A head parser: `Ok(None)` while the head is incomplete, else the head
+/// and its length in bytes.
+type ParseHead<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>;
+
+/// Reads until `parse` finds a complete head, at most `max_len` bytes of it.
+async fn read_head<S: AsyncRead + Unpin, T>(
+    stream: &mut S,
+    max_len: usize,
+    parse: ParseHead<T>,
+) -> Result<(T, Vec<u8>), HeadError> {
     let mut buf = Vec::with_capacity(READ_CHUNK.min(max_len));
     let mut chunk = [0u8; READ_CHUNK];
     loop {
@@ -180,15 +239,15 @@ pub async fn read_request_head<S: AsyncRead + Unpin>(
         };
         buf.extend_from_slice(&chunk[..n]);
         // Parse after every read so garbage is refused as soon as it shows.
-        if let Some((request, head_len)) = parse_head(&buf)? {
-            return Ok((request, buf.split_off(head_len)));
+        if let Some((head, head_len)) = parse(&buf)? {
+            return Ok((head, buf.split_off(head_len)));
         }
     }
 }
 
 /// Parses `buf` as a request head: `Ok(None)` while it is still incomplete,
 /// else the request and the length of the head within `buf`.
-fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
+fn parse_request_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -200,20 +259,45 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
     let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
         return Err(HeadError::Malformed("missing method or target".into()));
     };
-    let mut owned = Vec::with_capacity(parsed.headers.len());
-    for header in parsed.headers.iter() {
-        // Values are bytes on the wire; we only deal in UTF-8 text.
+    let request = Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        headers: owned_headers(parsed.headers)?,
+    };
+    Ok(Some((request, head_len)))
+}
+
+/// Parses `buf` as a response head, like [`parse_request_head`].
+fn parse_response_head(buf: &[u8]) -> Result<Option<(Response, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(HeadError::Malformed(err.to_string())),
+    };
+    let Some(status) = parsed.code else {
+        return Err(HeadError::Malformed("missing status".into()));
+    };
+    let response = Response {
+        status,
+        reason: parsed.reason.unwrap_or("").to_string(),
+        headers: owned_headers(parsed.headers)?,
+    };
+    Ok(Some((response, head_len)))
+}
+
+/// Copies parsed headers out of the read buffer. Values are bytes on the
+/// wire; we only deal in UTF-8 text.
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Result<Vec<(String, String)>, HeadError> {
+    let mut owned = Vec::with_capacity(headers.len());
+    for header in headers {
         let value = std::str::from_utf8(header.value).map_err(|_| {
             HeadError::Malformed(format!("header {} is not valid UTF-8", header.name))
         })?;
         owned.push((header.name.to_string(), value.to_string()));
     }
-    let request = Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers: owned,
-    };
-    Ok(Some((request, head_len)))
+    Ok(owned)
 }
 
 /// Writes a complete response with `Connection: close`, `Content-Length`,

@@ -56,6 +56,7 @@ mod codec;
 mod config;
 mod connection;
 mod error;
+mod handshake;
 pub mod http;
 mod hub;
 mod json_check;

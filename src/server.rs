@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use async_channel::Sender;
 use async_io::{Async, Timer};
-use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncWriteExt};
@@ -33,6 +32,7 @@ use smol::Executor;
 
 use crate::access::{AccessPolicy, Admission};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+use crate::handshake;
 use crate::http::{
     read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
 };
@@ -382,20 +382,10 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
     if !shared.is_endpoint(request.path()) {
         return refuse(stream, 404, "no WebSocket endpoint here; use /server").await;
     }
-    if request.method != "GET" {
-        return refuse(stream, 405, "a WebSocket upgrade must be a GET").await;
-    }
-    if !request.is_websocket_upgrade() {
-        return refuse(
-            stream,
-            400,
-            "expected Upgrade: websocket and Connection: Upgrade",
-        )
-        .await;
-    }
-    if request.header("Sec-WebSocket-Version") != Some("13") {
-        return refuse(stream, 426, "unsupported WebSocket version; use 13").await;
-    }
+    let key = match handshake::check_request(request) {
+        Ok(key) => key,
+        Err((status, why)) => return refuse(stream, status, why).await,
+    };
     if let Err(why) = shared.access.check_origin(request) {
         log::warn!("refused upgrade: {why}");
         return refuse(stream, 403, &why).await;
@@ -410,17 +400,7 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
         answer(stream, 401, &headers, body, false).await;
         return None;
     }
-    let key = match request.header("Sec-WebSocket-Key") {
-        Some(key) if key.len() == 24 => key,
-        _ => return refuse(stream, 400, "missing or invalid Sec-WebSocket-Key").await,
-    };
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\n\
-         Upgrade: websocket\r\n\
-         Connection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    );
+    let response = handshake::switching_protocols(key);
     let written = async {
         stream.write_all(response.as_bytes()).await?;
         stream.flush().await

@@ -140,6 +140,52 @@ fn a_token_is_required_when_configured() {
 }
 
 #[test]
+fn our_client_sends_the_token_and_reports_a_refusal_with_its_reason() {
+    let access = AccessPolicy {
+        token: Some("correct horse".into()),
+        ..AccessPolicy::default()
+    };
+    let server = start_with_access(Config::default(), access);
+    let options = |token: &str| wsloop::client::ClientOptions {
+        token: Some(token.into()),
+        ..wsloop::client::ClientOptions::new(server.addr.to_string())
+    };
+    let ex = Executor::new();
+    bounded(
+        20,
+        ex.run(async {
+            // The wrong token: the 401 and the server's one-line reason.
+            let refused = wsloop::client::Client::connect(&ex, options("wrong"), seed).await;
+            let why = refused.err().expect("refused").to_string();
+            assert!(
+                why.contains("401 Unauthorized: missing or wrong token"),
+                "{why}"
+            );
+
+            // The right one: a round trip through our handshake.
+            let client = wsloop::client::Client::connect(&ex, options("correct horse"), seed)
+                .await
+                .expect("connects with the token");
+            let reply = client.request("with a token").await.expect("reply");
+            assert_eq!(
+                reply.some_other_thing,
+                "Command 'with a token' processed successfully."
+            );
+            client.close().await.expect("clean close");
+
+            // A token that would inject a header never reaches the wire.
+            let injected =
+                wsloop::client::Client::connect(&ex, options("x\r\nX-Evil: 1"), seed).await;
+            assert!(
+                matches!(injected, Err(wsloop::Error::Config(_))),
+                "{:?}",
+                injected.err()
+            );
+        }),
+    );
+}
+
+#[test]
 fn connections_past_the_limit_get_503_before_the_upgrade() {
     let access = AccessPolicy {
         max_connections: 2,
