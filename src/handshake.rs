@@ -13,9 +13,11 @@
 //! `scripts/size-report`). After the handshake the stream goes to
 //! tungstenite, which does all the framing.
 
-use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::config::CLOSE_TIMEOUT;
 use crate::http::{read_response_head, HeadError, Request, Response};
+use crate::time::timeout;
 use crate::Error;
 
 /// The GUID a server appends to the client's key before hashing it
@@ -111,27 +113,60 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         Err(HeadError::Io(err)) => return Err(Error::Io(err)),
         Err(err) => return Err(Error::Handshake(err.to_string())),
     };
-    check_response(&response, &key, &leftover)?;
+    if response.status != 101 {
+        let body = refusal_body(stream, leftover, &response).await;
+        return Err(refusal(&response, &body));
+    }
+    check_response(&response, &key)?;
     Ok(leftover)
 }
 
-/// Checks the server's answer to a handshake that sent `key` (RFC 6455
-/// §4.1, the client's checks). `body` is whatever followed the head, quoted
-/// in the error when the server refused.
-fn check_response(response: &Response, key: &str, body: &[u8]) -> Result<(), Error> {
-    if response.status != 101 {
-        let body = String::from_utf8_lossy(&body[..body.len().min(MAX_QUOTED_BODY)]);
-        let first_line = body.lines().next().unwrap_or("").trim();
-        let mut why = format!(
-            "the server answered {} {}",
-            response.status, response.reason
-        );
-        if !first_line.is_empty() {
-            why.push_str(": ");
-            why.push_str(first_line);
+/// The start of a refusal's body, at most [`MAX_QUOTED_BODY`] bytes: what
+/// came with the head plus what follows it within [`CLOSE_TIMEOUT`] (the
+/// body may come in a segment of its own).
+async fn refusal_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut body: Vec<u8>,
+    response: &Response,
+) -> Vec<u8> {
+    let promised = response
+        .header("Content-Length")
+        .and_then(|len| len.parse().ok())
+        .unwrap_or(MAX_QUOTED_BODY);
+    let want = promised.min(MAX_QUOTED_BODY);
+    let mut chunk = [0u8; MAX_QUOTED_BODY];
+    let read = async {
+        while body.len() < want {
+            match stream.read(&mut chunk[..want - body.len()]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
         }
-        return Err(Error::Handshake(why));
+    };
+    timeout(CLOSE_TIMEOUT, read).await;
+    body.truncate(MAX_QUOTED_BODY);
+    body
+}
+
+/// The error for a server that answered something other than `101`,
+/// quoting the first line of its `body`.
+fn refusal(response: &Response, body: &[u8]) -> Error {
+    let body = String::from_utf8_lossy(body);
+    let first_line = body.lines().next().unwrap_or("").trim();
+    let mut why = format!(
+        "the server answered {} {}",
+        response.status, response.reason
+    );
+    if !first_line.is_empty() {
+        why.push_str(": ");
+        why.push_str(first_line);
     }
+    Error::Handshake(why)
+}
+
+/// Checks the server's `101` answer to a handshake that sent `key`
+/// (RFC 6455 §4.1, the client's checks).
+fn check_response(response: &Response, key: &str) -> Result<(), Error> {
     if !response.has_token("upgrade", "websocket") || !response.has_token("connection", "upgrade") {
         return Err(Error::Handshake(
             "101 without Upgrade: websocket and Connection: Upgrade".into(),
@@ -331,18 +366,16 @@ mod tests {
             ("Connection", "keep-alive, Upgrade"),
             ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         ];
-        assert!(check_response(&response(101, &good), key, b"").is_ok());
+        assert!(check_response(&response(101, &good), key).is_ok());
 
         let wrong_accept = [good[0], good[1], ("Sec-WebSocket-Accept", "nope")];
         let no_upgrade = [good[1], good[2]];
         let extension = [good[0], good[1], good[2], ("Sec-WebSocket-Extensions", "x")];
         for headers in [&wrong_accept[..], &no_upgrade, &extension] {
-            assert!(check_response(&response(101, headers), key, b"").is_err());
+            assert!(check_response(&response(101, headers), key).is_err());
         }
 
-        let refused = check_response(&response(401, &[]), key, b"missing token\nmore")
-            .expect_err("401 is a refusal")
-            .to_string();
+        let refused = refusal(&response(401, &[]), b"missing token\nmore").to_string();
         assert!(
             refused.ends_with("401 Whatever: missing token"),
             "{refused}"
