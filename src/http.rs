@@ -411,10 +411,11 @@ pub struct StaticFiles {
 }
 
 /// What a request path resolved to inside the root.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 enum Resolved {
-    /// A regular file inside the root, by its canonical path.
-    File(PathBuf),
+    /// A regular file inside the root, opened, with its length and the
+    /// content type its name implies.
+    File(std::fs::File, u64, &'static str),
     /// A directory named without its trailing slash; send the client here.
     Redirect(String),
     /// Nothing to serve; answer with this status.
@@ -454,8 +455,13 @@ impl StaticFiles {
         let Some(root) = &self.root else {
             return serve_builtin(path, w, head_only).await;
         };
-        match resolve(root, path).await {
-            Resolved::File(file) => serve_file(&file, w, head_only).await,
+        // The file system is blocking: resolve and open on smol's blocking
+        // pool, in one hop rather than one per system call.
+        let (root, raw_path) = (root.clone(), path.to_string());
+        match smol::unblock(move || resolve(&root, &raw_path)).await {
+            Resolved::File(file, len, content_type) => {
+                serve_file(file, len, content_type, w, head_only).await
+            }
             Resolved::Redirect(location) => {
                 let headers = [("Location", location.as_str())];
                 write_response(w, 301, &headers, b"", head_only).await?;
@@ -487,103 +493,80 @@ async fn serve_builtin<W: AsyncWrite + Unpin>(
     Ok(200)
 }
 
-/// Streams the regular file at `file` (already checked to be inside the
-/// root) without reading it whole into memory.
+/// Streams the opened regular `file` of `len` bytes without reading it
+/// whole into memory.
 async fn serve_file<W: AsyncWrite + Unpin>(
-    file: &Path,
+    file: std::fs::File,
+    len: u64,
+    content_type: &str,
     w: &mut W,
     head_only: bool,
 ) -> io::Result<u16> {
-    // The file may have vanished since it was resolved; that is a 404.
-    let opened = match smol::fs::File::open(file).await {
-        Ok(opened) => opened,
-        Err(err) => {
-            log::debug!("opening {}: {err}", file.display());
-            send_error(w, 404, reason_phrase(404), head_only).await?;
-            return Ok(404);
-        }
-    };
-    // Checked again on the open file: the path may now name something else.
-    let meta = opened.metadata().await?;
-    if !meta.is_file() {
-        send_error(w, 404, reason_phrase(404), head_only).await?;
-        return Ok(404);
-    }
-    // The length comes from the open file, so it matches what is sent.
-    let len = meta.len();
     let headers = [
-        ("Content-Type", content_type(file)),
+        ("Content-Type", content_type),
         ("X-Content-Type-Options", "nosniff"),
     ];
     write_head(w, 200, &headers, len).await?;
     if !head_only {
         // `take` keeps the body to the promised length if the file grows.
-        futures_lite::io::copy(opened.take(len), &mut *w).await?;
+        let file = smol::Unblock::new(file);
+        futures_lite::io::copy(file.take(len), &mut *w).await?;
     }
     w.flush().await?;
     Ok(200)
 }
 
 /// Resolves a raw request path (starting with `/`) to what should be served
-/// from under the canonical `root`.
-async fn resolve(root: &Path, raw_path: &str) -> Resolved {
+/// from under the canonical `root`, opening the file. Blocking.
+fn resolve(root: &Path, raw_path: &str) -> Resolved {
     let segments = match path_segments(raw_path) {
         Ok(segments) => segments,
         Err(status) => return Resolved::Status(status),
     };
     let mut joined = root.to_path_buf();
     joined.extend(&segments);
-    let target = match contained(root, &joined).await {
+    let target = match contained(root, &joined) {
         Ok(target) => target,
         Err(status) => return Resolved::Status(status),
     };
-    // A missing or unreadable entry is simply not there.
-    let Ok(meta) = smol::fs::metadata(&target).await else {
-        return Resolved::Status(404);
-    };
-    if meta.is_dir() {
-        return resolve_dir(root, &target, raw_path).await;
+    if target.is_dir() {
+        if !raw_path.ends_with('/') {
+            // One leading slash only: `//host/` would send the browser elsewhere.
+            let location = format!("/{}/", raw_path.trim_start_matches('/'));
+            return Resolved::Redirect(location);
+        }
+        // The index may itself be a symlink, so it is checked like any target.
+        return match contained(root, &target.join(INDEX_FILE)) {
+            Ok(index) => open_regular(&index),
+            Err(status) => Resolved::Status(status),
+        };
     }
     if raw_path.ends_with('/') {
         // `/file.txt/` names a directory that does not exist.
         return Resolved::Status(404);
     }
-    regular_file(target, &meta)
+    open_regular(&target)
 }
 
-/// Resolves a request naming the directory `dir` to its index file, or to
-/// a redirect that adds the trailing slash relative links need.
-async fn resolve_dir(root: &Path, dir: &Path, raw_path: &str) -> Resolved {
-    if !raw_path.ends_with('/') {
-        // One leading slash only: `//host/` would send the browser elsewhere.
-        let location = format!("/{}/", raw_path.trim_start_matches('/'));
-        return Resolved::Redirect(location);
-    }
-    // The index may itself be a symlink, so it is checked like any target.
-    let index = match contained(root, &dir.join(INDEX_FILE)).await {
-        Ok(index) => index,
-        Err(status) => return Resolved::Status(status),
-    };
-    match smol::fs::metadata(&index).await {
-        Ok(meta) => regular_file(index, &meta),
-        Err(_) => Resolved::Status(404),
-    }
-}
-
-/// Serves `path` only if it is a regular file: fifos and devices would
-/// block or never end.
-fn regular_file(path: PathBuf, meta: &std::fs::Metadata) -> Resolved {
-    if meta.is_file() {
-        Resolved::File(path)
-    } else {
-        Resolved::Status(404)
+/// Opens `path` if it is a regular file: fifos and devices would block or
+/// never end. The type and length come from the open file, so they match
+/// what is sent even if the path changes meanwhile.
+fn open_regular(path: &Path) -> Resolved {
+    let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?, file)));
+    match opened {
+        Ok((meta, file)) if meta.is_file() => Resolved::File(file, meta.len(), content_type(path)),
+        Ok(_) => Resolved::Status(404),
+        Err(err) => {
+            log::debug!("opening {}: {err}", path.display());
+            Resolved::Status(404)
+        }
     }
 }
 
 /// Canonicalizes `path` and checks it is still inside `root`: 404 when it
 /// does not exist, 403 when a symlink leads out of the root.
-async fn contained(root: &Path, path: &Path) -> Result<PathBuf, u16> {
-    let canonical = match smol::fs::canonicalize(path).await {
+fn contained(root: &Path, path: &Path) -> Result<PathBuf, u16> {
+    let canonical = match std::fs::canonicalize(path) {
         Ok(canonical) => canonical,
         Err(err) => {
             log::debug!("resolving {}: {err}", path.display());
