@@ -155,13 +155,13 @@ fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), Strin
     }
 }
 
-/// Runs `main` on `ex` with the calling thread plus one helper thread per
-/// extra core, so connection tasks use every core.
+/// Runs `main` on `ex` with the calling thread plus helper threads, one
+/// per CPU the process may run on, so connection tasks use every core.
 fn with_threads<T: Send>(
     ex: &Executor<'_>,
     main: impl std::future::Future<Output = T> + Send,
 ) -> T {
-    let extra = thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let extra = usable_cpus().saturating_sub(1);
     let (stop, stopped) = async_channel::bounded::<()>(1);
     thread::scope(|scope| {
         for _ in 0..extra {
@@ -172,6 +172,19 @@ fn with_threads<T: Send>(
         drop(stop);
         result
     })
+}
+
+/// The CPUs this process may run on: its affinity mask, as `nproc` counts
+/// (so `taskset -c 0 wsloop server` runs one thread).
+#[cfg(target_os = "linux")]
+fn usable_cpus() -> usize {
+    rustix::thread::sched_getaffinity(None).map_or(1, |cpus| cpus.count() as usize)
+}
+
+/// The CPUs this process may run on.
+#[cfg(not(target_os = "linux"))]
+fn usable_cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Completes on the first SIGINT or SIGTERM.
