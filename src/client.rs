@@ -71,7 +71,7 @@ use crate::handshake;
 use crate::server::WEBSOCKET_PATH;
 use crate::session::{PendingReply, RequestError, SendError, Session};
 use crate::tcp::Tcp;
-use crate::time::timeout;
+use crate::time::{human, timeout};
 use crate::{Config, Connection, Ended, Error, Handler, Message, CLOSE_NORMAL};
 
 /// The original client's request interval.
@@ -357,7 +357,8 @@ impl<H: Handler> Supervisor<H> {
         loop {
             attempt += 1;
             let delay = policy.delay(attempt);
-            log::info!("reconnecting to {address} in {delay:.1?} (attempt {attempt})");
+            let wait = human(delay);
+            log::info!("reconnecting to {address} in {wait} (attempt {attempt})");
             let wait = async {
                 Timer::after(delay).await;
                 true

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::time::human;
 use crate::Error;
 
 /// How often the loop pings a quiet peer. Long enough that idle connections
@@ -132,15 +133,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat < MIN_HEARTBEAT {
             return Err(Error::Config(format!(
-                "heartbeat {:?} is below the minimum of {:?}",
-                self.heartbeat, MIN_HEARTBEAT
+                "heartbeat {} is below the minimum of {}",
+                human(self.heartbeat),
+                human(MIN_HEARTBEAT)
             )));
         }
         if self.idle_timeout() < self.heartbeat {
             return Err(Error::Config(format!(
-                "idle timeout {:?} is shorter than the heartbeat {:?}",
-                self.idle_timeout(),
-                self.heartbeat
+                "idle timeout {} is shorter than the heartbeat {}",
+                human(self.idle_timeout()),
+                human(self.heartbeat)
             )));
         }
         if self.max_message_size == 0 || self.outbound_capacity == 0 || self.read_buffer_size == 0 {

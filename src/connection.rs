@@ -35,7 +35,7 @@ use futures_sink::Sink;
 
 use crate::config::CLOSE_TIMEOUT;
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
-use crate::time::timeout;
+use crate::time::{human, timeout};
 use crate::{codec, Config, Error, Message};
 
 /// Most events one connection handles back to back before it flushes and
@@ -98,14 +98,15 @@ pub trait Handler: Send + Sync + 'static {
     fn on_frame(&self, peer: &Peer, frame: Frame) -> impl Future<Output = Option<Frame>> + Send {
         async move {
             // Text and binary frames carry the same JSON.
-            let decoded = match &frame {
-                Frame::Text(text) => codec::decode(text.as_bytes()),
-                Frame::Binary(bytes) => codec::decode(bytes),
+            let bytes: &[u8] = match &frame {
+                Frame::Text(text) => text.as_bytes(),
+                Frame::Binary(bytes) => bytes,
                 _ => return None,
             };
-            let reply = match decoded {
+            let text = || String::from_utf8_lossy(bytes);
+            log::trace!("peer {} -> {}", peer.id(), text());
+            let reply = match codec::decode(bytes) {
                 Ok(message) => {
-                    log::trace!("peer {} -> {:?}", peer.id(), message);
                     // Replies complete our own outstanding requests; only
                     // requests reach the handler.
                     let request = peer.session().route(message)?;
@@ -118,8 +119,9 @@ pub trait Handler: Send + Sync + 'static {
                 }
             };
             reply.map(|reply| {
-                log::trace!("peer {} <- {:?}", peer.id(), reply);
-                Frame::text(codec::encode(&reply))
+                let text = codec::encode(&reply);
+                log::trace!("peer {} <- {text}", peer.id());
+                Frame::text(text)
             })
         }
     }
@@ -489,8 +491,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     if let Frame::Close(frame) = frame {
                         // tungstenite has queued our Close reply; keep reading
                         // so it is flushed, until the stream reports the end.
-                        log::debug!("peer {} sent close {:?}", self.peer.id(), frame);
                         let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                        if let Some((code, reason)) = &close {
+                            log::debug!("peer {} sent close {code} {reason}", self.peer.id());
+                        }
                         Box::pin(self.drain()).await;
                         return Ok(Ended::PeerClosed(close));
                     }
@@ -542,7 +546,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Event::Tick => {
                     let now = Instant::now();
                     if now >= last_seen + idle_timeout {
-                        log::debug!("peer {} silent for {:?}", self.peer.id(), idle_timeout);
+                        let silent = human(idle_timeout);
+                        log::debug!("peer {} silent for {silent}", self.peer.id());
                         // A silent peer will not answer our Close either:
                         // send it, but do not wait for a reply.
                         self.close(CLOSE_GOING_AWAY, "idle timeout", false).await;
@@ -638,8 +643,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Encodes and sends one message.
     async fn send(&mut self, message: &Message) -> Result<(), Error> {
-        log::trace!("peer {} <- {:?}", self.peer.id(), message);
-        self.send_frame(Frame::text(codec::encode(message))).await?;
+        let text = codec::encode(message);
+        log::trace!("peer {} <- {text}", self.peer.id());
+        self.send_frame(Frame::text(text)).await?;
         self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

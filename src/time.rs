@@ -50,6 +50,18 @@ impl<F: Future> Future for Timeout<F> {
     }
 }
 
+/// A duration for messages, in the units [`parse_duration`] reads back:
+/// `30s`, `1500ms`. Duration's own `Debug` would bring its decimal
+/// formatting code into the binary for a few log lines.
+pub(crate) fn human(duration: Duration) -> String {
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// Parses a duration: a plain number is seconds (fractions allowed); the
 /// suffixes `ms`, `s`, `m` and `h` are understood.
 ///
@@ -98,6 +110,18 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("NaN").is_err());
         assert!(parse_duration("inf").is_err());
+    }
+
+    #[test]
+    fn human_durations_parse_back() {
+        for (duration, text) in [
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(human(duration), text);
+            assert_eq!(parse_duration(text), Ok(duration));
+        }
     }
 
     #[test]
