@@ -8,8 +8,8 @@
 //! Every field is optional on input (missing ones take their defaults) and
 //! unknown fields are ignored, as Go's `encoding/json` does. On output the four
 //! seed fields are always written, in the seed's order; `error` only when set.
-//! The derives below serve whichever codec is enabled (see `codec`); the
-//! nanoserde codec only decodes with its derive and encodes by hand.
+//! The serde derives below serve the default codec; the nanoserde codec
+//! (see `codec`) reads each field with nanoserde and writes by hand.
 
 /// One protocol message: a request, a reply or a server-pushed command.
 ///
@@ -18,18 +18,14 @@
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
-#[cfg_attr(feature = "nanoserde", derive(nanoserde::DeJson))]
-#[cfg_attr(feature = "nanoserde", nserde(default))]
 pub struct Message {
     /// Correlates a reply with its request (`requestID`; Go's `int`, 64 bits).
     #[cfg_attr(feature = "serde", serde(rename = "requestID"))]
-    #[cfg_attr(feature = "nanoserde", nserde(rename = "requestID"))]
     pub request_id: i64,
     /// What the sender asks the other side to do.
     pub command: String,
     /// Free text; the seed's replies put their result here (`someOtherThing`).
     #[cfg_attr(feature = "serde", serde(rename = "someOtherThing"))]
-    #[cfg_attr(feature = "nanoserde", nserde(rename = "someOtherThing"))]
     pub some_other_thing: String,
     /// Whether the request was processed.
     pub success: bool,
