@@ -72,7 +72,7 @@ use crate::server::WEBSOCKET_PATH;
 use crate::session::{PendingReply, RequestError, SendError, Session};
 use crate::tcp::Tcp;
 use crate::time::{human, timeout};
-use crate::{Config, Connection, Ended, Error, Handler, Message, CLOSE_NORMAL};
+use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
 
 /// The original client's request interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -433,18 +433,6 @@ enum Wake {
     Stopped,
 }
 
-/// Forwards each server-pushed command to [`run`]'s loop and answers it
-/// with the seed's reply, as the Go client's handler would.
-struct AnswerPushes(async_channel::Sender<Message>);
-
-impl Handler for AnswerPushes {
-    async fn on_message(&self, _: &crate::Peer, pushed: Message) -> Option<Message> {
-        let reply = pushed.seed_reply();
-        let _ = self.0.send(pushed).await;
-        Some(reply)
-    }
-}
-
 /// Runs the seed client: connect, then send a request every
 /// `options.interval` (or per stdin line) and report each reply, until
 /// `options.count` requests have ended or input ended. Commands pushed by
@@ -458,7 +446,7 @@ pub async fn run(
     mut report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
     let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
-    let client = Client::connect(ex, options.clone(), AnswerPushes(pushes_tx)).await?;
+    let client = Client::connect(ex, options.clone(), SeedHandler::forwarding(pushes_tx)).await?;
     if let Some(addr) = client.addr() {
         report(Event::Connected(addr));
     }

@@ -148,6 +148,40 @@ impl Handler for Sender<Message> {
     }
 }
 
+/// The original program's handler, on either side: answers every message
+/// with [`Message::seed_reply`]. Built with [`SeedHandler::forwarding`], it
+/// also passes each message it answered on to a channel (the seed client
+/// prints the commands the server pushes that way).
+///
+/// The `wsloop` binary uses this one type for its server and its client, so
+/// it carries one copy of the connection loop, which is generic over its
+/// handler, instead of two.
+#[derive(Debug, Clone, Default)]
+pub struct SeedHandler {
+    forward: Option<Sender<Message>>,
+}
+
+impl SeedHandler {
+    /// Answers like the seed and forwards each message into `channel`
+    /// (waiting while it is full).
+    pub fn forwarding(channel: Sender<Message>) -> Self {
+        SeedHandler {
+            forward: Some(channel),
+        }
+    }
+}
+
+impl Handler for SeedHandler {
+    async fn on_message(&self, _peer: &Peer, message: Message) -> Option<Message> {
+        let reply = message.seed_reply();
+        if let Some(forward) = &self.forward {
+            // A closed channel means nobody listens any more; still answer.
+            let _ = forward.send(message).await;
+        }
+        Some(reply)
+    }
+}
+
 impl<H: Handler> Handler for Arc<H> {
     fn on_message(
         &self,

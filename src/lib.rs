@@ -72,8 +72,8 @@ pub use access::{
 pub use codec::{decode, encode, DecodeError};
 pub use config::*;
 pub use connection::{
-    Connection, Ended, Handler, Peer, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_NORMAL,
-    CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+    Connection, Ended, Handler, Peer, SeedHandler, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
+    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
 pub use hub::{Hub, HubStats};

@@ -19,7 +19,7 @@ use futures_lite::StreamExt;
 use smol::Executor;
 use wsloop::client::{self, ClientOptions, Event};
 use wsloop::http::StaticFiles;
-use wsloop::{encode, AccessPolicy, Config, Error, Hub, Message, Peer, Server};
+use wsloop::{encode, AccessPolicy, Config, Error, Hub, SeedHandler, Server};
 
 use cli::{Command, Verbosity};
 
@@ -90,8 +90,9 @@ fn run_server(
                 .detach();
         }
         // The seed's reply, for every request on every connection.
-        let handler = |_: &Peer, request: Message| Some(request.seed_reply());
-        server.run(&ex, handler, shutdown_signal()).await
+        server
+            .run(&ex, SeedHandler::default(), shutdown_signal())
+            .await
     })
 }
 
