@@ -158,6 +158,13 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     if client.interval.is_zero() {
         return Err("--interval must be greater than zero".into());
     }
+    // Refuse what this build left out, rather than ignore it.
+    if www.is_some() && !cfg!(feature = "static-files") {
+        return Err(missing_feature("--www", "static-files"));
+    }
+    if console && !cfg!(feature = "console") {
+        return Err(missing_feature("--console", "console"));
+    }
     let token = read_token(token_file)?;
     match mode.as_deref() {
         Some("server") => Ok(Command::Server {
@@ -180,6 +187,11 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
         Some(other) => Err(format!("unknown mode {other:?}; use server or client").into()),
         None => Ok(Command::Help),
     }
+}
+
+/// The error for an option whose Cargo feature this build left out.
+fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
+    format!("{option} needs the `{feature}` Cargo feature, which this build leaves out").into()
 }
 
 /// The shared secret from `--token-file`, else from `$WSLOOP_TOKEN`.

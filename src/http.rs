@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::io;
+#[cfg(feature = "static-files")]
 use std::path::{Path, PathBuf};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,40 +20,14 @@ const MAX_HEADERS: usize = 64;
 /// A whole ordinary head usually arrives in one read of this size.
 const READ_CHUNK: usize = 1024;
 
-/// The page served at `/` when no directory is given.
+/// The page served at `/` when no directory is given: the browser console.
+#[cfg(feature = "console")]
 pub const BUILTIN_PAGE: &str = include_str!("builtin/index.html");
 
-/// Content types by file extension (compared case-insensitively). Text types
-/// name their charset so browsers need not guess.
-const CONTENT_TYPES: &[(&str, &str)] = &[
-    ("html", "text/html; charset=utf-8"),
-    ("htm", "text/html; charset=utf-8"),
-    ("css", "text/css; charset=utf-8"),
-    ("js", "text/javascript; charset=utf-8"),
-    ("mjs", "text/javascript; charset=utf-8"),
-    ("json", "application/json; charset=utf-8"),
-    ("map", "application/json; charset=utf-8"),
-    ("txt", "text/plain; charset=utf-8"),
-    ("svg", "image/svg+xml; charset=utf-8"),
-    ("xml", "application/xml; charset=utf-8"),
-    ("png", "image/png"),
-    ("jpg", "image/jpeg"),
-    ("jpeg", "image/jpeg"),
-    ("gif", "image/gif"),
-    ("ico", "image/x-icon"),
-    ("webp", "image/webp"),
-    ("wasm", "application/wasm"),
-    ("pdf", "application/pdf"),
-    ("woff", "font/woff"),
-    ("woff2", "font/woff2"),
-];
-
-/// Content type for anything not in [`CONTENT_TYPES`]: browsers download it
-/// instead of trying to render it.
-const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
-
-/// The file served for a request that names a directory.
-const INDEX_FILE: &str = "index.html";
+/// The page served at `/` when no directory is given: without the
+/// `console` feature, a short description of the endpoint.
+#[cfg(not(feature = "console"))]
+pub const BUILTIN_PAGE: &str = include_str!("builtin/minimal.html");
 
 /// A parsed request head. Headers keep their original order; lookup is
 /// case-insensitive.
@@ -390,41 +365,20 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Content-Type for a file name by its extension;
-/// `application/octet-stream` when the extension is unknown.
-pub fn content_type(path: &Path) -> &'static str {
-    let Some(ext) = path.extension().and_then(|ext| ext.to_str()) else {
-        return DEFAULT_CONTENT_TYPE;
-    };
-    CONTENT_TYPES
-        .iter()
-        .find(|(known, _)| known.eq_ignore_ascii_case(ext))
-        .map_or(DEFAULT_CONTENT_TYPE, |(_, ty)| ty)
-}
-
-/// Where `/` is served from: a directory on disk, or the built-in page.
+/// Where `/` is served from: a directory on disk (with the
+/// `static-files` feature), or the built-in page.
 #[derive(Debug, Clone)]
 pub struct StaticFiles {
     /// The canonical directory files are served from; `None` serves only
     /// the built-in page.
+    #[cfg(feature = "static-files")]
     root: Option<PathBuf>,
-}
-
-/// What a request path resolved to inside the root.
-#[derive(Debug)]
-enum Resolved {
-    /// A regular file inside the root, opened, with its length and the
-    /// content type its name implies.
-    File(std::fs::File, u64, &'static str),
-    /// A directory named without its trailing slash; send the client here.
-    Redirect(String),
-    /// Nothing to serve; answer with this status.
-    Status(u16),
 }
 
 impl StaticFiles {
     /// Serves files under `dir`, which is canonicalized here so that every
     /// later containment check compares canonical paths.
+    #[cfg(feature = "static-files")]
     pub fn from_dir(dir: &Path) -> io::Result<Self> {
         let root = std::fs::canonicalize(dir)?;
         if !root.is_dir() {
@@ -438,7 +392,10 @@ impl StaticFiles {
 
     /// Serves only the built-in page, at `/` and `/index.html`.
     pub fn builtin() -> Self {
-        StaticFiles { root: None }
+        StaticFiles {
+            #[cfg(feature = "static-files")]
+            root: None,
+        }
     }
 
     /// Answers one `GET` or `HEAD` request and returns the status it sent.
@@ -452,26 +409,11 @@ impl StaticFiles {
             send_error(w, 400, "bad request target", head_only).await?;
             return Ok(400);
         }
-        let Some(root) = &self.root else {
-            return serve_builtin(path, w, head_only).await;
-        };
-        // The file system is blocking: resolve and open on smol's blocking
-        // pool, in one hop rather than one per system call.
-        let (root, raw_path) = (root.clone(), path.to_string());
-        match smol::unblock(move || resolve(&root, &raw_path)).await {
-            Resolved::File(file, len, content_type) => {
-                serve_file(file, len, content_type, w, head_only).await
-            }
-            Resolved::Redirect(location) => {
-                let headers = [("Location", location.as_str())];
-                write_response(w, 301, &headers, b"", head_only).await?;
-                Ok(301)
-            }
-            Resolved::Status(status) => {
-                send_error(w, status, reason_phrase(status), head_only).await?;
-                Ok(status)
-            }
+        #[cfg(feature = "static-files")]
+        if let Some(root) = &self.root {
+            return dir::serve(root, path, w, head_only).await;
         }
+        serve_builtin(path, w, head_only).await
     }
 }
 
@@ -491,121 +433,6 @@ async fn serve_builtin<W: AsyncWrite + Unpin>(
     ];
     write_response(w, 200, &headers, BUILTIN_PAGE.as_bytes(), head_only).await?;
     Ok(200)
-}
-
-/// Streams the opened regular `file` of `len` bytes without reading it
-/// whole into memory.
-async fn serve_file<W: AsyncWrite + Unpin>(
-    file: std::fs::File,
-    len: u64,
-    content_type: &str,
-    w: &mut W,
-    head_only: bool,
-) -> io::Result<u16> {
-    let headers = [
-        ("Content-Type", content_type),
-        ("X-Content-Type-Options", "nosniff"),
-    ];
-    write_head(w, 200, &headers, len).await?;
-    if !head_only {
-        // `take` keeps the body to the promised length if the file grows.
-        let file = smol::Unblock::new(file);
-        futures_lite::io::copy(file.take(len), &mut *w).await?;
-    }
-    w.flush().await?;
-    Ok(200)
-}
-
-/// Resolves a raw request path (starting with `/`) to what should be served
-/// from under the canonical `root`, opening the file. Blocking.
-fn resolve(root: &Path, raw_path: &str) -> Resolved {
-    let segments = match path_segments(raw_path) {
-        Ok(segments) => segments,
-        Err(status) => return Resolved::Status(status),
-    };
-    let mut joined = root.to_path_buf();
-    joined.extend(&segments);
-    let target = match contained(root, &joined) {
-        Ok(target) => target,
-        Err(status) => return Resolved::Status(status),
-    };
-    if target.is_dir() {
-        if !raw_path.ends_with('/') {
-            // One leading slash only: `//host/` would send the browser elsewhere.
-            let location = format!("/{}/", raw_path.trim_start_matches('/'));
-            return Resolved::Redirect(location);
-        }
-        // The index may itself be a symlink, so it is checked like any target.
-        return match contained(root, &target.join(INDEX_FILE)) {
-            Ok(index) => open_regular(&index),
-            Err(status) => Resolved::Status(status),
-        };
-    }
-    if raw_path.ends_with('/') {
-        // `/file.txt/` names a directory that does not exist.
-        return Resolved::Status(404);
-    }
-    open_regular(&target)
-}
-
-/// Opens `path` if it is a regular file: fifos and devices would block or
-/// never end. The type and length come from the open file, so they match
-/// what is sent even if the path changes meanwhile.
-fn open_regular(path: &Path) -> Resolved {
-    let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?, file)));
-    match opened {
-        Ok((meta, file)) if meta.is_file() => Resolved::File(file, meta.len(), content_type(path)),
-        Ok(_) => Resolved::Status(404),
-        Err(err) => {
-            log::debug!("opening {}: {err}", path.display());
-            Resolved::Status(404)
-        }
-    }
-}
-
-/// Canonicalizes `path` and checks it is still inside `root`: 404 when it
-/// does not exist, 403 when a symlink leads out of the root.
-fn contained(root: &Path, path: &Path) -> Result<PathBuf, u16> {
-    let canonical = match std::fs::canonicalize(path) {
-        Ok(canonical) => canonical,
-        Err(err) => {
-            log::debug!("resolving {}: {err}", path.display());
-            return Err(404);
-        }
-    };
-    if !canonical.starts_with(root) {
-        log::debug!("{} leads outside the root", path.display());
-        return Err(403);
-    }
-    Ok(canonical)
-}
-
-/// Splits a raw request path into the decoded file-name segments to join
-/// onto the root, or the status to refuse it with.
-///
-/// The path is percent-decoded exactly once, before splitting, so an
-/// encoded `..` or `/` is judged like a literal one, while a double-encoded
-/// `%252e` stays the literal name `%2e`.
-fn path_segments(raw_path: &str) -> Result<Vec<String>, u16> {
-    let decoded = percent_decode(raw_path).ok_or(400u16)?;
-    let decoded = String::from_utf8(decoded).map_err(|_| 400u16)?;
-    // No file name contains NUL, and the OS would cut the path at it.
-    if decoded.contains('\0') {
-        return Err(400);
-    }
-    let mut segments = Vec::new();
-    for segment in decoded.split('/') {
-        // Empty and `.` segments name the same directory.
-        if segment.is_empty() || segment == "." {
-            continue;
-        }
-        // `..` climbs out; a backslash is a separator on some systems.
-        if segment == ".." || segment.contains('\\') {
-            return Err(403);
-        }
-        segments.push(segment.to_string());
-    }
-    Ok(segments)
 }
 
 /// Decodes `%XX` escapes in `s`; `None` if an escape is cut short or not
@@ -638,11 +465,230 @@ fn hex_value(digit: u8) -> Option<u8> {
     }
 }
 
+#[cfg(feature = "static-files")]
+pub use dir::content_type;
+
+/// Serving a directory (`--www`): paths that cannot leave the root,
+/// content types, streaming. Only with the `static-files` feature.
+#[cfg(feature = "static-files")]
+mod dir {
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    use futures_lite::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    use super::{percent_decode, reason_phrase, send_error, write_head, write_response};
+
+    /// Content types by file extension (compared case-insensitively). Text types
+    /// name their charset so browsers need not guess.
+    const CONTENT_TYPES: &[(&str, &str)] = &[
+        ("html", "text/html; charset=utf-8"),
+        ("htm", "text/html; charset=utf-8"),
+        ("css", "text/css; charset=utf-8"),
+        ("js", "text/javascript; charset=utf-8"),
+        ("mjs", "text/javascript; charset=utf-8"),
+        ("json", "application/json; charset=utf-8"),
+        ("map", "application/json; charset=utf-8"),
+        ("txt", "text/plain; charset=utf-8"),
+        ("svg", "image/svg+xml; charset=utf-8"),
+        ("xml", "application/xml; charset=utf-8"),
+        ("png", "image/png"),
+        ("jpg", "image/jpeg"),
+        ("jpeg", "image/jpeg"),
+        ("gif", "image/gif"),
+        ("ico", "image/x-icon"),
+        ("webp", "image/webp"),
+        ("wasm", "application/wasm"),
+        ("pdf", "application/pdf"),
+        ("woff", "font/woff"),
+        ("woff2", "font/woff2"),
+    ];
+
+    /// Content type for anything not in [`CONTENT_TYPES`]: browsers download it
+    /// instead of trying to render it.
+    pub(super) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+    /// The file served for a request that names a directory.
+    const INDEX_FILE: &str = "index.html";
+
+    /// Content-Type for a file name by its extension;
+    /// `application/octet-stream` when the extension is unknown.
+    pub fn content_type(path: &Path) -> &'static str {
+        let Some(ext) = path.extension().and_then(|ext| ext.to_str()) else {
+            return DEFAULT_CONTENT_TYPE;
+        };
+        CONTENT_TYPES
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(ext))
+            .map_or(DEFAULT_CONTENT_TYPE, |(_, ty)| ty)
+    }
+
+    /// What a request path resolved to inside the root.
+    #[derive(Debug)]
+    enum Resolved {
+        /// A regular file inside the root, opened, with its length and the
+        /// content type its name implies.
+        File(std::fs::File, u64, &'static str),
+        /// A directory named without its trailing slash; send the client here.
+        Redirect(String),
+        /// Nothing to serve; answer with this status.
+        Status(u16),
+    }
+
+    /// Answers a `GET` or `HEAD` for `path` from under the canonical `root`.
+    pub(super) async fn serve<W: AsyncWrite + Unpin>(
+        root: &Path,
+        path: &str,
+        w: &mut W,
+        head_only: bool,
+    ) -> io::Result<u16> {
+        // The file system is blocking: resolve and open on smol's blocking
+        // pool, in one hop rather than one per system call.
+        let (root, raw_path) = (root.to_path_buf(), path.to_string());
+        match smol::unblock(move || resolve(&root, &raw_path)).await {
+            Resolved::File(file, len, content_type) => {
+                serve_file(file, len, content_type, w, head_only).await
+            }
+            Resolved::Redirect(location) => {
+                let headers = [("Location", location.as_str())];
+                write_response(w, 301, &headers, b"", head_only).await?;
+                Ok(301)
+            }
+            Resolved::Status(status) => {
+                send_error(w, status, reason_phrase(status), head_only).await?;
+                Ok(status)
+            }
+        }
+    }
+
+    /// Streams the opened regular `file` of `len` bytes without reading it
+    /// whole into memory.
+    async fn serve_file<W: AsyncWrite + Unpin>(
+        file: std::fs::File,
+        len: u64,
+        content_type: &str,
+        w: &mut W,
+        head_only: bool,
+    ) -> io::Result<u16> {
+        let headers = [
+            ("Content-Type", content_type),
+            ("X-Content-Type-Options", "nosniff"),
+        ];
+        write_head(w, 200, &headers, len).await?;
+        if !head_only {
+            // `take` keeps the body to the promised length if the file grows.
+            let file = smol::Unblock::new(file);
+            futures_lite::io::copy(file.take(len), &mut *w).await?;
+        }
+        w.flush().await?;
+        Ok(200)
+    }
+
+    /// Resolves a raw request path (starting with `/`) to what should be served
+    /// from under the canonical `root`, opening the file. Blocking.
+    fn resolve(root: &Path, raw_path: &str) -> Resolved {
+        let segments = match path_segments(raw_path) {
+            Ok(segments) => segments,
+            Err(status) => return Resolved::Status(status),
+        };
+        let mut joined = root.to_path_buf();
+        joined.extend(&segments);
+        let target = match contained(root, &joined) {
+            Ok(target) => target,
+            Err(status) => return Resolved::Status(status),
+        };
+        if target.is_dir() {
+            if !raw_path.ends_with('/') {
+                // One leading slash only: `//host/` would send the browser elsewhere.
+                let location = format!("/{}/", raw_path.trim_start_matches('/'));
+                return Resolved::Redirect(location);
+            }
+            // The index may itself be a symlink, so it is checked like any target.
+            return match contained(root, &target.join(INDEX_FILE)) {
+                Ok(index) => open_regular(&index),
+                Err(status) => Resolved::Status(status),
+            };
+        }
+        if raw_path.ends_with('/') {
+            // `/file.txt/` names a directory that does not exist.
+            return Resolved::Status(404);
+        }
+        open_regular(&target)
+    }
+
+    /// Opens `path` if it is a regular file: fifos and devices would block or
+    /// never end. The type and length come from the open file, so they match
+    /// what is sent even if the path changes meanwhile.
+    fn open_regular(path: &Path) -> Resolved {
+        let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?, file)));
+        match opened {
+            Ok((meta, file)) if meta.is_file() => {
+                Resolved::File(file, meta.len(), content_type(path))
+            }
+            Ok(_) => Resolved::Status(404),
+            Err(err) => {
+                log::debug!("opening {}: {err}", path.display());
+                Resolved::Status(404)
+            }
+        }
+    }
+
+    /// Canonicalizes `path` and checks it is still inside `root`: 404 when it
+    /// does not exist, 403 when a symlink leads out of the root.
+    fn contained(root: &Path, path: &Path) -> Result<PathBuf, u16> {
+        let canonical = match std::fs::canonicalize(path) {
+            Ok(canonical) => canonical,
+            Err(err) => {
+                log::debug!("resolving {}: {err}", path.display());
+                return Err(404);
+            }
+        };
+        if !canonical.starts_with(root) {
+            log::debug!("{} leads outside the root", path.display());
+            return Err(403);
+        }
+        Ok(canonical)
+    }
+
+    /// Splits a raw request path into the decoded file-name segments to join
+    /// onto the root, or the status to refuse it with.
+    ///
+    /// The path is percent-decoded exactly once, before splitting, so an
+    /// encoded `..` or `/` is judged like a literal one, while a double-encoded
+    /// `%252e` stays the literal name `%2e`.
+    fn path_segments(raw_path: &str) -> Result<Vec<String>, u16> {
+        let decoded = percent_decode(raw_path).ok_or(400u16)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| 400u16)?;
+        // No file name contains NUL, and the OS would cut the path at it.
+        if decoded.contains('\0') {
+            return Err(400);
+        }
+        let mut segments = Vec::new();
+        for segment in decoded.split('/') {
+            // Empty and `.` segments name the same directory.
+            if segment.is_empty() || segment == "." {
+                continue;
+            }
+            // `..` climbs out; a backslash is a separator on some systems.
+            if segment == ".." || segment.contains('\\') {
+                return Err(403);
+            }
+            segments.push(segment.to_string());
+        }
+        Ok(segments)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "static-files")]
+    use dir::{content_type, DEFAULT_CONTENT_TYPE};
 
+    #[cfg(feature = "static-files")]
+    use std::path::{Path, PathBuf};
     use std::pin::Pin;
+    #[cfg(feature = "static-files")]
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll};
 
@@ -675,9 +721,11 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "static-files")]
     /// A directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
 
+    #[cfg(feature = "static-files")]
     impl TempDir {
         fn new() -> TempDir {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -689,6 +737,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "static-files")]
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -755,6 +804,7 @@ mod tests {
         smol::block_on(read_request_head(&mut reader, max_len))
     }
 
+    #[cfg(feature = "static-files")]
     /// A root with `hello.txt`, `style.css`, `dir/index.html`, `empty/`.
     fn sample_root() -> TempDir {
         let tmp = TempDir::new();
@@ -768,6 +818,7 @@ mod tests {
         tmp
     }
 
+    #[cfg(feature = "static-files")]
     fn files_of(tmp: &TempDir) -> StaticFiles {
         StaticFiles::from_dir(&tmp.0.join("root")).unwrap()
     }
@@ -891,6 +942,7 @@ mod tests {
         assert!(smol::block_on(write_response(&mut out, 200, &injected, b"", false)).is_err());
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn content_types() {
         assert_eq!(
@@ -912,6 +964,7 @@ mod tests {
         assert!(percent_decode("/%2").is_none());
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn serves_file_with_type() {
         let tmp = sample_root();
@@ -931,6 +984,7 @@ mod tests {
         assert_eq!(resp.body, b"body{}");
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn head_has_length_but_no_body() {
         let tmp = sample_root();
@@ -940,6 +994,7 @@ mod tests {
         assert!(resp.body.is_empty());
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn directory_index_and_redirect() {
         let tmp = sample_root();
@@ -964,6 +1019,7 @@ mod tests {
         assert_eq!(serve(&files, "GET", "/empty/").status, 404);
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn missing_is_404() {
         let tmp = sample_root();
@@ -975,6 +1031,7 @@ mod tests {
         assert_eq!(serve(&files, "GET", "/%252e%252e/x").status, 404);
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn traversal_is_403() {
         let tmp = sample_root();
@@ -990,6 +1047,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn bad_targets_are_400() {
         let tmp = sample_root();
@@ -999,6 +1057,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "static-files")]
     #[cfg(unix)]
     #[test]
     fn symlink_outside_root_is_403() {
@@ -1015,6 +1074,7 @@ mod tests {
         assert_eq!(resp.body, b"hello world");
     }
 
+    #[cfg(feature = "static-files")]
     #[test]
     fn from_dir_rejects_files() {
         let tmp = sample_root();

@@ -15,11 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
 
-use futures_lite::StreamExt;
 use smol::Executor;
 use wsloop::client::{self, ClientOptions, Event};
 use wsloop::http::StaticFiles;
-use wsloop::{encode, AccessPolicy, Config, Error, Hub, SeedHandler, Server};
+use wsloop::{encode, AccessPolicy, Config, Error, SeedHandler, Server};
 
 use cli::{Command, Verbosity};
 
@@ -70,11 +69,7 @@ fn run_server(
     access: AccessPolicy,
     console: bool,
 ) -> Result<(), Error> {
-    let files = match www {
-        Some(dir) => StaticFiles::from_dir(&dir)
-            .map_err(|e| Error::Config(format!("--www {}: {e}", dir.display())))?,
-        None => StaticFiles::builtin(),
-    };
+    let files = static_files(www)?;
     let ex = Arc::new(Executor::new());
     with_threads(&ex, async {
         let server = Server::bind(address, config)
@@ -85,6 +80,10 @@ fn run_server(
             "wsloop server on http://{}/ (WebSocket at /server)",
             server.local_addr()?
         );
+        // (The CLI refuses --console in a build without the feature.)
+        #[cfg(not(feature = "console"))]
+        let _ = console;
+        #[cfg(feature = "console")]
         if console {
             ex.spawn(broadcast_stdin(Arc::clone(&ex), server.hub()))
                 .detach();
@@ -96,10 +95,28 @@ fn run_server(
     })
 }
 
+/// What `/` serves: the `--www` directory, else the built-in page.
+#[cfg(feature = "static-files")]
+fn static_files(www: Option<std::path::PathBuf>) -> Result<StaticFiles, Error> {
+    match www {
+        Some(dir) => StaticFiles::from_dir(&dir)
+            .map_err(|e| Error::Config(format!("--www {}: {e}", dir.display()))),
+        None => Ok(StaticFiles::builtin()),
+    }
+}
+
+/// What `/` serves: the built-in page (the CLI refuses `--www` in a build
+/// without the `static-files` feature).
+#[cfg(not(feature = "static-files"))]
+fn static_files(_: Option<std::path::PathBuf>) -> Result<StaticFiles, Error> {
+    Ok(StaticFiles::builtin())
+}
+
 /// The `--console`: reads stdin lines and pushes each to every connected
 /// client as a command, printing each client's reply as it arrives.
-async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<Hub>) {
-    use futures_lite::AsyncBufReadExt;
+#[cfg(feature = "console")]
+async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<wsloop::Hub>) {
+    use futures_lite::{AsyncBufReadExt, StreamExt};
     let stdin = futures_lite::io::BufReader::new(smol::Unblock::new(std::io::stdin()));
     let mut lines = stdin.lines();
     println!("console: type a command and press Enter to send it to every client");
@@ -189,8 +206,10 @@ fn usable_cpus() -> usize {
 }
 
 /// Completes on the first SIGINT or SIGTERM.
+#[cfg(feature = "signals")]
 async fn shutdown_signal() {
     use async_signal::{Signal, Signals};
+    use futures_lite::StreamExt;
     match Signals::new([Signal::Int, Signal::Term]) {
         Ok(mut signals) => {
             if let Some(Ok(signal)) = signals.next().await {
@@ -202,6 +221,15 @@ async fn shutdown_signal() {
             std::future::pending::<()>().await
         }
     }
+}
+
+/// Never completes: without the `signals` feature, SIGINT and SIGTERM end
+/// the process at once, as for any program without handlers. The kernel
+/// closes every socket, so peers see the connection end (the wsloop client
+/// reconnects) but get no 1001 Close frame.
+#[cfg(not(feature = "signals"))]
+async fn shutdown_signal() {
+    std::future::pending::<()>().await
 }
 
 /// Prints library log lines to stderr as `wsloop: LEVEL message`.

@@ -4,13 +4,8 @@
 //! Every wait is bounded: child output is read on threads and handed over
 //! channels (`recv_timeout`), and every child is killed and reaped on drop.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
-
-use async_tungstenite::tungstenite::Message as Frame;
-use futures_lite::StreamExt;
 
 mod common;
 
@@ -78,7 +73,7 @@ fn client_and_server_binaries_talk() {
     // The server is unharmed by the client leaving.
     server.sigterm();
     let stopped = server.finish(10);
-    assert!(stopped.status.success(), "server: {stopped:#?}");
+    assert!(stopped.stopped_by_sigterm(), "server: {stopped:#?}");
 }
 
 #[test]
@@ -152,7 +147,7 @@ fn client_without_reconnect_fails_when_server_goes_away() {
     );
 
     let stopped = server.finish(5);
-    assert!(stopped.status.success(), "server: {stopped:#?}");
+    assert!(stopped.stopped_by_sigterm(), "server: {stopped:#?}");
 }
 
 #[test]
@@ -175,7 +170,7 @@ fn client_gives_up_after_max_attempts_when_server_stays_away() {
 
     server.sigterm();
     let stopped = server.finish(5);
-    assert!(stopped.status.success(), "server: {stopped:#?}");
+    assert!(stopped.stopped_by_sigterm(), "server: {stopped:#?}");
     let run = client.finish(10);
     assert!(!run.status.success(), "client must give up: {run:#?}");
     let attempts = run
@@ -191,8 +186,13 @@ fn client_gives_up_after_max_attempts_when_server_stays_away() {
     );
 }
 
+/// Only with the `signals` feature; without it SIGTERM ends the server at
+/// once, as for any program without handlers.
+#[cfg(feature = "signals")]
 #[test]
 fn server_sigterm_sends_close_1001() {
+    use async_tungstenite::tungstenite::Message as Frame;
+    use futures_lite::StreamExt;
     let (mut server, addr) = start_server("server", &["server"]);
     let code = smol::block_on(wsloop::timeout(Duration::from_secs(10), async {
         let stream = smol::net::TcpStream::connect(addr)
@@ -238,7 +238,7 @@ fn server_sigterm_sends_close_1001() {
     .expect("test did not finish within 10 s");
     assert_eq!(code, 1001, "close code on shutdown");
     let stopped = server.finish(5);
-    assert!(stopped.status.success(), "server: {stopped:#?}");
+    assert!(stopped.stopped_by_sigterm(), "server: {stopped:#?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -284,97 +284,130 @@ fn bad_option_is_a_one_line_error() {
     );
 }
 
+/// Runs `wsloop ARGS`, which names an option this build left out, and
+/// checks it is refused with a one-line reason rather than ignored.
+#[cfg(not(all(feature = "static-files", feature = "console")))]
+fn assert_refused(args: &[&str], feature: &str) {
+    let run = Proc::wsloop("server", args, None).finish(5);
+    assert_eq!(run.status.code(), Some(2), "{run:#?}");
+    let first = run.stderr.first().map(String::as_str).unwrap_or_default();
+    let reason = format!("needs the `{feature}` Cargo feature");
+    assert!(first.contains(&reason), "{run:#?}");
+}
+
+#[cfg(not(feature = "static-files"))]
+#[test]
+fn www_is_refused_without_static_files() {
+    assert_refused(&["server", "--www", "."], "static-files");
+}
+
+#[cfg(not(feature = "console"))]
+#[test]
+fn console_is_refused_without_the_console_feature() {
+    assert_refused(&["server", "--console"], "console");
+}
+
 // ---------------------------------------------------------------------------
 // Static files.
 // ---------------------------------------------------------------------------
 
-/// A uniquely named directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// Only with the `static-files` feature (the small build refuses `--www`,
+/// see `www_is_refused_without_static_files`).
+#[cfg(feature = "static-files")]
+mod static_files {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::path::PathBuf;
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("wsloop-test-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        TempDir(dir)
+    /// A uniquely named directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .subsec_nanos();
+            let dir = std::env::temp_dir()
+                .join(format!("wsloop-test-{tag}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            TempDir(dir)
+        }
     }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
-}
 
-/// One HTTP/1.1 GET over a raw socket: (status, headers, body).
-fn http_get(addr: SocketAddr, target: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("tcp connect to the server");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set read timeout");
-    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .expect("send the request");
-    // The server closes after one answer, so read to EOF.
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("GET {target}: reading the answer: {e}"));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {target}: no header end in {raw:?}"));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let body = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("GET {target}: bad status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body)
-}
+    /// One HTTP/1.1 GET over a raw socket: (status, headers, body).
+    fn http_get(addr: SocketAddr, target: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut stream = TcpStream::connect(addr).expect("tcp connect to the server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set read timeout");
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        // The server closes after one answer, so read to EOF.
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .unwrap_or_else(|e| panic!("GET {target}: reading the answer: {e}"));
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("GET {target}: no header end in {raw:?}"));
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let body = raw[split + 4..].to_vec();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("GET {target}: bad status line {status_line:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, body)
+    }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 
-#[test]
-fn www_dir_is_served() {
-    let www = TempDir::new("www");
-    std::fs::write(www.0.join("index.html"), "hello wsloop").expect("write index.html");
-    std::fs::write(www.0.join("style.css"), "body { color: red }").expect("write style.css");
-    let dir = www.0.to_str().expect("temp dir path is UTF-8");
-    let (_server, addr) = start_server("server", &["server", "--www", dir]);
+    #[test]
+    fn www_dir_is_served() {
+        let www = TempDir::new("www");
+        std::fs::write(www.0.join("index.html"), "hello wsloop").expect("write index.html");
+        std::fs::write(www.0.join("style.css"), "body { color: red }").expect("write style.css");
+        let dir = www.0.to_str().expect("temp dir path is UTF-8");
+        let (_server, addr) = start_server("server", &["server", "--www", dir]);
 
-    let (status, headers, body) = http_get(addr, "/");
-    assert_eq!(status, 200, "GET / {headers:?}");
-    assert_eq!(body, b"hello wsloop");
-    let html = header(&headers, "content-type").unwrap_or_default();
-    assert!(html.starts_with("text/html"), "GET / Content-Type {html:?}");
+        let (status, headers, body) = http_get(addr, "/");
+        assert_eq!(status, 200, "GET / {headers:?}");
+        assert_eq!(body, b"hello wsloop");
+        let html = header(&headers, "content-type").unwrap_or_default();
+        assert!(html.starts_with("text/html"), "GET / Content-Type {html:?}");
 
-    let (status, headers, body) = http_get(addr, "/style.css");
-    assert_eq!(status, 200, "GET /style.css {headers:?}");
-    assert_eq!(body, b"body { color: red }");
-    let css = header(&headers, "content-type").unwrap_or_default();
-    assert!(
-        css.starts_with("text/css"),
-        "GET /style.css Content-Type {css:?}"
-    );
+        let (status, headers, body) = http_get(addr, "/style.css");
+        assert_eq!(status, 200, "GET /style.css {headers:?}");
+        assert_eq!(body, b"body { color: red }");
+        let css = header(&headers, "content-type").unwrap_or_default();
+        assert!(
+            css.starts_with("text/css"),
+            "GET /style.css Content-Type {css:?}"
+        );
 
-    let (status, _, _) = http_get(addr, "/missing");
-    assert_eq!(status, 404, "GET /missing");
+        let (status, _, _) = http_get(addr, "/missing");
+        assert_eq!(status, 404, "GET /missing");
+    }
 }

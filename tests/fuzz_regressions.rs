@@ -4,9 +4,7 @@
 //! connection.
 
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,7 +14,7 @@ use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use wsloop::async_tungstenite::tungstenite::protocol::Role;
 use wsloop::async_tungstenite::tungstenite::{self, Message as Frame};
 use wsloop::async_tungstenite::WebSocketStream;
-use wsloop::http::{read_request_head, HeadError, Request, StaticFiles};
+use wsloop::http::{read_request_head, HeadError, Request};
 use wsloop::{Config, Connection, Message, Peer};
 
 const LIMIT: usize = wsloop::MAX_REQUEST_HEAD_SIZE;
@@ -220,163 +218,173 @@ fn head_size_limit_boundary() {
 // ---------------------------------------------------------------------------
 // Static paths
 
-const MARKER: &str = "OUTSIDE-THE-ROOT-regression";
+/// Only with the `static-files` feature: without it nothing is served from
+/// a directory.
+#[cfg(feature = "static-files")]
+mod static_paths {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use wsloop::http::StaticFiles;
 
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
+    const MARKER: &str = "OUTSIDE-THE-ROOT-regression";
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+    /// A temp dir removed on drop.
+    struct TempDir(PathBuf);
 
-/// The fuzz target's tree: files, `dir/index.html`, `dir/sub/deep.json`,
-/// `empty/`, and symlinks leading out of the root.
-fn www() -> (TempDir, StaticFiles) {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let base = std::env::temp_dir().join(format!(
-        "wsloop-fuzz-regressions-{}-{n}",
-        std::process::id()
-    ));
-    let tmp = TempDir(base.clone());
-    let root = base.join("www");
-    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
-    std::fs::create_dir_all(root.join("empty")).unwrap();
-    for (name, body) in [
-        ("hello.txt", "hello world"),
-        ("a b.html", "<p>space</p>"),
-        ("%41.txt", "literal percent"),
-        ("dir/index.html", "<p>dir</p>"),
-        ("dir/sub/deep.json", "{}"),
-    ] {
-        std::fs::write(root.join(name), body).unwrap();
-    }
-    std::fs::write(base.join("secret.txt"), MARKER).unwrap();
-    std::fs::create_dir_all(base.join("outdir")).unwrap();
-    std::fs::write(base.join("outdir/index.html"), MARKER).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::symlink;
-        symlink(base.join("secret.txt"), root.join("link.txt")).unwrap();
-        symlink(&base, root.join("up")).unwrap();
-        symlink(base.join("outdir"), root.join("outdir")).unwrap();
-        symlink("../../secret.txt", root.join("dir/rel.txt")).unwrap();
-    }
-    let files = StaticFiles::from_dir(&root).unwrap();
-    (tmp, files)
-}
-
-/// Serves `target` and returns the status, the Location header, the body.
-fn get(files: &StaticFiles, target: &str) -> (u16, Option<String>, Vec<u8>) {
-    let req = Request {
-        method: "GET".into(),
-        target: target.into(),
-        headers: Vec::new(),
-    };
-    let mut out = Vec::new();
-    let status = smol::block_on(files.serve(&req, &mut out)).unwrap();
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = std::str::from_utf8(&out[..end]).unwrap();
-    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Location: "))
-        .map(String::from);
-    let body = out[end + 4..].to_vec();
-    assert!(
-        !body.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-        "{target}: served the file outside the root"
-    );
-    (status, location, body)
-}
-
-#[test]
-fn tricky_static_paths() {
-    let (_tmp, files) = www();
-    let cases: &[(&str, u16, &str)] = &[
-        ("/hello.txt", 200, "hello world"),
-        ("/hello.txt?x=/../../secret.txt", 200, "hello world"),
-        ("/a%20b.html", 200, "<p>space</p>"),
-        // Decoded once: `%2541` is the literal name `%41.txt`...
-        ("/%2541.txt", 200, "literal percent"),
-        // ...and `%41` is `A`, which is not there.
-        ("/%41.txt", 404, ""),
-        ("/./dir/./", 200, "<p>dir</p>"),
-        ("/dir//", 200, "<p>dir</p>"),
-        ("/dir/sub/deep.json", 200, "{}"),
-        ("/dir/sub/", 404, ""),
-        ("/empty/", 404, ""),
-        // Every spelling of `..` is refused before touching the disk.
-        ("/..", 403, ""),
-        ("/dir/..", 403, ""),
-        ("/dir/%2e%2e/hello.txt", 403, ""),
-        ("/dir%2f..%2f..%2fsecret.txt", 403, ""),
-        ("/%2E%2E%2Fsecret.txt", 403, ""),
-        ("/dir\\..\\..\\secret.txt", 403, ""),
-        ("/dir%5c..%5csecret.txt", 403, ""),
-        // Double-encoded stays literal, and is simply missing.
-        ("/%252e%252e/secret.txt", 404, ""),
-        ("/..%252fsecret.txt", 404, ""),
-        ("/..;/secret.txt", 404, ""),
-        // Not decodable, not UTF-8, NUL: bad requests.
-        ("/%", 400, ""),
-        ("/%g0", 400, ""),
-        ("/%c3", 400, ""),
-        ("/%00", 400, ""),
-        ("/hello.txt%00.html", 400, ""),
-        ("", 400, ""),
-        ("*", 400, ""),
-        ("hello.txt", 400, ""),
-        ("http://x/hello.txt", 400, ""),
-        ("?/hello.txt", 400, ""),
-    ];
-    for (target, status, body) in cases {
-        let (got, _, got_body) = get(&files, target);
-        assert_eq!(got, *status, "{target:?}");
-        if *status == 200 {
-            assert_eq!(got_body, body.as_bytes(), "{target:?}");
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
 
-#[cfg(unix)]
-#[test]
-fn symlinks_out_of_the_root_are_403() {
-    let (_tmp, files) = www();
-    for target in [
-        "/link.txt",
-        "/up/secret.txt",
-        "/outdir",
-        "/outdir/",
-        "/outdir/index.html",
-        "/dir/rel.txt",
-        "/up/outdir/",
-    ] {
-        assert_eq!(get(&files, target).0, 403, "{target}");
+    /// The fuzz target's tree: files, `dir/index.html`, `dir/sub/deep.json`,
+    /// `empty/`, and symlinks leading out of the root.
+    fn www() -> (TempDir, StaticFiles) {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!(
+            "wsloop-fuzz-regressions-{}-{n}",
+            std::process::id()
+        ));
+        let tmp = TempDir(base.clone());
+        let root = base.join("www");
+        std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        for (name, body) in [
+            ("hello.txt", "hello world"),
+            ("a b.html", "<p>space</p>"),
+            ("%41.txt", "literal percent"),
+            ("dir/index.html", "<p>dir</p>"),
+            ("dir/sub/deep.json", "{}"),
+        ] {
+            std::fs::write(root.join(name), body).unwrap();
+        }
+        std::fs::write(base.join("secret.txt"), MARKER).unwrap();
+        std::fs::create_dir_all(base.join("outdir")).unwrap();
+        std::fs::write(base.join("outdir/index.html"), MARKER).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::symlink;
+            symlink(base.join("secret.txt"), root.join("link.txt")).unwrap();
+            symlink(&base, root.join("up")).unwrap();
+            symlink(base.join("outdir"), root.join("outdir")).unwrap();
+            symlink("../../secret.txt", root.join("dir/rel.txt")).unwrap();
+        }
+        let files = StaticFiles::from_dir(&root).unwrap();
+        (tmp, files)
     }
-    // A symlink that leaves the root and comes back in lands on a file
-    // inside it: that is served.
-    let (status, _, body) = get(&files, "/up/www/hello.txt");
-    assert_eq!(status, 200);
-    assert_eq!(body, b"hello world");
-}
 
-#[test]
-fn directory_redirects_stay_on_this_host() {
-    let (_tmp, files) = www();
-    for (target, location) in [
-        ("/dir", "/dir/"),
-        ("//dir", "/dir/"),
-        ("///dir?x=1", "/dir/"),
-        ("/.", "/./"),
-        ("/dir/.", "/dir/./"),
-        ("/dir%2f", "/dir%2f/"),
-    ] {
-        let (status, got, _) = get(&files, target);
-        assert_eq!(status, 301, "{target}");
-        assert_eq!(got.as_deref(), Some(location), "{target}");
+    /// Serves `target` and returns the status, the Location header, the body.
+    fn get(files: &StaticFiles, target: &str) -> (u16, Option<String>, Vec<u8>) {
+        let req = Request {
+            method: "GET".into(),
+            target: target.into(),
+            headers: Vec::new(),
+        };
+        let mut out = Vec::new();
+        let status = smol::block_on(files.serve(&req, &mut out)).unwrap();
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = std::str::from_utf8(&out[..end]).unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Location: "))
+            .map(String::from);
+        let body = out[end + 4..].to_vec();
+        assert!(
+            !body.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "{target}: served the file outside the root"
+        );
+        (status, location, body)
+    }
+
+    #[test]
+    fn tricky_static_paths() {
+        let (_tmp, files) = www();
+        let cases: &[(&str, u16, &str)] = &[
+            ("/hello.txt", 200, "hello world"),
+            ("/hello.txt?x=/../../secret.txt", 200, "hello world"),
+            ("/a%20b.html", 200, "<p>space</p>"),
+            // Decoded once: `%2541` is the literal name `%41.txt`...
+            ("/%2541.txt", 200, "literal percent"),
+            // ...and `%41` is `A`, which is not there.
+            ("/%41.txt", 404, ""),
+            ("/./dir/./", 200, "<p>dir</p>"),
+            ("/dir//", 200, "<p>dir</p>"),
+            ("/dir/sub/deep.json", 200, "{}"),
+            ("/dir/sub/", 404, ""),
+            ("/empty/", 404, ""),
+            // Every spelling of `..` is refused before touching the disk.
+            ("/..", 403, ""),
+            ("/dir/..", 403, ""),
+            ("/dir/%2e%2e/hello.txt", 403, ""),
+            ("/dir%2f..%2f..%2fsecret.txt", 403, ""),
+            ("/%2E%2E%2Fsecret.txt", 403, ""),
+            ("/dir\\..\\..\\secret.txt", 403, ""),
+            ("/dir%5c..%5csecret.txt", 403, ""),
+            // Double-encoded stays literal, and is simply missing.
+            ("/%252e%252e/secret.txt", 404, ""),
+            ("/..%252fsecret.txt", 404, ""),
+            ("/..;/secret.txt", 404, ""),
+            // Not decodable, not UTF-8, NUL: bad requests.
+            ("/%", 400, ""),
+            ("/%g0", 400, ""),
+            ("/%c3", 400, ""),
+            ("/%00", 400, ""),
+            ("/hello.txt%00.html", 400, ""),
+            ("", 400, ""),
+            ("*", 400, ""),
+            ("hello.txt", 400, ""),
+            ("http://x/hello.txt", 400, ""),
+            ("?/hello.txt", 400, ""),
+        ];
+        for (target, status, body) in cases {
+            let (got, _, got_body) = get(&files, target);
+            assert_eq!(got, *status, "{target:?}");
+            if *status == 200 {
+                assert_eq!(got_body, body.as_bytes(), "{target:?}");
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_out_of_the_root_are_403() {
+        let (_tmp, files) = www();
+        for target in [
+            "/link.txt",
+            "/up/secret.txt",
+            "/outdir",
+            "/outdir/",
+            "/outdir/index.html",
+            "/dir/rel.txt",
+            "/up/outdir/",
+        ] {
+            assert_eq!(get(&files, target).0, 403, "{target}");
+        }
+        // A symlink that leaves the root and comes back in lands on a file
+        // inside it: that is served.
+        let (status, _, body) = get(&files, "/up/www/hello.txt");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"hello world");
+    }
+
+    #[test]
+    fn directory_redirects_stay_on_this_host() {
+        let (_tmp, files) = www();
+        for (target, location) in [
+            ("/dir", "/dir/"),
+            ("//dir", "/dir/"),
+            ("///dir?x=1", "/dir/"),
+            ("/.", "/./"),
+            ("/dir/.", "/dir/./"),
+            ("/dir%2f", "/dir%2f/"),
+        ] {
+            let (status, got, _) = get(&files, target);
+            assert_eq!(status, 301, "{target}");
+            assert_eq!(got.as_deref(), Some(location), "{target}");
+        }
     }
 }
 

@@ -55,6 +55,21 @@ pub struct Finished {
     pub stderr: Vec<String>,
 }
 
+impl Finished {
+    /// Whether the process ended the way a wsloop server ends on SIGTERM in
+    /// this build: a clean exit with the `signals` feature, killed by the
+    /// signal without it.
+    #[allow(dead_code)] // Not every test binary stops a server.
+    pub fn stopped_by_sigterm(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        if cfg!(feature = "signals") {
+            self.status.success()
+        } else {
+            self.status.signal() == Some(15)
+        }
+    }
+}
+
 impl Proc {
     /// Starts `program ARGS`; `input`, when given, is written to its stdin,
     /// which is then closed (otherwise stdin is /dev/null).
