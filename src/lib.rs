@@ -25,7 +25,8 @@
 //!
 //! - [`message`](Message) — the wire format; `codec` — JSON to and from it.
 //! - [`Connection`] — the loop above, generic over any `futures-io` stream.
-//! - `http` — request heads, static files and the built-in page.
+//! - `http` — request and response heads, static files and the built-in page.
+//! - `handshake` — the WebSocket opening handshake, both sides.
 //! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly.
 //! - [`client`] — dial `ws://ADDR/server` and run the seed client's loop.
 //!
