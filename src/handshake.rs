@@ -81,30 +81,8 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     path: &str,
     extra_headers: &[(&str, &str)],
 ) -> Result<Vec<u8>, Error> {
-    // A line break or other control character in a value would end its
-    // header early and let the value's author inject headers.
-    let values = extra_headers.iter().map(|(_, value)| *value);
-    if std::iter::once(host)
-        .chain(values)
-        .any(|value| value.chars().any(|c| c.is_control() && c != '\t'))
-    {
-        return Err(Error::Config(
-            "a header value (address or token) has characters a header cannot carry".into(),
-        ));
-    }
     let key = base64(&fastrand::u128(..).to_le_bytes());
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\n\
-         Host: {host}\r\n\
-         Upgrade: websocket\r\n\
-         Connection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\n\
-         Sec-WebSocket-Version: {WEBSOCKET_VERSION}\r\n"
-    );
-    for (name, value) in extra_headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
+    let request = opening_request(host, path, &key, extra_headers)?;
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
 
@@ -119,6 +97,39 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     }
     check_response(&response, &key)?;
     Ok(leftover)
+}
+
+/// The client's opening handshake for `ws://{host}{path}` with `key`.
+fn opening_request(
+    host: &str,
+    path: &str,
+    key: &str,
+    extra_headers: &[(&str, &str)],
+) -> Result<String, Error> {
+    // A line break or other control character in a value would end its
+    // header early and let the value's author inject headers.
+    let values = extra_headers.iter().map(|(_, value)| *value);
+    if std::iter::once(host)
+        .chain(values)
+        .any(|value| value.chars().any(|c| c.is_control() && c != '\t'))
+    {
+        return Err(Error::Config(
+            "a header value (address or token) has characters a header cannot carry".into(),
+        ));
+    }
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\n\
+         Sec-WebSocket-Version: {WEBSOCKET_VERSION}\r\n"
+    );
+    for (name, value) in extra_headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    Ok(request)
 }
 
 /// The start of a refusal's body, at most [`MAX_QUOTED_BODY`] bytes: what
@@ -345,6 +356,31 @@ mod tests {
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn our_request_passes_our_servers_check_and_refuses_injection() {
+        let key = base64(&[7; 16]);
+        let origin = [("Origin", "http://127.0.0.1:9/")];
+        let text = opening_request("127.0.0.1:9", "/server", &key, &origin).expect("request");
+        let mut stream = futures_lite::io::Cursor::new(text.into_bytes());
+        let (request, rest) =
+            smol::block_on(crate::http::read_request_head(&mut stream, 1024)).expect("parses");
+        assert!(rest.is_empty());
+        assert_eq!(check_request(&request), Ok(key.as_str()));
+        assert_eq!(request.header("origin"), Some("http://127.0.0.1:9/"));
+
+        for bad in ["a\r\nX-Evil: 1", "a\nb", "a\0b"] {
+            let headers = [("Authorization", bad)];
+            assert!(
+                opening_request("h:1", "/server", &key, &headers).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                opening_request(bad, "/server", &key, &[]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     fn response(status: u16, headers: &[(&str, &str)]) -> Response {
