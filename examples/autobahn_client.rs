@@ -8,10 +8,9 @@
 //! and echo every message until the suite closes, then to
 //! `/updateReports?agent=A` so the suite writes its report.
 //!
-//! [`wsloop::client::connect`] only dials `ws://ADDR/server`, so this example
-//! does the handshake itself with async-tungstenite and hands the stream to
-//! [`Connection::new`]: from there on it is the same loop wsloop's own client
-//! and server run.
+//! Each connection is [`wsloop::client::connect_to`]: wsloop's own opening
+//! handshake (so the suite checks that too), then the same loop wsloop's own
+//! client and server run.
 //!
 //! Run it (with the fuzzingserver listening; `scripts/autobahn` does both):
 //!
@@ -25,12 +24,10 @@
 //! verdicts are in the suite's report (`reports/clients/index.json`), not in
 //! this program's exit code, which only says whether the suite was reachable.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use async_io::Async;
-use wsloop::{Config, Connection, Ended, Error, Frame, Handler, Message, Peer, Tcp};
+use wsloop::{Config, Ended, Error, Frame, Handler, Message, Peer};
 
 /// Where the fuzzingserver listens unless `--address` says otherwise.
 const DEFAULT_ADDRESS: &str = "127.0.0.1:9002";
@@ -114,25 +111,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Dials `ws://{address}{path}` and wraps the result in wsloop's loop.
-async fn dial(address: &str, path: &str, config: &Config) -> Result<Connection<Tcp>, Error> {
-    let addr: SocketAddr = address
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| Error::Config(format!("{address:?} resolves to nothing")))?;
-    // wsloop's TCP stream: its close sends FIN, as the loop expects.
-    let stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
-    // The protocol layer's limits must match the loop's.
-    let limits = Some(config.websocket());
-    let url = format!("ws://{address}{path}");
-    let (ws, _response) =
-        wsloop::async_tungstenite::client_async_with_config(url, stream, limits).await?;
-    Ok(Connection::new(ws, Some(addr), config))
-}
-
 /// Runs one connection to its end with `role`, within [`CASE_TIMEOUT`].
 async fn run(address: &str, path: &str, config: &Config, role: Role) -> Result<Ended, Error> {
-    let conn = dial(address, path, config).await?;
+    // wsloop's own client handshake, then the same loop the server runs.
+    let conn = wsloop::client::connect_to(address, path, config).await?;
     wsloop::timeout(CASE_TIMEOUT, conn.run(role))
         .await
         .unwrap_or(Err(Error::Timeout("case did not finish")))

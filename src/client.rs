@@ -92,14 +92,25 @@ pub type TcpConnection = Connection<Tcp>;
 /// Dials `ws://{address}/server` once, with `Origin: http://{address}/` (as
 /// the Go client does), within the handshake timeout.
 pub async fn connect(address: &str, config: &Config) -> Result<TcpConnection, Error> {
+    connect_to(address, WEBSOCKET_PATH, config).await
+}
+
+/// [`connect`] to another endpoint: `ws://{address}{path}`, where `path`
+/// starts with `/` and may carry a query (`/runCase?case=1`).
+pub async fn connect_to(
+    address: &str,
+    path: &str,
+    config: &Config,
+) -> Result<TcpConnection, Error> {
     config.validate()?;
-    let (ws, addr) = dial(address, config, None).await?;
+    let (ws, addr) = dial(address, path, config, None).await?;
     Ok(Connection::new(ws, Some(addr), config))
 }
 
-/// Dials and shakes hands with the token, if any.
+/// Dials `ws://{address}{path}` and shakes hands with the token, if any.
 async fn dial(
     address: &str,
+    path: &str,
     config: &Config,
     token: Option<&str>,
 ) -> Result<(WebSocketStream<Tcp>, SocketAddr), Error> {
@@ -113,7 +124,7 @@ async fn dial(
         if let Some(bearer) = &bearer {
             headers.push(("Authorization", bearer));
         }
-        let leftover = handshake::client(&mut stream, address, WEBSOCKET_PATH, &headers).await?;
+        let leftover = handshake::client(&mut stream, address, path, &headers).await?;
         let websocket = Some(config.websocket());
         let ws =
             WebSocketStream::from_partially_read(stream, leftover, Role::Client, websocket).await;
@@ -128,7 +139,8 @@ async fn dial(
 /// replies into) `session`, which outlives it.
 async fn dial_session(options: &ClientOptions, session: &Session) -> Result<TcpConnection, Error> {
     let config = &options.config;
-    let (ws, addr) = dial(&options.address, config, options.token.as_deref()).await?;
+    let token = options.token.as_deref();
+    let (ws, addr) = dial(&options.address, WEBSOCKET_PATH, config, token).await?;
     Ok(Connection::with_session(
         ws,
         Some(addr),

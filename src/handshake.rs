@@ -106,6 +106,13 @@ fn opening_request(
     key: &str,
     extra_headers: &[(&str, &str)],
 ) -> Result<String, Error> {
+    // The path is one token of the request line: origin-form, no space, no
+    // control characters.
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Config(format!(
+            "{path:?} is not a request path (it starts with / and has no spaces)"
+        )));
+    }
     // A line break or other control character in a value would end its
     // header early and let the value's author inject headers.
     let values = extra_headers.iter().map(|(_, value)| *value);
@@ -381,6 +388,10 @@ mod tests {
                 "{bad:?}"
             );
         }
+        for path in ["server", "/a b", "/a\r\nX: 1", ""] {
+            assert!(opening_request("h:1", path, &key, &[]).is_err(), "{path:?}");
+        }
+        assert!(opening_request("h:1", "/runCase?case=1&agent=x", &key, &[]).is_ok());
     }
 
     fn response(status: u16, headers: &[(&str, &str)]) -> Response {
