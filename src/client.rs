@@ -369,8 +369,10 @@ impl<H: Handler> Supervisor<H> {
         loop {
             attempt += 1;
             let delay = policy.delay(attempt);
-            let wait = human(delay);
-            log::info!("reconnecting to {address} in {wait} (attempt {attempt})");
+            log::info!(
+                "reconnecting to {address} in {} (attempt {attempt})",
+                human(delay)
+            );
             let wait = async {
                 Timer::after(delay).await;
                 true

@@ -103,8 +103,7 @@ pub trait Handler: Send + Sync + 'static {
                 Frame::Binary(bytes) => bytes,
                 _ => return None,
             };
-            let text = || String::from_utf8_lossy(bytes);
-            log::trace!("peer {} -> {}", peer.id(), text());
+            log::trace!("peer {} -> {}", peer.id(), String::from_utf8_lossy(bytes));
             let reply = match codec::decode(bytes) {
                 Ok(message) => {
                     // Replies complete our own outstanding requests; only
@@ -580,8 +579,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Event::Tick => {
                     let now = Instant::now();
                     if now >= last_seen + idle_timeout {
-                        let silent = human(idle_timeout);
-                        log::debug!("peer {} silent for {silent}", self.peer.id());
+                        let id = self.peer.id();
+                        log::debug!("peer {id} silent for {}", human(idle_timeout));
                         // A silent peer will not answer our Close either:
                         // send it, but do not wait for a reply.
                         self.close(CLOSE_GOING_AWAY, "idle timeout", false).await;

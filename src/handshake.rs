@@ -185,7 +185,7 @@ fn refusal(response: &Response, body: &[u8]) -> Error {
 /// Checks the server's `101` answer to a handshake that sent `key`
 /// (RFC 6455 §4.1, the client's checks).
 fn check_response(response: &Response, key: &str) -> Result<(), Error> {
-    if !response.has_token("upgrade", "websocket") || !response.has_token("connection", "upgrade") {
+    if !response.is_websocket_upgrade() {
         return Err(Error::Handshake(
             "101 without Upgrade: websocket and Connection: Upgrade".into(),
         ));

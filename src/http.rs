@@ -70,13 +70,7 @@ impl Request {
     /// Whether this is a WebSocket opening handshake: `Upgrade` lists
     /// `websocket` and `Connection` lists `upgrade`.
     pub fn is_websocket_upgrade(&self) -> bool {
-        self.has_token("upgrade", "websocket") && self.has_token("connection", "upgrade")
-    }
-
-    /// Whether any header called `name` holds `token` in its comma-separated
-    /// list.
-    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
-        has_token(&self.headers, name, token)
+        is_websocket_upgrade(&self.headers)
     }
 }
 
@@ -98,10 +92,10 @@ impl Response {
         find_header(&self.headers, name)
     }
 
-    /// Whether any header called `name` holds `token` in its comma-separated
-    /// list.
-    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
-        has_token(&self.headers, name, token)
+    /// Whether this answers a WebSocket handshake as RFC 6455 asks:
+    /// `Upgrade` lists `websocket` and `Connection` lists `upgrade`.
+    pub(crate) fn is_websocket_upgrade(&self) -> bool {
+        is_websocket_upgrade(&self.headers)
     }
 }
 
@@ -111,6 +105,12 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.trim())
+}
+
+/// `Upgrade` lists `websocket` and `Connection` lists `upgrade`: the same
+/// test for a handshake request and for its `101` answer.
+fn is_websocket_upgrade(headers: &[(String, String)]) -> bool {
+    has_token(headers, "upgrade", "websocket") && has_token(headers, "connection", "upgrade")
 }
 
 /// Whether any header called `name` holds `token` in its comma-separated

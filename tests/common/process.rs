@@ -59,7 +59,6 @@ impl Finished {
     /// Whether the process ended the way a wsloop server ends on SIGTERM in
     /// this build: a clean exit with the `signals` feature, killed by the
     /// signal without it.
-    #[allow(dead_code)] // Not every test binary stops a server.
     pub fn stopped_by_sigterm(&self) -> bool {
         use std::os::unix::process::ExitStatusExt;
         if cfg!(feature = "signals") {
