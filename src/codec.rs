@@ -31,6 +31,10 @@ pub use nano::{decode, encode};
 #[cfg(all(feature = "serde", not(feature = "nanoserde")))]
 pub use serde_codec::{decode, encode};
 
+/// The reason for a top-level array (serde_json's words for the wrong
+/// type): only JSON objects are messages.
+pub(crate) const NOT_AN_OBJECT: &str = "invalid type: sequence, expected struct Message";
+
 /// Why an inbound message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -131,7 +135,7 @@ pub(crate) mod nano {
     /// The strict check decides the verdict (serde_json's, exactly) and hands
     /// over the raw text of each known field; nanoserde's own `DeJson` impls
     /// then read each value (string escapes and non-ASCII text, the integer,
-    /// the bool). nanoserde never sees unknown fields, the array form,
+    /// the bool). nanoserde never sees unknown fields, arrays,
     /// duplicate keys, comments, out-of-range numbers or invalid UTF-8.
     ///
     /// Not the `DeJson` derive: its unknown-field skipping is the code that
@@ -185,12 +189,40 @@ pub(crate) mod serde_codec {
 
     /// Decodes one message from the bytes of a text or binary frame.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        refuse_array(bytes)?;
         serde_json::from_slice(bytes).map_err(|err| DecodeError {
             request_id: salvage_request_id(bytes),
             line: err.line(),
             // serde_json says column 0 for empty input.
             column: err.column().max(1),
             reason: strip_position(&err.to_string()),
+        })
+    }
+
+    /// Refuses a top-level array, which serde's derive would read as the
+    /// fields in order: only objects are messages. The error is the one the
+    /// nanoserde codec's check gives (no id salvaged; the position of the
+    /// `[`, as serde_json's `peek_invalid_type` reports it).
+    fn refuse_array(bytes: &[u8]) -> Result<(), DecodeError> {
+        let Some(at) = bytes
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\n' | b'\t' | b'\r'))
+        else {
+            return Ok(());
+        };
+        if bytes[at] != b'[' {
+            return Ok(());
+        }
+        let before = &bytes[..at];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        Err(DecodeError {
+            request_id: None,
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            column: at - line_start + 1,
+            reason: super::NOT_AN_OBJECT.to_string(),
         })
     }
 

@@ -13,9 +13,10 @@
 //! - RFC 8259 syntax: whitespace is only space, tab, CR and LF; literals are
 //!   exactly `true`, `false`, `null`; numbers are `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`;
 //!   no comments, trailing commas or trailing characters.
-//! - The top level is an object, or (as serde's derive allows) an array of
-//!   up to five values in field order: `[requestID, command, someOtherThing,
-//!   success, error]`. Anything else is the wrong type.
+//! - The top level is an object. Anything else is the wrong type, arrays
+//!   included: serde's derive would read `[requestID, command, ...]` as a
+//!   message, but the protocol (the Go program, the README) speaks only of
+//!   objects, so the serde codec refuses arrays before serde sees them.
 //! - Top-level keys and the values of known fields are decoded strictly:
 //!   valid UTF-8, valid escapes, `\u` surrogates paired. Keys are compared
 //!   after unescaping (`"request\u0049D"` is `requestID`).
@@ -86,7 +87,7 @@ enum Kind {
 }
 
 impl Field {
-    /// Every field, in wire order (also the order of the array form).
+    /// Every field, in wire order.
     pub(crate) const ALL: [Field; 5] = [
         Field::RequestId,
         Field::Command,
@@ -148,13 +149,6 @@ impl Mode {
             (Mode::IdOnly, Some(Field::RequestId)) => Some(Field::RequestId),
             (Mode::IdOnly, _) => None,
             (Mode::Message, f) => f,
-        }
-    }
-
-    fn fields(self) -> &'static [Field] {
-        match self {
-            Mode::Message => &Field::ALL,
-            Mode::IdOnly => &[Field::RequestId],
         }
     }
 }
@@ -249,7 +243,8 @@ impl<'a> Scan<'a> {
         let fields = match self.ws() {
             None => return Err(self.peek_fault("EOF while parsing a value")),
             Some(b'{') => self.object(mode)?,
-            Some(b'[') => self.array(mode)?,
+            // Where serde_json's `peek_invalid_type` puts it: at the `[`.
+            Some(b'[') => return Err(self.peek_fault(crate::codec::NOT_AN_OBJECT)),
             Some(_) => return Err(self.invalid_type("struct Message")),
         };
         if self.ws().is_some() {
@@ -306,49 +301,6 @@ impl<'a> Scan<'a> {
             return Err(self.fault("missing field `requestID`"));
         }
         Ok(fields)
-    }
-
-    /// The top-level array form; the cursor is on `[`.
-    fn array(&mut self, mode: Mode) -> Res<Fields<'a>> {
-        self.i += 1;
-        let mut fields = Fields::default();
-        let mut count = 0;
-        for (k, &f) in mode.fields().iter().enumerate() {
-            match self.ws() {
-                Some(b']') => break,
-                Some(b',') if k > 0 => {
-                    self.i += 1;
-                    match self.ws() {
-                        Some(b']') => return Err(self.peek_fault("trailing comma")),
-                        None => return Err(self.peek_fault("EOF while parsing a value")),
-                        Some(_) => {}
-                    }
-                }
-                Some(_) if k == 0 => {}
-                Some(_) => return Err(self.peek_fault("expected `,` or `]`")),
-                None => return Err(self.peek_fault("EOF while parsing a list")),
-            }
-            fields.raw[f as usize] = Some(self.typed(f)?);
-            count += 1;
-        }
-        if mode == Mode::IdOnly && count == 0 {
-            return Err(self.fault("invalid length 0, expected struct IdOnly with 1 element"));
-        }
-        match self.ws() {
-            Some(b']') => {
-                self.i += 1;
-                Ok(fields)
-            }
-            Some(b',') => {
-                self.i += 1;
-                match self.ws() {
-                    Some(b']') => Err(self.peek_fault("trailing comma")),
-                    _ => Err(self.peek_fault("trailing characters")),
-                }
-            }
-            Some(_) => Err(self.peek_fault("trailing characters")),
-            None => Err(self.peek_fault("EOF while parsing a list")),
-        }
     }
 
     /// A known field's value, checked strictly; returns its raw text.
