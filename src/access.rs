@@ -95,6 +95,8 @@ impl AccessPolicy {
                 return Ok(());
             }
         }
+        // Both are the peer's: quoted escaped and cut, in the log and the 403.
+        let (origin, host) = (crate::log_safe::quote(origin), crate::log_safe::quote(host));
         Err(format!(
             "origin {origin:?} does not match host {host:?} \
              (behind a proxy, forward the original Host, or use --allow-origin)"

@@ -344,7 +344,11 @@ impl<H: Handler> Supervisor<H> {
                 Ok(ended) => ended.to_string(),
                 Err(err) => err.to_string(),
             };
-            log::warn!("connection to {} lost: {why}", self.options.address);
+            log::warn!(
+                "connection to {} lost: {}",
+                self.options.address,
+                crate::log_safe::quote(&why)
+            );
             if !self.options.reconnect.enabled {
                 self.session.shut();
                 return Err(Error::ConnectionClosed(why));
@@ -393,7 +397,10 @@ impl<H: Handler> Supervisor<H> {
                     let why = format!("gave up reconnecting after {attempt} attempts: {err}");
                     return Some(Err(Error::ConnectionClosed(why)));
                 }
-                Err(err) => log::warn!("reconnect attempt {attempt} failed: {err}"),
+                Err(err) => log::warn!(
+                    "reconnect attempt {attempt} failed: {}",
+                    crate::log_safe::quote(&err.to_string())
+                ),
             }
         }
     }

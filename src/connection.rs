@@ -103,23 +103,23 @@ pub trait Handler: Send + Sync + 'static {
                 Frame::Binary(bytes) => bytes,
                 _ => return None,
             };
-            log::trace!("peer {} -> {}", peer.id(), String::from_utf8_lossy(bytes));
+            log::trace!("{peer} -> {}", crate::log_safe::body(bytes));
             let reply = match codec::decode(bytes) {
                 Ok(message) => {
                     // Replies complete our own outstanding requests; only
                     // requests reach the handler.
-                    let request = peer.session().route(message)?;
+                    let request = peer.session().route(message, peer)?;
                     self.on_message(peer, request).await
                 }
                 Err(err) => {
-                    log::debug!("peer {} sent a malformed message: {err}", peer.id());
+                    crate::log_safe::malformed(peer, &err);
                     let id = err.request_id.unwrap_or(0);
                     Some(Message::error_reply(id, err.to_string()))
                 }
             };
             reply.map(|reply| {
                 let text = codec::encode(&reply);
-                log::trace!("peer {} <- {text}", peer.id());
+                log::trace!("{peer} <- {}", crate::log_safe::body(text.as_bytes()));
                 Frame::text(text)
             })
         }
@@ -309,7 +309,11 @@ impl fmt::Display for Ended {
             Ended::PeerClosed(Some((code, reason))) if reason.is_empty() => {
                 write!(f, "peer closed ({code})")
             }
-            Ended::PeerClosed(Some((code, reason))) => write!(f, "peer closed ({code} {reason})"),
+            Ended::PeerClosed(Some((code, reason))) => write!(
+                f,
+                "peer closed ({code} {:?})",
+                crate::log_safe::quote(reason)
+            ),
             Ended::PeerClosed(None) => write!(f, "peer closed"),
             Ended::Eof => write!(f, "peer went away (EOF)"),
             Ended::Closed(code) => write!(f, "closed by us ({code})"),
@@ -526,7 +530,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         // so it is flushed, until the stream reports the end.
                         let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                         if let Some((code, reason)) = &close {
-                            log::debug!("peer {} sent close {code} {reason}", self.peer.id());
+                            log::debug!(
+                                "{} sent close {code} \"{}\"",
+                                self.peer,
+                                crate::log_safe::quote(reason)
+                            );
                         }
                         Box::pin(self.drain()).await;
                         return Ok(Ended::PeerClosed(close));
@@ -677,7 +685,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Encodes and sends one message.
     async fn send(&mut self, message: &Message) -> Result<(), Error> {
         let text = codec::encode(message);
-        log::trace!("peer {} <- {text}", self.peer.id());
+        log::trace!(
+            "{} <- {}",
+            self.peer,
+            crate::log_safe::body(text.as_bytes())
+        );
         self.send_frame(Frame::text(text)).await?;
         self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -61,6 +61,7 @@ mod handshake;
 pub mod http;
 mod hub;
 mod json_check;
+mod log_safe;
 mod message;
 pub mod server;
 mod session;

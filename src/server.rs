@@ -280,8 +280,8 @@ fn connected<H: Handler>(
         fut: conn.run(handler),
         then: Some(move |ended: Result<Ended, Error>| {
             match ended {
-                Ok(ended) => log::info!("client {id} disconnected: {ended}"),
-                Err(err) => log::warn!("client {id} dropped: {err}"),
+                Ok(ended) => log::info!("client {id} ({addr}) disconnected: {ended}"),
+                Err(err) => log::warn!("client {id} ({addr}) dropped: {err}"),
             }
             hub.remove(id);
         }),
@@ -331,18 +331,15 @@ async fn handshake(
             return refuse(stream, 431, "request head too large").await;
         }
         Some(Err(HeadError::Malformed(why))) => {
-            log::debug!("{addr}: bad request: {why}");
             return refuse(stream, 400, &format!("bad request: {why}")).await;
         }
         Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
         None => {
-            log::debug!("{addr}: no request head within the handshake timeout");
             return refuse(stream, 408, "request timeout").await;
         }
     };
 
     if let Some(why) = over_limit {
-        log::warn!("{addr}: refused: {why}");
         return refuse(stream, 503, why).await;
     }
     if request.wants_upgrade() {
@@ -365,8 +362,15 @@ async fn handshake(
         "GET" | "HEAD" => {
             match shared.files.serve(&request, stream).await {
                 // The path only: a query string might carry a token.
-                Ok(status) => log::debug!("{addr}: {} {} {status}", request.method, request.path()),
-                Err(err) => log::debug!("{addr}: {} failed: {err}", request.path()),
+                Ok(status) => log::debug!(
+                    "{addr}: {} {:?} {status}",
+                    request.method,
+                    crate::log_safe::quote(request.path())
+                ),
+                Err(err) => log::debug!(
+                    "{addr}: {:?} failed: {err}",
+                    crate::log_safe::quote(request.path())
+                ),
             }
             let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
             None
@@ -387,11 +391,10 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
         Err((status, why)) => return refuse(stream, status, why).await,
     };
     if let Err(why) = shared.access.check_origin(request) {
-        log::warn!("refused upgrade: {why}");
         return refuse(stream, 403, &why).await;
     }
     if !shared.access.check_token(request) {
-        log::warn!("refused upgrade: missing or wrong token");
+        crate::log_safe::refused(stream, 401, "missing or wrong token");
         let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
         let headers = [
             ("WWW-Authenticate", "Bearer"),
@@ -414,6 +417,7 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
 /// Answers with an error status and a one-line reason, then closes. Always
 /// `None`, so callers can `return refuse(..).await`.
 async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
+    crate::log_safe::refused(stream, status, why);
     let answer = async {
         write_error(stream, status, why).await?;
         stream.close().await

@@ -20,8 +20,12 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 
+use crate::log_safe::{log_limited, LogLimit};
 use crate::time::timeout;
-use crate::Message;
+use crate::{Message, Peer};
+
+/// Log lines about replies that match no outstanding request.
+static UNMATCHED: LogLimit = LogLimit::new();
 
 /// One item in the outbound queue.
 #[derive(Debug)]
@@ -311,9 +315,9 @@ impl Session {
         self.fail(|pending| pending.in_flight);
     }
 
-    /// Routes an inbound message. Returns it back when it is a request for
+    /// Routes an inbound message from `peer`. Returns it back when it is a request for
     /// the handler; consumes it when it is a reply (matched or dropped).
-    pub(crate) fn route(&self, message: Message) -> Option<Message> {
+    pub(crate) fn route(&self, message: Message, peer: &Peer) -> Option<Message> {
         let is_reply = message.command.is_empty() && (message.success || !message.error.is_empty());
         if !is_reply {
             return Some(message);
@@ -327,8 +331,11 @@ impl Session {
                 self.inner.pending_len.fetch_sub(1, Ordering::Relaxed);
                 let _ = pending.reply.try_send(message);
             }
-            None => log::info!(
-                "dropping a reply for requestID {} that matches no outstanding request",
+            // The peer decides how often this happens: debug, rate-limited.
+            None => log_limited!(
+                UNMATCHED,
+                log::Level::Debug,
+                "{peer} sent a reply for requestID {} that matches no outstanding request; dropped",
                 message.request_id
             ),
         }
