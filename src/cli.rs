@@ -35,8 +35,11 @@ COMMON OPTIONS:
                            (Authorization: Bearer, or ?token=); the client
                            sends it. Default: $WSLOOP_TOKEN, if set.
     -q, --quiet            log only warnings and errors
-    -v, --verbose          also log every message
+    -v, --verbose          also log every message (bodies cut at 1 KiB)
+    --log-format text|json log lines as text or one JSON object each
+                           (time, level, target, message) [default: text]
     -h, --help             print this help
+    -V, --version          print the version and the enabled Cargo features
 
 SERVER OPTIONS:
     --www DIR              serve files from DIR at / [default: a built-in page]
@@ -81,10 +84,20 @@ pub enum Verbosity {
     Verbose,
 }
 
+/// How the binary prints log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `TIME wsloop: LEVEL message`.
+    Text,
+    /// One JSON object per line: `time`, `level`, `target`, `message`.
+    Json,
+}
+
 /// A parsed command line.
 #[derive(Debug)]
 pub enum Command {
     Help,
+    Version,
     Server {
         address: String,
         www: Option<PathBuf>,
@@ -92,10 +105,12 @@ pub enum Command {
         access: AccessPolicy,
         console: bool,
         verbosity: Verbosity,
+        log_format: LogFormat,
     },
     Client {
         options: ClientOptions,
         verbosity: Verbosity,
+        log_format: LogFormat,
     },
 }
 
@@ -111,6 +126,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut www = None;
     let mut config = Config::default();
     let mut verbosity = Verbosity::Normal;
+    let mut log_format = LogFormat::Text;
     let mut client = ClientOptions::new(DEFAULT_ADDRESS);
     let mut console = false;
     let mut access = AccessPolicy::default();
@@ -148,7 +164,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-attempts") => client.reconnect.max_attempts = Some(parser.value()?.parse()?),
             Short('q') | Long("quiet") => verbosity = Verbosity::Quiet,
             Short('v') | Long("verbose") => verbosity = Verbosity::Verbose,
+            Long("log-format") => log_format = self::log_format(&mut parser)?,
             Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected()),
         }
     }
@@ -174,6 +192,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             access: AccessPolicy { token, ..access },
             console,
             verbosity,
+            log_format,
         }),
         Some("client") => Ok(Command::Client {
             options: ClientOptions {
@@ -183,6 +202,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 ..client
             },
             verbosity,
+            log_format,
         }),
         Some(other) => Err(format!("unknown mode {other:?}; use server or client").into()),
         None => Ok(Command::Help),
@@ -210,6 +230,24 @@ fn read_token(file: Option<PathBuf>) -> Result<Option<String>, lexopt::Error> {
     }
     Ok(Some(token))
 }
+
+fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
+    match parser.value()?.string()?.as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("--log-format {other:?}: use text or json").into()),
+    }
+}
+
+/// The Cargo features `wsloop --version` names when this build has them
+/// (what the binary can do depends on them).
+pub const FEATURES: [(&str, bool); 5] = [
+    ("serde", cfg!(feature = "serde")),
+    ("nanoserde", cfg!(feature = "nanoserde")),
+    ("console", cfg!(feature = "console")),
+    ("static-files", cfg!(feature = "static-files")),
+    ("signals", cfg!(feature = "signals")),
+];
 
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
     let text = parser.value()?.string()?;
@@ -240,7 +278,9 @@ mod tests {
     #[test]
     fn client_options_parse_with_units() {
         match parse_str("client --interval 200ms --count 3 --stdin -v") {
-            Ok(Command::Client { options, verbosity }) => {
+            Ok(Command::Client {
+                options, verbosity, ..
+            }) => {
                 assert_eq!(options.interval, Duration::from_millis(200));
                 assert_eq!(options.count, Some(3));
                 assert!(options.stdin);

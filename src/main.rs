@@ -5,11 +5,12 @@
 //! cargo run --release -- client --count 3       # three requests, then exit
 //! ```
 //!
-//! The library does the work; this file only parses options, decides how
-//! logs are printed, owns the executor threads and turns results into exit
-//! codes.
+//! The library does the work; this file only parses options, owns the
+//! executor threads and turns results into exit codes (`logger` decides
+//! how logs are printed).
 
 mod cli;
+mod logger;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +36,14 @@ fn main() -> ExitCode {
             print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
+        Command::Version => {
+            print!("wsloop {}\nfeatures:", env!("CARGO_PKG_VERSION"));
+            for (name, _) in cli::FEATURES.iter().filter(|(_, on)| *on) {
+                print!(" {name}");
+            }
+            println!();
+            return ExitCode::SUCCESS;
+        }
         Command::Server {
             address,
             www,
@@ -42,15 +51,22 @@ fn main() -> ExitCode {
             access,
             console,
             verbosity,
+            log_format,
         } => {
-            init_logging(verbosity);
+            logger::init(verbosity, log_format);
             run_server(&address, www, config, access, console).map_err(|e| e.to_string())
         }
-        Command::Client { options, verbosity } => {
-            init_logging(verbosity);
+        Command::Client {
+            options,
+            verbosity,
+            log_format,
+        } => {
+            logger::init(verbosity, log_format);
             run_client(&options, verbosity)
         }
     };
+    // Every log line before the last word.
+    logger::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -230,28 +246,4 @@ async fn shutdown_signal() {
 #[cfg(not(feature = "signals"))]
 async fn shutdown_signal() {
     std::future::pending::<()>().await
-}
-
-/// Prints library log lines to stderr as `wsloop: LEVEL message`.
-fn init_logging(verbosity: Verbosity) {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-            true
-        }
-        fn log(&self, record: &log::Record<'_>) {
-            if record.target().starts_with("wsloop") {
-                eprintln!("wsloop: {:<5} {}", record.level(), record.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    let level = match verbosity {
-        Verbosity::Quiet => log::LevelFilter::Warn,
-        Verbosity::Normal => log::LevelFilter::Info,
-        Verbosity::Verbose => log::LevelFilter::Trace,
-    };
-    if log::set_logger(&Stderr).is_ok() {
-        log::set_max_level(level);
-    }
 }
