@@ -7,7 +7,11 @@
 //! serde_json's: a top-level array is refused, where serde's derive would
 //! accept it.)
 
-use wsloop::{decode, encode, Message};
+mod common;
+
+use async_tungstenite::tungstenite::Message as Frame;
+use common::{bounded, next_message, request, ws_connect, TestServer};
+use wsloop::{decode, encode, Config, Message};
 
 /// What decoding one input must give.
 #[derive(Debug)]
@@ -273,4 +277,27 @@ fn escapes_strings_exactly_like_serde_json() {
             Ok(Message::request(i64::MIN, *text))
         );
     }
+}
+
+#[test]
+fn non_objects_get_an_error_reply_and_the_connection_lives_on() {
+    let server = TestServer::start(Config::default());
+    bounded(10, async {
+        let mut ws = ws_connect(server.addr).await;
+        for text in [
+            r#"[7,"Open valve","",false]"#,
+            "[]",
+            "42",
+            r#""Open valve""#,
+            "null",
+        ] {
+            ws.send(Frame::text(text)).await.expect("send");
+            let reply = next_message(&mut ws).await;
+            assert!(!reply.success, "{text} was accepted: {reply:?}");
+            assert_eq!(reply.request_id, 0, "{text}: {reply:?}");
+            assert!(reply.error.contains("invalid type"), "{text}: {reply:?}");
+        }
+        let reply = request(&mut ws, 8, "still here").await;
+        assert_eq!(reply, Message::request(8, "still here").seed_reply());
+    });
 }

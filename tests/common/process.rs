@@ -175,6 +175,39 @@ impl Proc {
         }
     }
 
+    /// Reads stderr until a line satisfies `wanted`, within `secs` seconds;
+    /// every line read stays in [`Proc::stderr_seen`].
+    pub fn wait_for_stderr(
+        &mut self,
+        secs: u64,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.err_seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("stderr ended before {what}"))
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no {what} on stderr in time"))
+                }
+            }
+        }
+    }
+
+    /// The stderr lines read so far.
+    pub fn stderr_seen(&self) -> &[String] {
+        &self.err_seen
+    }
+
     /// Waits for the process to exit within `secs` seconds and returns its
     /// status with all of its output.
     pub fn finish(&mut self, secs: u64) -> Finished {
