@@ -24,6 +24,10 @@ pub const QUOTE_LIMIT: usize = 200;
 /// message fits many times over, a 1 MiB message does not fill the log.
 pub const BODY_LIMIT: usize = 1024;
 
+/// Most bytes of a refusal's reason a log line shows: the reason is ours,
+/// but may quote (cut) peer text, such as the Origin and Host of a 403.
+pub const REASON_LIMIT: usize = 512;
+
 /// How many lines of one kind a [`LogLimit`] lets through per interval.
 pub const LOG_BURST: u32 = 10;
 
@@ -35,6 +39,8 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Escaped<'a> {
     text: &'a [u8],
     limit: usize,
+    /// Whether `"` and `\` are escaped too (so that a quote can be parsed).
+    quotes: bool,
 }
 
 /// `text` made safe to quote in a log line: control characters (`\n`,
@@ -46,6 +52,7 @@ pub fn quote(text: &str) -> Escaped<'_> {
     Escaped {
         text: text.as_bytes(),
         limit: QUOTE_LIMIT,
+        quotes: true,
     }
 }
 
@@ -55,6 +62,18 @@ pub fn body(bytes: &[u8]) -> Escaped<'_> {
     Escaped {
         text: bytes,
         limit: BODY_LIMIT,
+        quotes: true,
+    }
+}
+
+/// A reason of our own that may quote peer text: control characters
+/// escaped as by [`quote`], but not `"` or `\` (its quotes are already
+/// escaped), cut at [`REASON_LIMIT`] bytes.
+pub fn reason(text: &str) -> Escaped<'_> {
+    Escaped {
+        text: text.as_bytes(),
+        limit: REASON_LIMIT,
+        quotes: false,
     }
 }
 
@@ -67,7 +86,10 @@ impl fmt::Display for Escaped<'_> {
                     return cut(f, self.text.len() - shown);
                 }
                 shown += c.len_utf8();
-                escape_char(f, c)?;
+                match c {
+                    '"' | '\\' if !self.quotes => f.write_char(c)?,
+                    c => escape_char(f, c)?,
+                }
             }
             for b in chunk.invalid() {
                 if shown + 1 > self.limit {
@@ -233,7 +255,7 @@ pub(crate) fn refused(stream: &crate::Tcp, status: u16, why: &str) {
         log::Level::Info,
         "{}: refused {status}: {}",
         Addr(stream.0.get_ref().peer_addr().ok()),
-        quote(why)
+        reason(why)
     );
 }
 
@@ -264,6 +286,7 @@ mod tests {
         assert!(!shown.chars().any(char::is_control));
         assert_eq!(quote("弹出热狗 😀").to_string(), "弹出热狗 😀");
         assert_eq!(body(b"a\xffb").to_string(), "a\\xffb");
+        assert_eq!(reason("a \"b\\\"\n").to_string(), "a \"b\\\"\\n");
     }
 
     #[test]
