@@ -37,7 +37,8 @@ COMMON OPTIONS:
     -q, --quiet            log only warnings and errors
     -v, --verbose          also log every message (bodies cut at 1 KiB)
     --log-format text|json log lines as text or one JSON object each
-                           (time, level, target, message) [default: text]
+                           (time, level, target, message; not in the small
+                           build) [default: text]
     -h, --help             print this help
     -V, --version          print the version and the enabled Cargo features
 
@@ -90,6 +91,7 @@ pub enum LogFormat {
     /// `TIME wsloop: LEVEL message`.
     Text,
     /// One JSON object per line: `time`, `level`, `target`, `message`.
+    #[cfg(feature = "json-logs")]
     Json,
 }
 
@@ -234,7 +236,10 @@ fn read_token(file: Option<PathBuf>) -> Result<Option<String>, lexopt::Error> {
 fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
     match parser.value()?.string()?.as_str() {
         "text" => Ok(LogFormat::Text),
+        #[cfg(feature = "json-logs")]
         "json" => Ok(LogFormat::Json),
+        #[cfg(not(feature = "json-logs"))]
+        "json" => Err(missing_feature("--log-format json", "json-logs")),
         other => Err(format!("--log-format {other:?}: use text or json").into()),
     }
 }

@@ -184,6 +184,9 @@ fn format_parts(
     let mut line = String::with_capacity(message.len() + 64);
     match format {
         LogFormat::Text => {
+            // Only the JSON format names the target.
+            #[cfg(not(feature = "json-logs"))]
+            let _ = target;
             write_rfc3339(&mut line, now);
             let _ = write!(line, " wsloop: {level:<5} ");
             for c in message.chars() {
@@ -195,6 +198,7 @@ fn format_parts(
                 }
             }
         }
+        #[cfg(feature = "json-logs")]
         LogFormat::Json => {
             line.push_str("{\"time\":\"");
             write_rfc3339(&mut line, now);
@@ -209,6 +213,7 @@ fn format_parts(
 }
 
 /// Appends `s` as a JSON string literal; control characters as `\u00XX`.
+#[cfg(feature = "json-logs")]
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -283,10 +288,13 @@ mod tests {
             text,
             "1970-01-01T00:00:00.000Z wsloop: INFO  a\\u{a}b\\u{1b}"
         );
-        let json = format_parts(LogFormat::Json, t, log::Level::Warn, "wsloop::x", "\"q\"\n");
-        assert_eq!(
-            json,
-            r#"{"time":"1970-01-01T00:00:00.000Z","level":"WARN","target":"wsloop::x","message":"\"q\"\u000a"}"#
-        );
+        #[cfg(feature = "json-logs")]
+        {
+            let json = format_parts(LogFormat::Json, t, log::Level::Warn, "wsloop::x", "\"q\"\n");
+            assert_eq!(
+                json,
+                r#"{"time":"1970-01-01T00:00:00.000Z","level":"WARN","target":"wsloop::x","message":"\"q\"\u000a"}"#
+            );
+        }
     }
 }

@@ -278,6 +278,7 @@ fn version_names_the_version_and_the_features() {
     );
 }
 
+#[cfg(feature = "json-logs")]
 #[test]
 fn json_log_lines_parse_and_carry_a_timestamp() {
     let (mut server, addr) = start_server("server", &["server", "--log-format", "json"]);
@@ -298,4 +299,16 @@ fn json_log_lines_parse_and_carry_a_timestamp() {
     let last: serde_json::Value = serde_json::from_str(&seen[seen.len() - 1]).expect("JSON");
     let message = last["message"].as_str().unwrap_or_default();
     assert!(message.contains(r#"done \"here\"\n"#), "{message}");
+}
+
+#[cfg(not(feature = "json-logs"))]
+#[test]
+fn json_logs_are_refused_without_the_feature() {
+    let run = Proc::wsloop("server", &["server", "--log-format", "json"], None).finish(5);
+    assert_eq!(run.status.code(), Some(2), "{run:#?}");
+    let first = run.stderr.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        first.contains("needs the `json-logs` Cargo feature"),
+        "{run:#?}"
+    );
 }
