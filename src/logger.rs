@@ -2,18 +2,17 @@
 //! UTC time, as text or as one JSON object per line.
 //!
 //! Writing happens on a thread of its own. Executor threads format a line
-//! and hand it over through a bounded channel without waiting: with a slow
+//! and hand it over through a bounded queue without waiting: with a slow
 //! stderr reader (a full pipe, a stalled terminal) the writer blocks, the
-//! channel fills, and further lines are counted and dropped, never waited
+//! queue fills, and further lines are counted and dropped, never waited
 //! for, so no connection task stalls on the log. The writer reports the
 //! count ("N log lines dropped") once it can write again.
-
-use std::sync::OnceLock;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +57,8 @@ impl Queue {
 struct Logger {
     format: LogFormat,
     queue: Queue,
+    /// The writer thread was started: queued lines will be written.
+    writing: AtomicBool,
 }
 
 /// The installed logger, shared with the writer thread.
@@ -102,6 +103,7 @@ pub fn init(verbosity: Verbosity, format: LogFormat) {
             state: Mutex::default(),
             changed: Condvar::new(),
         },
+        writing: AtomicBool::new(false),
     };
     if LOGGER.set(logger).is_err() {
         return;
@@ -114,6 +116,7 @@ pub fn init(verbosity: Verbosity, format: LogFormat) {
     {
         return; // no writer, no logs (rather than logs that block)
     }
+    logger.writing.store(true, Ordering::Release);
     let level = match verbosity {
         Verbosity::Quiet => log::LevelFilter::Warn,
         Verbosity::Normal => log::LevelFilter::Info,
@@ -131,6 +134,22 @@ pub fn flush() {
     if let Some(logger) = LOGGER.get() {
         log::Log::flush(logger);
     }
+}
+
+/// Prints `line` (the binary's last word, such as its fatal error) after
+/// every log line, then [`flush`]es. Through the writer when it runs, so a
+/// stuck stderr cannot hold the exit (the writer may hold stderr's lock).
+pub fn last_word(text: &str) {
+    let mut line = String::with_capacity(text.len());
+    push_one_line(&mut line, text);
+    let Some(logger) = LOGGER.get().filter(|l| l.writing.load(Ordering::Acquire)) else {
+        eprintln!("{line}");
+        return;
+    };
+    // Past a full queue too: it is the one line that must not be dropped.
+    logger.queue.lock().lines.push_back(line);
+    logger.queue.changed.notify_all();
+    flush();
 }
 
 /// The writer thread: takes every waiting line at once and writes them to
@@ -189,14 +208,7 @@ fn format_parts(
             let _ = target;
             write_rfc3339(&mut line, now);
             let _ = write!(line, " wsloop: {level:<5} ");
-            for c in message.chars() {
-                match c {
-                    c if c.is_control() => {
-                        let _ = write!(line, "\\u{{{:x}}}", u32::from(c));
-                    }
-                    c => line.push(c),
-                }
-            }
+            push_one_line(&mut line, message);
         }
         #[cfg(feature = "json-logs")]
         LogFormat::Json => {
@@ -210,6 +222,18 @@ fn format_parts(
         }
     }
     line
+}
+
+/// Appends `s` with its control characters escaped, so it stays one line.
+fn push_one_line(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// Appends `s` as a JSON string literal; control characters as `\u00XX`.

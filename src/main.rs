@@ -65,12 +65,14 @@ fn main() -> ExitCode {
             run_client(&options, verbosity)
         }
     };
-    // Every log line before the last word.
-    logger::flush();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            logger::flush();
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("wsloop: {err}");
+            // After every log line, and never stuck on a stderr nobody reads.
+            logger::last_word(&format!("wsloop: {err}"));
             ExitCode::FAILURE
         }
     }

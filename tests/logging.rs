@@ -253,6 +253,55 @@ fn a_log_reader_that_never_reads_does_not_stall_service() {
 }
 
 #[test]
+fn a_stuck_log_reader_does_not_hold_the_exit() {
+    let (server, addr) = start_server("server", &["server"]);
+    let mut child = Command::new(BIN)
+        .args(["client", "-v", "--no-reconnect", "--interval", "1ms"])
+        .args(["--address", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wsloop client");
+    let stdout = child.stdout.take().expect("stdout was piped");
+    // Held, never read: at -v the client fills the pipe within moments.
+    let _stderr = child.stderr.take().expect("stderr was piped");
+    let client = Unread(child);
+    let (lines, replies) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(common::process::RECEIVED) && lines.send(()).is_err() {
+                break;
+            }
+        }
+        // Dropping `lines` here tells the test stdout has closed.
+    });
+    // 1000 replies: about 300 KB of log at -v, far more than the pipe holds.
+    for n in 0..1000 {
+        if replies.recv_timeout(Duration::from_secs(10)).is_err() {
+            panic!("the client stopped after {n} replies");
+        }
+    }
+    server.sigterm();
+    // The client fails (the server went away) and must exit, although its
+    // log writer is stuck on the full pipe: stdout closing says it did.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match replies.recv_timeout(left) {
+            Ok(()) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the client did not exit with its log reader stuck")
+            }
+        }
+    }
+    drop(client);
+}
+
+#[test]
 fn version_names_the_version_and_the_features() {
     let run = Proc::wsloop("wsloop", &["--version"], None).finish(5);
     assert!(run.status.success(), "{run:#?}");
