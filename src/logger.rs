@@ -136,15 +136,26 @@ pub fn flush() {
     }
 }
 
-/// Prints `line` (the binary's last word, such as its fatal error) after
-/// every log line, then [`flush`]es. Through the writer when it runs, so a
-/// stuck stderr cannot hold the exit (the writer may hold stderr's lock).
-pub fn last_word(text: &str) {
-    let mut line = String::with_capacity(text.len());
-    push_one_line(&mut line, text);
+/// Prints the binary's fatal `error` as its last line (`wsloop: <error>`, or
+/// an ERROR record with `--log-format json`) after every log line, then
+/// [`flush`]es. Through the writer when it runs, so a stuck
+/// stderr cannot hold the exit (the writer may hold stderr's lock).
+pub fn last_word(error: &str) {
     let Some(logger) = LOGGER.get().filter(|l| l.writing.load(Ordering::Acquire)) else {
-        eprintln!("{line}");
+        eprintln!("wsloop: {error}");
         return;
+    };
+    let line = match logger.format {
+        LogFormat::Text => {
+            let mut line = String::from("wsloop: ");
+            push_one_line(&mut line, error);
+            line
+        }
+        #[cfg(feature = "json-logs")]
+        LogFormat::Json => {
+            let now = SystemTime::now();
+            format_parts(LogFormat::Json, now, log::Level::Error, "wsloop", error)
+        }
     };
     // Past a full queue too: it is the one line that must not be dropped.
     logger.queue.lock().lines.push_back(line);

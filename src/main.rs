@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             // After every log line, and never stuck on a stderr nobody reads.
-            logger::last_word(&format!("wsloop: {err}"));
+            logger::last_word(&err);
             ExitCode::FAILURE
         }
     }
