@@ -246,12 +246,13 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 
 /// The Cargo features `wsloop --version` names when this build has them
 /// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 5] = [
+pub const FEATURES: [(&str, bool); 6] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
     ("static-files", cfg!(feature = "static-files")),
     ("signals", cfg!(feature = "signals")),
+    ("json-logs", cfg!(feature = "json-logs")),
 ];
 
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
@@ -293,6 +294,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn log_format_and_version_parse() {
+        match parse_str("server --log-format text") {
+            Ok(Command::Server { log_format, .. }) => assert_eq!(log_format, LogFormat::Text),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_str("client --log-format json").is_ok(),
+            cfg!(feature = "json-logs")
+        );
+        assert!(parse_str("server --log-format xml").is_err());
+        assert!(matches!(parse_str("--version"), Ok(Command::Version)));
+        assert!(matches!(parse_str("server -V"), Ok(Command::Version)));
     }
 
     #[test]
