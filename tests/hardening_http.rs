@@ -8,7 +8,9 @@
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+#[cfg(feature = "static-files")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -17,9 +19,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::process::{start_server, Proc, BIN};
-use common::{client_frame, get, http_status, raw_upgrade, read_head, wait_until, TestServer};
+use common::{client_frame, get, http_status, raw_upgrade, read_head, wait_until};
+#[cfg(feature = "static-files")]
 use wsloop::http::StaticFiles;
-use wsloop::{Config, Message};
+use wsloop::Message;
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -35,6 +38,7 @@ impl TempDir {
         TempDir(dir)
     }
 
+    #[cfg(feature = "static-files")]
     fn path(&self) -> &str {
         self.0.to_str().expect("temp dir is UTF-8")
     }
@@ -46,9 +50,11 @@ impl Drop for TempDir {
     }
 }
 
+#[cfg(feature = "static-files")]
 /// Size of the big static file: far more than any socket buffer.
 const BIG_FILE: u64 = 64 << 20;
 
+#[cfg(feature = "static-files")]
 /// A www directory with `hello.txt` and a sparse 64 MiB `big.bin`.
 fn www_with_big_file() -> TempDir {
     let www = TempDir::new("www");
@@ -58,6 +64,7 @@ fn www_with_big_file() -> TempDir {
     www
 }
 
+#[cfg(feature = "static-files")]
 /// The resident set of process `pid` in KiB, from /proc.
 fn rss_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
@@ -103,6 +110,7 @@ fn upgrade_request(host: &str, extra: &str) -> String {
 // 2. Static files: a bounded read-ahead, and the write timeout.
 // ---------------------------------------------------------------------------
 
+#[cfg(feature = "static-files")]
 #[test]
 fn slow_readers_of_a_big_file_hold_a_bounded_buffer() {
     const READERS: u64 = 16;
@@ -149,15 +157,16 @@ fn slow_readers_of_a_big_file_hold_a_bounded_buffer() {
     drop(readers);
 }
 
+#[cfg(feature = "static-files")]
 #[test]
 fn a_reader_that_stops_is_dropped_after_the_write_timeout() {
     let www = www_with_big_file();
-    let config = Config {
+    let config = wsloop::Config {
         write_timeout: Duration::from_secs(1),
-        ..Config::default()
+        ..wsloop::Config::default()
     };
     let files = StaticFiles::from_dir(&www.0).expect("www dir");
-    let server = TestServer::start_with(config, Some(files), common::seed);
+    let server = common::TestServer::start_with(config, Some(files), common::seed);
     let mut stream = TcpStream::connect(server.addr).expect("tcp connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -438,6 +447,7 @@ fn a_low_open_file_limit_is_reported_with_numbers() {
 // 9. A FIFO inside --www.
 // ---------------------------------------------------------------------------
 
+#[cfg(feature = "static-files")]
 #[test]
 fn a_fifo_in_www_is_refused_at_once() {
     let www = TempDir::new("fifo");
@@ -463,6 +473,7 @@ fn a_fifo_in_www_is_refused_at_once() {
     assert_eq!(get(addr, "/hello.txt"), 200, "static serving still works");
 }
 
+#[cfg(feature = "static-files")]
 fn is_fifo(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     fs::metadata(path).is_ok_and(|meta| meta.file_type().is_fifo())
