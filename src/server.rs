@@ -262,7 +262,9 @@ impl<H: Handler> Acceptor<'_, H> {
 
 /// Answers a connection refused at accept with a canned 503 and closes it.
 /// The write is one non-blocking attempt (a fresh socket's buffer always
-/// takes it) and nothing is read: the peer is never waited for.
+/// takes it) and nothing is read: the peer is never waited for. Best
+/// effort: a peer whose request had already arrived may see a reset
+/// (closing with unread data sends RST) instead of the 503.
 fn refuse_at_accept(stream: TcpStream, why: &str) {
     if stream.set_nonblocking(true).is_err() {
         return;
