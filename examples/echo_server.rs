@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         ..Config::default()
     };
 
-    let ex = smol::Executor::new();
+    let ex = std::sync::Arc::new(smol::Executor::new());
     let result = smol::block_on(ex.run(async {
         let server = Server::bind(&address, config)
             .await?

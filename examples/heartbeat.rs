@@ -59,7 +59,7 @@ const DROP_SLACK: Duration = Duration::from_secs(1);
 const WATCH_EVERY: Duration = Duration::from_millis(20);
 
 fn main() {
-    let ex = smol::Executor::new();
+    let ex = std::sync::Arc::new(smol::Executor::new());
     match smol::block_on(ex.run(demo(&ex))) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
@@ -71,7 +71,7 @@ fn main() {
 }
 
 /// Runs the server with a 1-second heartbeat until the scenario is over.
-async fn demo(ex: &smol::Executor<'_>) -> Result<bool, wsloop::Error> {
+async fn demo(ex: &std::sync::Arc<smol::Executor<'_>>) -> Result<bool, wsloop::Error> {
     let start = Instant::now();
     let config = Config {
         heartbeat: HEARTBEAT,

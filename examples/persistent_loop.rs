@@ -151,7 +151,9 @@ async fn serve(address: &str) -> Result<bool, wsloop::Error> {
 
 /// Runs wsloop's `Server` until `client` is done. Everything `ws_handler`
 /// does is in there (`Connection::run`); we only say what to reply.
-async fn with_wsloop_server(ex: &smol::Executor<'_>) -> Result<bool, wsloop::Error> {
+async fn with_wsloop_server(
+    ex: &std::sync::Arc<smol::Executor<'_>>,
+) -> Result<bool, wsloop::Error> {
     let server = Server::bind("127.0.0.1:0", Config::default()).await?;
     let address = server.local_addr()?.to_string();
     println!("wsloop server listening on {address}");
@@ -191,7 +193,7 @@ fn demo() -> Result<bool, wsloop::Error> {
     })?;
 
     println!("== part 2: wsloop::Server with a handler closure");
-    let ex = smol::Executor::new();
+    let ex = std::sync::Arc::new(smol::Executor::new());
     let part2 = smol::block_on(ex.run(with_wsloop_server(&ex)))?;
 
     Ok(part1 && part2)

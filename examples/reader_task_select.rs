@@ -208,7 +208,7 @@ async fn read_messages(mut receiver: WebSocketReceiver<TcpStream>, incoming: Sen
 /// Demo mode: a wsloop server on a free port, with the article's handler,
 /// runs until the client is done.
 fn demo() -> Result<bool, wsloop::Error> {
-    let ex = smol::Executor::new();
+    let ex = std::sync::Arc::new(smol::Executor::new());
     smol::block_on(ex.run(async {
         let server = Server::bind("127.0.0.1:0", Config::default()).await?;
         let address = server.local_addr()?.to_string();

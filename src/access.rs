@@ -1,20 +1,30 @@
-//! Who may connect: the origin check, the shared-secret token, and the
-//! connection limits, all decided before a WebSocket upgrade is accepted.
+//! Who may connect: the Host check, the origin check, the shared-secret
+//! token, and the connection limits.
 //!
+//! - **Host**: every request's `Host` must name this server: its bound IP
+//!   literal, `localhost`, or a name in [`AccessPolicy::allowed_hosts`]
+//!   (any port, or none). A DNS-rebinding page (`attacker.example` made to
+//!   resolve to this machine) sends `Host: attacker.example` and its own
+//!   matching `Origin`, so only this check stops it. Bound to `0.0.0.0` or
+//!   `[::]`, every IP literal is accepted (the machine's addresses are not
+//!   cheaply known, and a rebinding attack always names a host).
+//!   Requests without `Host` (not a browser) pass.
 //! - **Origin**: a browser always sends `Origin`; a page on another site
 //!   must not be able to open a socket to this server with the user's
 //!   cookies (cross-site WebSocket hijacking). By default an `Origin`, when
-//!   present, must name the same host and port as the `Host` header;
-//!   requests without one (non-browser clients) pass.
-//! - **Token**: with a token set, `/server` requires
-//!   `Authorization: Bearer <token>` or a `token` query parameter (browsers
-//!   cannot set headers on a WebSocket). It is compared in constant time and
-//!   never logged.
-//! - **Limits**: concurrent connections in total and per remote IP; past
-//!   either the request gets 503 before any upgrade.
+//!   present, must name the same host and port as the `Host` header, with
+//!   this connection's scheme (`http`/`ws` in plain TCP); requests without
+//!   one (non-browser clients) pass.
+//! - **Token**: with a token set, `/server` and `/stats` require
+//!   `Authorization: Bearer <token>` (the scheme in any case) or a `token`
+//!   query parameter (browsers cannot set headers on a WebSocket). It is
+//!   compared in constant time and never logged.
+//! - **Limits**: concurrent connections in total and per remote IP, decided
+//!   when the connection is accepted; past either it gets a canned 503 and
+//!   is closed at once.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use crate::http::{percent_decode, Request};
@@ -36,6 +46,10 @@ pub const TOKEN_ENV: &str = "WSLOOP_TOKEN";
 pub struct AccessPolicy {
     /// Extra origins allowed besides the server's own (`scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
+    /// Host names that name this server besides its bound address and
+    /// `localhost` (`--allow-host`). A bare name matches any port; a
+    /// `name:port` entry only that port.
+    pub allowed_hosts: Vec<String>,
     /// Skip the origin check entirely (logged as a warning at start).
     pub allow_any_origin: bool,
     /// Shared secret required at `/server`, if any.
@@ -50,6 +64,7 @@ impl Default for AccessPolicy {
     fn default() -> Self {
         AccessPolicy {
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             allow_any_origin: false,
             token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -63,6 +78,7 @@ impl std::fmt::Debug for AccessPolicy {
         // The token itself is never printed.
         f.debug_struct("AccessPolicy")
             .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("allow_any_origin", &self.allow_any_origin)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("max_connections", &self.max_connections)
@@ -72,9 +88,46 @@ impl std::fmt::Debug for AccessPolicy {
 }
 
 impl AccessPolicy {
+    /// Checks that the request's `Host` names this server, bound at
+    /// `local` (see the module docs). The error is the one-line reason for
+    /// the 421.
+    pub fn check_host(&self, request: &Request, local: SocketAddr) -> Result<(), String> {
+        let Some(value) = request.header("Host") else {
+            return Ok(()); // not a browser: rebinding needs one
+        };
+        let host = value.to_ascii_lowercase();
+        let (name, _port) = split_host_port(&host);
+        // A fully qualified `localhost.` is still `localhost`.
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let names_us = match name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            // An IP literal cannot be rebound: it names this machine when it
+            // is our address (any, when bound to every address).
+            Ok(ip) => local.ip().is_unspecified() || ip == local.ip(),
+            Err(_) => {
+                name == "localhost"
+                    || self.allowed_hosts.iter().any(|allowed| {
+                        let allowed = allowed.trim().to_ascii_lowercase();
+                        allowed == name || allowed == host
+                    })
+            }
+        };
+        if names_us {
+            return Ok(());
+        }
+        Err("the Host header does not name this server \
+             (start it with --allow-host NAME to accept that name)"
+            .to_string())
+    }
+
     /// Checks the upgrade request's `Origin` against its `Host` and the
-    /// allowed list. The error is the one-line reason for the 403.
-    pub fn check_origin(&self, request: &Request) -> Result<(), String> {
+    /// allowed list. `tls` says whether the connection itself is encrypted,
+    /// which decides the scheme a same-host origin must have. The error is
+    /// the one-line reason for the 403.
+    pub fn check_origin(&self, request: &Request, tls: bool) -> Result<(), String> {
         let Some(origin) = request.header("Origin") else {
             return Ok(()); // not a browser
         };
@@ -90,16 +143,24 @@ impl AccessPolicy {
             return Ok(());
         }
         let host = request.header("Host").unwrap_or("");
+        // A page served over another scheme is another origin, and only
+        // web schemes open WebSockets.
+        let schemes: [&str; 2] = if tls {
+            ["https", "wss"]
+        } else {
+            ["http", "ws"]
+        };
         if let Some((scheme, origin_host)) = origin_norm.split_once("://") {
-            if origin_host == normalize_host(host, scheme) {
+            if schemes.contains(&scheme) && origin_host == normalize_host(host, scheme) {
                 return Ok(());
             }
         }
         // Both are the peer's: quoted escaped and cut, in the log and the 403.
         let (origin, host) = (crate::log_safe::quote(origin), crate::log_safe::quote(host));
         Err(format!(
-            "origin {origin:?} does not match host {host:?} \
-             (behind a proxy, forward the original Host, or use --allow-origin)"
+            "origin {origin:?} does not match host {host:?} over {} \
+             (behind a proxy, forward the original Host, or use --allow-origin)",
+            schemes[0]
         ))
     }
 
@@ -108,10 +169,12 @@ impl AccessPolicy {
         let Some(expected) = &self.token else {
             return true;
         };
+        // The auth scheme is case-insensitive (RFC 9110, 11.1).
         let bearer = request
             .header("Authorization")
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, token)| token.trim());
         let query = request
             .query()
             .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")))
@@ -147,6 +210,21 @@ fn normalize_origin(origin: &str) -> String {
     match origin.split_once("://") {
         Some((scheme, host)) => format!("{scheme}://{}", normalize_host(host, scheme)),
         None => origin,
+    }
+}
+
+/// Splits a lower-cased `Host` value into its name (an IPv6 literal keeps
+/// its brackets) and its port, if any.
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        return match host.split_once("]:") {
+            Some((name, port)) => (&host[..name.len() + 1], Some(port)),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
     }
 }
 
@@ -254,18 +332,18 @@ mod tests {
             &[("Host", "example:8080"), ("Origin", "http://example:8080")],
             "/",
         );
-        assert!(policy.check_origin(&same).is_ok());
+        assert!(policy.check_origin(&same, false).is_ok());
         let default_port = upgrade(&[("Host", "Example:80"), ("Origin", "http://example")], "/");
-        assert!(policy.check_origin(&default_port).is_ok());
+        assert!(policy.check_origin(&default_port, false).is_ok());
         let no_origin = upgrade(&[("Host", "example:8080")], "/");
-        assert!(policy.check_origin(&no_origin).is_ok());
+        assert!(policy.check_origin(&no_origin, false).is_ok());
 
         // nginx's `proxy_set_header Host $host;` drops the port.
         let proxied = upgrade(
             &[("Host", "example"), ("Origin", "http://example:8080")],
             "/",
         );
-        let why = policy.check_origin(&proxied).unwrap_err();
+        let why = policy.check_origin(&proxied, false).unwrap_err();
         assert!(
             why.contains("http://example:8080") && why.contains("\"example\""),
             "{why}"
@@ -275,18 +353,90 @@ mod tests {
             &[("Host", "example:8080"), ("Origin", "http://evil.test")],
             "/",
         );
-        assert!(policy.check_origin(&evil).is_err());
+        assert!(policy.check_origin(&evil, false).is_err());
 
         let allowing = AccessPolicy {
             allowed_origins: vec!["http://example:8080/".into()],
             ..AccessPolicy::default()
         };
-        assert!(allowing.check_origin(&proxied).is_ok());
+        assert!(allowing.check_origin(&proxied, false).is_ok());
         let any = AccessPolicy {
             allow_any_origin: true,
             ..AccessPolicy::default()
         };
-        assert!(any.check_origin(&evil).is_ok());
+        assert!(any.check_origin(&evil, false).is_ok());
+    }
+
+    #[test]
+    fn origin_scheme_must_be_this_connections() {
+        let policy = AccessPolicy::default();
+        let with = |origin: &str| upgrade(&[("Host", "example:8080"), ("Origin", origin)], "/");
+        assert!(policy
+            .check_origin(&with("ws://example:8080"), false)
+            .is_ok());
+        for other in [
+            "https://example:8080",
+            "foo://example:8080",
+            "wss://example:8080",
+        ] {
+            assert!(policy.check_origin(&with(other), false).is_err(), "{other}");
+        }
+        assert!(policy
+            .check_origin(&with("https://example:8080"), true)
+            .is_ok());
+        assert!(policy
+            .check_origin(&with("http://example:8080"), true)
+            .is_err());
+    }
+
+    #[test]
+    fn host_must_name_this_server() {
+        let policy = AccessPolicy {
+            allowed_hosts: vec!["Chat.Example".into(), "pinned.example:9000".into()],
+            ..AccessPolicy::default()
+        };
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let host = |value: &str| upgrade(&[("Host", value)], "/");
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "127.0.0.1:9999",
+            "localhost",
+            "LOCALHOST:8080",
+            "localhost.:8080",
+            "chat.example",
+            "chat.example:443",
+            "pinned.example:9000",
+        ] {
+            assert!(policy.check_host(&host(ok), local).is_ok(), "{ok}");
+        }
+        for bad in [
+            "attacker.example:8080",
+            "attacker.example",
+            "10.0.0.1:8080",
+            "[::1]:8080",
+            "pinned.example:9001",
+            "pinned.example",
+            "chat.example.evil",
+            "",
+        ] {
+            let why = policy.check_host(&host(bad), local).unwrap_err();
+            assert!(why.contains("--allow-host"), "{why}");
+        }
+        assert!(
+            policy.check_host(&upgrade(&[], "/"), local).is_ok(),
+            "no Host"
+        );
+
+        let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert!(policy.check_host(&host("[::1]:8080"), v6).is_ok());
+        assert!(policy.check_host(&host("[::1]"), v6).is_ok());
+        assert!(policy.check_host(&host("127.0.0.1:8080"), v6).is_err());
+
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(policy.check_host(&host("192.168.1.5:8080"), any).is_ok());
+        assert!(policy.check_host(&host("[fe80::1]:8080"), any).is_ok());
+        assert!(policy.check_host(&host("myhost.lan:8080"), any).is_err());
     }
 
     #[test]
@@ -296,6 +446,9 @@ mod tests {
             ..AccessPolicy::default()
         };
         assert!(policy.check_token(&upgrade(&[("Authorization", "Bearer s3cret")], "/server")));
+        assert!(policy.check_token(&upgrade(&[("Authorization", "bearer s3cret")], "/server")));
+        assert!(policy.check_token(&upgrade(&[("Authorization", "BEARER  s3cret ")], "/server")));
+        assert!(!policy.check_token(&upgrade(&[("Authorization", "Basic s3cret")], "/server")));
         assert!(policy.check_token(&upgrade(&[], "/server?x=1&token=s3cret")));
         assert!(policy.check_token(&upgrade(&[], "/server?token=s3%63ret")));
         assert!(!policy.check_token(&upgrade(&[("Authorization", "Bearer s3cre")], "/server")));

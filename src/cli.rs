@@ -32,7 +32,7 @@ COMMON OPTIONS:
     --handshake-timeout DURATION
                            time allowed for the HTTP/WebSocket handshake [default: 10s]
     --token-file PATH      shared secret: the server requires it at /server
-                           (Authorization: Bearer, or ?token=); the client
+                           and /stats (Authorization: Bearer, or ?token=); the client
                            sends it. Default: $WSLOOP_TOKEN, if set.
     -q, --quiet            log only warnings and errors
     -v, --verbose          also log every message (bodies cut at 1 KiB)
@@ -50,8 +50,16 @@ SERVER OPTIONS:
     --allow-origin URL     also accept upgrades from this browser origin
                            (repeatable), e.g. https://example.com
     --allow-any-origin     turn the origin check off (logged as a warning)
-    --max-connections N    concurrent connections; 503 past it
-                           [default: 10000; 0 = unlimited]
+    --allow-host NAME      also accept requests whose Host is NAME (repeatable;
+                           a bare NAME matches any port, NAME:PORT only that
+                           one). Without it only this server's own address
+                           and localhost are accepted; others get 421
+                           (bound to 0.0.0.0/[::]: any IP address)
+    --max-connections N    concurrent connections; past it a new connection
+                           gets a canned 503 at accept and is closed
+                           [default: 10000; 0 = unlimited]. The open-file
+                           limit is raised to its hard limit at start, with
+                           a warning if it still cannot hold N + 64
     --max-connections-per-ip N
                            concurrent connections per remote IP
                            [default: 1000; 0 = unlimited]
@@ -151,6 +159,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("console") => console = true,
             Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
             Long("allow-any-origin") => access.allow_any_origin = true,
+            Long("allow-host") => access.allowed_hosts.push(parser.value()?.string()?),
             Long("max-connections") => access.max_connections = parser.value()?.parse()?,
             Long("max-connections-per-ip") => {
                 access.max_connections_per_ip = parser.value()?.parse()?

@@ -26,7 +26,7 @@
 //!
 //! // Both sides answer the way the Go program does.
 //! let seed = |_: &Peer, m: Message| Some(m.seed_reply());
-//! let ex = smol::Executor::new();
+//! let ex = std::sync::Arc::new(smol::Executor::new());
 //! smol::block_on(ex.run(async {
 //!     let server = Server::bind("127.0.0.1:0", Config::default()).await?;
 //!     let address = server.local_addr()?.to_string();

@@ -6,10 +6,15 @@
 //! pipelining to get wrong: one request head in, one response out.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 #[cfg(feature = "static-files")]
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Most headers a request head may carry. Browsers send about twenty; more
@@ -345,6 +350,69 @@ fn has_line_break(s: &str) -> bool {
     s.contains(['\r', '\n'])
 }
 
+/// A writer whose every write (and flush) must make progress within
+/// `limit`, else it fails with `TimedOut`: a peer that stops reading an HTTP
+/// response is dropped after the same [`write_timeout`] as a WebSocket
+/// frame, while one that reads slowly but steadily gets the whole body.
+///
+/// [`write_timeout`]: crate::Config::write_timeout
+pub struct WriteTimeout<'a, W> {
+    inner: &'a mut W,
+    limit: Duration,
+    /// Armed while a write is pending; dropped once it progresses.
+    timer: Option<Timer>,
+}
+
+impl<'a, W: AsyncWrite + Unpin> WriteTimeout<'a, W> {
+    /// Wraps `inner`; each write may stay pending for at most `limit`.
+    pub fn new(inner: &'a mut W, limit: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// Maps a pending poll to `TimedOut` once `limit` has passed since the
+    /// write started waiting; any progress disarms the timer.
+    fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.timer = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self.timer.get_or_insert_with(|| Timer::after(limit));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer stopped reading the response",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        self.guard(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_flush(cx);
+        self.guard(cx, poll)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_close(cx);
+        self.guard(cx, poll)
+    }
+}
+
 /// Reason phrase for the status codes this crate sends; `Unknown` otherwise.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
@@ -357,6 +425,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        421 => "Misdirected Request",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -479,6 +548,12 @@ mod dir {
 
     use super::{percent_decode, reason_phrase, send_error, write_head, write_response};
 
+    /// Bytes of a file read ahead of the socket per response. `Unblock`'s
+    /// default pipe is 8 MiB, which a peer that stops reading holds for as
+    /// long as it stays connected; 32 KiB still fills a socket buffer in
+    /// a few reads.
+    const FILE_PIPE_CAPACITY: usize = 32 * 1024;
+
     /// Content types by file extension (compared case-insensitively). Text types
     /// name their charset so browsers need not guess.
     const CONTENT_TYPES: &[(&str, &str)] = &[
@@ -577,7 +652,7 @@ mod dir {
         write_head(w, 200, &headers, len).await?;
         if !head_only {
             // `take` keeps the body to the promised length if the file grows.
-            let file = smol::Unblock::new(file);
+            let file = smol::Unblock::with_capacity(FILE_PIPE_CAPACITY, file);
             futures_lite::io::copy(file.take(len), &mut *w).await?;
         }
         w.flush().await?;
@@ -617,9 +692,22 @@ mod dir {
     }
 
     /// Opens `path` if it is a regular file: fifos and devices would block or
-    /// never end. The type and length come from the open file, so they match
-    /// what is sent even if the path changes meanwhile.
+    /// never end. The type is checked before `open`, which blocks on a fifo
+    /// with no writer (parking a blocking-pool thread for good), and again
+    /// on the open file, whose type and length then match what is sent even
+    /// if the path changed in between.
     fn open_regular(path: &Path) -> Resolved {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                log::debug!("{} is not a regular file", path.display());
+                return Resolved::Status(404);
+            }
+            Err(err) => {
+                log::debug!("inspecting {}: {err}", path.display());
+                return Resolved::Status(404);
+            }
+        }
         let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?, file)));
         match opened {
             Ok((meta, file)) if meta.is_file() => {

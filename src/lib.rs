@@ -57,6 +57,7 @@ mod codec;
 mod config;
 mod connection;
 mod error;
+mod fd_limit;
 mod handshake;
 pub mod http;
 mod hub;
@@ -78,6 +79,7 @@ pub use connection::{
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
+pub use fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
 pub use hub::{Hub, HubStats};
 pub use message::Message;
 pub use server::Server;

@@ -247,28 +247,16 @@ pub(crate) fn malformed(peer: &Peer, err: &crate::DecodeError) {
 /// Refused requests (4xx/5xx), one line each at INFO, rate-limited.
 pub(crate) static REFUSALS: LogLimit = LogLimit::new();
 
-/// Logs one refused request: who (the socket's peer), the status and why
+/// Logs one refused request: who (the peer's address), the status and why
 /// (quoted safely).
-pub(crate) fn refused(stream: &crate::Tcp, status: u16, why: &str) {
+pub(crate) fn refused(peer: std::net::SocketAddr, status: u16, why: &str) {
     log_limited!(
         REFUSALS,
         log::Level::Info,
         "{}: refused {status}: {}",
-        Addr(stream.0.get_ref().peer_addr().ok()),
+        peer,
         reason(why)
     );
-}
-
-/// A socket address, or `?` when the socket no longer has one.
-struct Addr(Option<std::net::SocketAddr>);
-
-impl fmt::Display for Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("?"),
-        }
-    }
 }
 
 #[cfg(test)]

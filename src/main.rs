@@ -88,6 +88,7 @@ fn run_server(
     console: bool,
 ) -> Result<(), Error> {
     let files = static_files(www)?;
+    check_file_limit(access.max_connections);
     let ex = Arc::new(Executor::new());
     with_threads(&ex, async {
         let server = Server::bind(address, config)
@@ -111,6 +112,32 @@ fn run_server(
             .run(&ex, SeedHandler::default(), shutdown_signal())
             .await
     })
+}
+
+/// Raises the open-file limit as far as allowed, and warns with the numbers
+/// when it still cannot hold `--max-connections`: past it, `accept` fails
+/// and new peers wait in the kernel's queue.
+fn check_file_limit(max_connections: usize) {
+    let Some(limit) = wsloop::raise_file_limit() else {
+        return;
+    };
+    let Some(soft) = limit.soft.filter(|_| !limit.fits(max_connections)) else {
+        return;
+    };
+    let wanted = match max_connections {
+        0 => "--max-connections 0 (unlimited)".to_string(),
+        n => format!("--max-connections {n}"),
+    };
+    let hard = limit
+        .hard
+        .map_or("unlimited".to_string(), |h| h.to_string());
+    log::warn!(
+        "open-file limit {soft} (hard limit {hard}) is too low for {wanted} plus {} \
+         descriptors reserved for other files: about {} connections fit; \
+         raise it (ulimit -n) or lower --max-connections",
+        wsloop::RESERVED_FDS,
+        soft.saturating_sub(wsloop::RESERVED_FDS)
+    );
 }
 
 /// What `/` serves: the `--www` directory, else the built-in page.

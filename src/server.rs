@@ -1,14 +1,17 @@
 //! The server: one TCP port that serves static files at `/` and upgrades to
 //! the persistent WebSocket loop at `/server`.
 //!
-//! Each accepted TCP connection becomes one task on the caller's executor.
-//! That task reads one HTTP request head (bounded in size and time), then
-//! either answers it as plain HTTP and closes, or completes the WebSocket
-//! handshake and runs [`Connection::run`] until the peer leaves.
+//! Accepting is a task of its own on the caller's executor, so any of its
+//! threads can take new connections however busy the others are. It admits
+//! or refuses each connection by its peer's IP at once (the connection
+//! limits), and turns each admitted one into one more task. That task reads
+//! one HTTP request head (bounded in size and time), then either answers it
+//! as plain HTTP and closes, or completes the WebSocket handshake and runs
+//! [`Connection::run`] until the peer leaves.
 //!
 //! ```no_run
 //! # use wsloop::{Config, Message, Peer, Server};
-//! let ex = smol::Executor::new();
+//! let ex = std::sync::Arc::new(smol::Executor::new());
 //! smol::block_on(ex.run(async {
 //!     let server = Server::bind("127.0.0.1:8080", Config::default()).await?;
 //!     server.run(&ex, |_: &Peer, m: Message| Some(m.seed_reply()), std::future::pending()).await
@@ -17,7 +20,8 @@
 //! ```
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,14 +31,15 @@ use async_channel::Sender;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
-use futures_lite::{future, AsyncWriteExt};
+use futures_lite::{future, AsyncWrite, AsyncWriteExt};
 use smol::Executor;
 
-use crate::access::{AccessPolicy, Admission};
+use crate::access::{AccessPolicy, Admission, Ticket};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
 use crate::handshake;
 use crate::http::{
-    read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
+    read_request_head, reason_phrase, write_error, write_response, HeadError, Request, StaticFiles,
+    WriteTimeout,
 };
 use crate::tcp::Tcp;
 use crate::time::timeout;
@@ -54,6 +59,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// the accept loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Most connections the accept task takes in one go before it yields, so
+/// that a connection flood shares its executor thread with the connections
+/// already running.
+const ACCEPT_BATCH: usize = 64;
+
+/// Longest one accept batch runs before the accept task yields (each
+/// accept is a syscall plus a spawn; 64 of them take well under this).
+const ACCEPT_BATCH_TIME: Duration = Duration::from_millis(2);
+
 /// A bound listening socket with its settings, ready to [`run`](Server::run).
 pub struct Server {
     listener: Async<TcpListener>,
@@ -70,6 +84,8 @@ struct Shared {
     started: Instant,
     access: AccessPolicy,
     admission: Arc<Admission>,
+    /// The bound address, which a request's `Host` must name.
+    local: SocketAddr,
 }
 
 impl Server {
@@ -80,6 +96,7 @@ impl Server {
         config.validate()?;
         let addr = resolve(address)?;
         let listener = Async::<TcpListener>::bind(addr)?;
+        let local = listener.get_ref().local_addr()?;
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
@@ -90,6 +107,7 @@ impl Server {
                 started: Instant::now(),
                 access: AccessPolicy::default(),
                 admission: Arc::new(Admission::default()),
+                local,
             }),
         })
     }
@@ -111,7 +129,7 @@ impl Server {
         self
     }
 
-    /// Sets who may connect: origin check, token, connection limits.
+    /// Sets who may connect: Host and origin checks, token, connection limits.
     pub fn with_access(mut self, access: AccessPolicy) -> Self {
         if access.allow_any_origin {
             log::warn!("origin check disabled: any web page may open a socket to this server");
@@ -132,72 +150,144 @@ impl Server {
         self.shared.hub.clone()
     }
 
-    /// Accepts connections until `shutdown` completes, spawning one task per
-    /// connection on `ex`. Then it stops accepting, sends Close 1001 to every
-    /// peer and waits up to [`SHUTDOWN_GRACE`] for them to finish.
-    pub async fn run<H: Handler>(
+    /// Accepts connections until `shutdown` completes, on a task of its
+    /// own on `ex`, spawning one more task per connection there. Then it
+    /// stops accepting, sends Close 1001 to every peer and waits up to
+    /// [`SHUTDOWN_GRACE`] for them to finish.
+    ///
+    /// `ex` comes as an `Arc` so that the accept task can hold it; any
+    /// `Arc<Executor>`, with or without a `'static` lifetime, will do.
+    pub async fn run<'a, H: Handler>(
         self,
-        ex: &Executor<'_>,
+        ex: &Arc<Executor<'a>>,
         handler: H,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let handler = Arc::new(handler);
         // Every connection task holds a clone of `alive`; when the last one
         // is dropped, `all_done` reports the channel closed.
         let (alive, all_done) = async_channel::bounded::<()>(1);
         log::info!("listening on {}", self.local_addr()?);
-
-        let accept = async {
-            loop {
-                // Wait for readiness first, then accept everything pending.
-                // (`Async::accept` would try the syscall on every poll of
-                // this future, and it is polled whenever the caller's
-                // executor wakes it, not only when a client arrives.)
-                if let Err(err) = self.listener.readable().await {
-                    log::warn!("listener failed: {err}");
-                    Timer::after(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-                loop {
-                    match self.listener.get_ref().accept() {
-                        Ok((stream, addr)) => match Async::new(stream).and_then(Tcp::new) {
-                            Ok(stream) => {
-                                let task = serve(
-                                    stream,
-                                    addr,
-                                    self.shared.clone(),
-                                    handler.clone(),
-                                    alive.clone(),
-                                );
-                                ex.spawn(task).detach();
-                            }
-                            Err(err) => log::warn!("cannot register a connection: {err}"),
-                        },
-                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(err) => {
-                            // For example out of file descriptors: back off.
-                            log::warn!("accept failed: {err}");
-                            Timer::after(ACCEPT_ERROR_BACKOFF).await;
-                            break;
-                        }
-                    }
-                }
-            }
+        let shared = self.shared.clone();
+        let acceptor = Acceptor {
+            listener: self.listener,
+            shared: self.shared,
+            handler: Arc::new(handler),
+            alive,
+            ex: ex.clone(),
         };
-        future::or(accept, shutdown).await;
+        let accepting = ex.spawn(acceptor.run());
+        shutdown.await;
 
-        // Stop accepting, then ask every live connection to go away.
-        drop(self.listener);
-        let hub = &self.shared.hub;
+        // Stop accepting (the task owns the listener), then ask every live
+        // connection to go away.
+        accepting.cancel().await;
+        let hub = &shared.hub;
         log::info!("shutting down: closing {} connection(s)", hub.len());
         hub.close_all(CLOSE_GOING_AWAY);
-        drop(alive);
         let _ = timeout(SHUTDOWN_GRACE, all_done.recv()).await;
         Ok(())
     }
 }
 
+/// The accept task: it alone owns the listening socket, and decides for
+/// each new connection whether it is admitted (see [`Shared::admit`]).
+struct Acceptor<'a, H> {
+    listener: Async<TcpListener>,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    /// Cloned into every connection task, for the shutdown wait.
+    alive: Sender<()>,
+    ex: Arc<Executor<'a>>,
+}
+
+impl<H: Handler> Acceptor<'_, H> {
+    /// Accepts until cancelled.
+    async fn run(self) {
+        loop {
+            // Wait for readiness first, then accept what is pending.
+            // (`Async::accept` would try the syscall on every poll.)
+            if let Err(err) = self.listener.readable().await {
+                log::warn!("listener failed: {err}");
+                Timer::after(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+            self.accept_batch().await;
+        }
+    }
+
+    /// Accepts pending connections until none is left, or for at most
+    /// [`ACCEPT_BATCH`] connections or [`ACCEPT_BATCH_TIME`], then yields so
+    /// that the connections already running get their turn.
+    async fn accept_batch(&self) {
+        let started = Instant::now();
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.get_ref().accept() {
+                Ok((stream, addr)) => self.take(stream, addr),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    // For example out of file descriptors: back off.
+                    log::warn!("accept failed: {err}");
+                    Timer::after(ACCEPT_ERROR_BACKOFF).await;
+                    return;
+                }
+            }
+            if started.elapsed() >= ACCEPT_BATCH_TIME {
+                break;
+            }
+        }
+        future::yield_now().await;
+    }
+
+    /// Admits one accepted connection and spawns its task, or refuses it
+    /// at once, so that a refused peer holds no descriptor afterwards.
+    fn take(&self, stream: TcpStream, addr: SocketAddr) {
+        let ticket = match self.shared.admit(addr) {
+            Ok(ticket) => ticket,
+            Err(why) => {
+                crate::log_safe::refused(addr, 503, why);
+                return refuse_at_accept(stream, why);
+            }
+        };
+        match Async::new(stream).and_then(Tcp::new) {
+            Ok(stream) => {
+                let shared = self.shared.clone();
+                let (handler, alive) = (self.handler.clone(), self.alive.clone());
+                let task = serve(stream, addr, ticket, shared, handler, alive);
+                self.ex.spawn(task).detach();
+            }
+            Err(err) => log::warn!("cannot register a connection: {err}"),
+        }
+    }
+}
+
+/// Answers a connection refused at accept with a canned 503 and closes it.
+/// The write is one non-blocking attempt (a fresh socket's buffer always
+/// takes it) and nothing is read: the peer is never waited for. Best
+/// effort: a peer whose request had already arrived may see a reset
+/// (closing with unread data sends RST) instead of the 503.
+fn refuse_at_accept(stream: TcpStream, why: &str) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let body = format!("{why}\n");
+    let response = format!(
+        "HTTP/1.1 503 {}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
+        reason_phrase(503),
+        body.len()
+    );
+    let _ = (&stream).write(response.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
 impl Shared {
+    /// The one place a connection is admitted or refused: by its peer's IP,
+    /// known at accept, against the total and per-IP limits. The ticket
+    /// frees the slot when the connection ends.
+    fn admit(&self, peer: SocketAddr) -> Result<Ticket, &'static str> {
+        self.admission.admit(peer.ip(), &self.access)
+    }
+
     /// Whether `path` is where WebSocket upgrades are accepted.
     fn is_endpoint(&self, path: &str) -> bool {
         self.endpoint
@@ -237,17 +327,15 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
 fn serve<H: Handler>(
     mut stream: Tcp,
     addr: SocketAddr,
+    admitted: Ticket,
     shared: Arc<Shared>,
     handler: Arc<H>,
     alive: Sender<()>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // Take a connection slot; past a limit the request still gets its 503.
-        let admitted = shared.admission.admit(addr.ip(), &shared.access);
         // The handshake's buffers live in this boxed future only until it
         // ends, so the long-lived connection future below stays small.
-        let over_limit = admitted.as_ref().err().copied();
-        let handshake = handshake(&mut stream, addr, &shared, over_limit);
+        let handshake = handshake(&mut stream, addr, &shared);
         let leftover = match Box::pin(handshake).await {
             Some(leftover) => leftover,
             None => return,
@@ -314,42 +402,46 @@ impl<F: Future, C: FnOnce(F::Output)> Future for Finish<F, C> {
 /// Reads the request head and answers it. Returns the bytes read past the
 /// head when the connection was upgraded to WebSocket, `None` when it was
 /// answered as plain HTTP (or the peer failed) and should be closed.
-async fn handshake(
-    stream: &mut Tcp,
-    addr: SocketAddr,
-    shared: &Shared,
-    over_limit: Option<&str>,
-) -> Option<Vec<u8>> {
+async fn handshake(stream: &mut Tcp, addr: SocketAddr, shared: &Shared) -> Option<Vec<u8>> {
     let head = timeout(
         shared.config.handshake_timeout,
         read_request_head(stream, MAX_REQUEST_HEAD_SIZE),
     )
     .await;
+    // Every response is written under the write timeout: a peer that stops
+    // reading (a large static file, say) is dropped after it.
+    let stream = &mut WriteTimeout::new(stream, shared.config.write_timeout);
     let (request, leftover) = match head {
         Some(Ok(parsed)) => parsed,
         Some(Err(HeadError::TooLarge)) => {
-            return refuse(stream, 431, "request head too large").await;
+            return refuse(stream, addr, 431, "request head too large").await;
         }
         Some(Err(HeadError::Malformed(why))) => {
-            return refuse(stream, 400, &format!("bad request: {why}")).await;
+            return refuse(stream, addr, 400, &format!("bad request: {why}")).await;
         }
         Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
         None => {
-            return refuse(stream, 408, "request timeout").await;
+            return refuse(stream, addr, 408, "request timeout").await;
         }
     };
 
-    if let Some(why) = over_limit {
-        return refuse(stream, 503, why).await;
+    if let Err(why) = shared.access.check_host(&request, shared.local) {
+        // The Host itself is not logged: it is the peer's string.
+        return refuse(stream, addr, 421, &why).await;
     }
     if request.wants_upgrade() {
-        return upgrade(stream, &request, shared).await.map(|()| leftover);
+        return upgrade(stream, addr, &request, shared)
+            .await
+            .map(|()| leftover);
     }
     let answer = match request.method.as_str() {
         _ if shared.is_endpoint(request.path()) => {
-            refuse(stream, 426, "this endpoint speaks WebSocket only").await
+            refuse(stream, addr, 426, "this endpoint speaks WebSocket only").await
         }
         "GET" | "HEAD" if request.path() == STATS_PATH => {
+            if !shared.access.check_token(&request) {
+                return unauthorized(stream, addr).await;
+            }
             let body = shared.stats_json();
             let headers = [
                 ("Content-Type", "application/json"),
@@ -375,33 +467,32 @@ async fn handshake(
             let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
             None
         }
-        _ => refuse(stream, 405, "only GET and HEAD are supported").await,
+        _ => refuse(stream, addr, 405, "only GET and HEAD are supported").await,
     };
     answer
 }
 
 /// Validates a WebSocket upgrade request and, when it is good, writes the
 /// 101 response. `None` when it was refused (the refusal is already sent).
-async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option<()> {
+async fn upgrade<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    addr: SocketAddr,
+    request: &Request,
+    shared: &Shared,
+) -> Option<()> {
     if !shared.is_endpoint(request.path()) {
-        return refuse(stream, 404, "no WebSocket endpoint here; use /server").await;
+        return refuse(stream, addr, 404, "no WebSocket endpoint here; use /server").await;
     }
     let key = match handshake::check_request(request) {
         Ok(key) => key,
-        Err((status, why)) => return refuse(stream, status, why).await,
+        Err((status, why)) => return refuse(stream, addr, status, why).await,
     };
-    if let Err(why) = shared.access.check_origin(request) {
-        return refuse(stream, 403, &why).await;
+    // Plain TCP: a same-host origin must be `http://` (or `ws://`).
+    if let Err(why) = shared.access.check_origin(request, false) {
+        return refuse(stream, addr, 403, &why).await;
     }
     if !shared.access.check_token(request) {
-        crate::log_safe::refused(stream, 401, "missing or wrong token");
-        let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
-        let headers = [
-            ("WWW-Authenticate", "Bearer"),
-            ("Content-Type", "text/plain"),
-        ];
-        answer(stream, 401, &headers, body, false).await;
-        return None;
+        return unauthorized(stream, addr).await;
     }
     let response = handshake::switching_protocols(key);
     let written = async {
@@ -414,10 +505,27 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
     }
 }
 
+/// Answers 401 for a missing or wrong token, then closes. Always `None`.
+async fn unauthorized<T, W: AsyncWrite + Unpin>(stream: &mut W, addr: SocketAddr) -> Option<T> {
+    crate::log_safe::refused(addr, 401, "missing or wrong token");
+    let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
+    let headers = [
+        ("WWW-Authenticate", "Bearer"),
+        ("Content-Type", "text/plain"),
+    ];
+    answer(stream, 401, &headers, body, false).await;
+    None
+}
+
 /// Answers with an error status and a one-line reason, then closes. Always
 /// `None`, so callers can `return refuse(..).await`.
-async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
-    crate::log_safe::refused(stream, status, why);
+async fn refuse<T, W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    addr: SocketAddr,
+    status: u16,
+    why: &str,
+) -> Option<T> {
+    crate::log_safe::refused(addr, status, why);
     let answer = async {
         write_error(stream, status, why).await?;
         stream.close().await
@@ -429,8 +537,8 @@ async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
 
 /// Writes one whole response, then closes. A peer that does not read its
 /// answer is not waited for.
-async fn answer(
-    stream: &mut Tcp,
+async fn answer<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     status: u16,
     headers: &[(&str, &str)],
     body: &[u8],

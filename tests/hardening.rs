@@ -25,7 +25,7 @@ fn start_with_access(config: Config, access: AccessPolicy) -> PolicyServer {
     let (stop, stopped) = async_channel::bounded::<()>(1);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let ex = Executor::new();
+        let ex = Arc::new(Executor::new());
         smol::block_on(ex.run(async {
             let server = Server::bind("127.0.0.1:0", config)
                 .await?
@@ -103,6 +103,7 @@ fn cross_site_origins_get_403_with_the_compared_values() {
         Config::default(),
         AccessPolicy {
             allowed_origins: vec!["http://example:8080".into()],
+            allowed_hosts: vec!["example".into()],
             ..AccessPolicy::default()
         },
     );
