@@ -301,6 +301,10 @@ fn help_lists_every_option() {
         " -v",
         "127.0.0.1:8080",
         "[default: 2s]",
+        "--header",
+        "--ca",
+        "--proxy",
+        "wss://",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
