@@ -64,7 +64,8 @@ CLIENT OPTIONS:
     --stdin                send one request per input line instead of on a timer
     --request-timeout DURATION
                            fail a request with no reply after this [default: 10s]
-    --no-reconnect         exit when the connection drops instead of reconnecting
+    --no-reconnect         exit when the connection drops, or the first dial
+                           fails, instead of retrying
     --reconnect-delay DURATION
                            first wait before reconnecting; doubles per attempt,
                            with jitter [default: 500ms]

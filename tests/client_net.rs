@@ -6,7 +6,9 @@
 //!
 //! The TLS and proxy tests skip, saying so on stderr (visible in a plain
 //! `cargo test`), when Python's `websockets` or `tinyproxy` is missing;
-//! `.ci/run` installs both.
+//! `.ci/run` installs both. They need the `tls` and `proxy` features;
+//! without those their helpers go unused, hence the `allow`.
+#![allow(dead_code, unused_imports)]
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -277,6 +279,7 @@ fn tls_peer(dir: &Path) -> (Proc, SocketAddr, TestCerts) {
     (peer, addr, certs)
 }
 
+#[cfg(feature = "tls")]
 #[test]
 fn wss_with_the_ca_gets_replies_and_sends_the_headers() {
     if !python_websockets() {
@@ -312,6 +315,7 @@ fn wss_with_the_ca_gets_replies_and_sends_the_headers() {
     );
 }
 
+#[cfg(feature = "tls")]
 #[test]
 fn wss_without_the_ca_is_refused_with_exit_2_and_the_reason() {
     if !python_websockets() {
@@ -329,6 +333,7 @@ fn wss_without_the_ca_is_refused_with_exit_2_and_the_reason() {
     );
 }
 
+#[cfg(feature = "tls")]
 #[test]
 fn wss_to_a_name_the_certificate_lacks_is_refused() {
     if !python_websockets() {
@@ -425,6 +430,7 @@ fn which(program: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
+#[cfg(feature = "proxy")]
 #[test]
 fn ws_through_tinyproxy_sends_the_credentials() {
     let dir = temp_dir("proxy-ws");
@@ -453,6 +459,7 @@ fn ws_through_tinyproxy_sends_the_credentials() {
     assert!(proxy.tunnels() >= 1, "tinyproxy opened no tunnel");
 }
 
+#[cfg(feature = "proxy")]
 #[test]
 fn the_proxy_comes_from_http_proxy_unless_no_proxy_names_the_host() {
     let dir = temp_dir("proxy-env");
@@ -483,6 +490,7 @@ fn the_proxy_comes_from_http_proxy_unless_no_proxy_names_the_host() {
     assert_eq!(proxy.tunnels(), 0, "no_proxy went through the proxy");
 }
 
+#[cfg(all(feature = "tls", feature = "proxy"))]
 #[test]
 fn wss_through_tinyproxy_from_https_proxy() {
     if !python_websockets() {

@@ -4,82 +4,22 @@
 //! proxy, the trusted certificates, the headers) is worked out once, in
 //! [`Dialer::new`].
 
-use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use async_io::Async;
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
-use futures_lite::{AsyncRead, AsyncWrite};
 
 #[cfg(feature = "proxy")]
 use super::proxy::ProxyServer;
 use super::url::Target;
-use super::ClientOptions;
+use super::{ClientOptions, ClientStream};
 use crate::handshake;
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]
-use crate::tls::client::{ClientTls, Connector};
+use crate::tls::client::Connector;
 use crate::{Config, Error};
-
-/// The stream under a client connection: TCP, or TLS over TCP for `wss://`
-/// (either may run through a proxy's tunnel).
-#[derive(Debug)]
-pub enum ClientStream {
-    /// `ws://`.
-    Plain(Tcp),
-    /// `wss://` (boxed: rustls' state is a few KiB).
-    #[cfg(feature = "tls")]
-    Tls(Box<ClientTls>),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            #[cfg(feature = "tls")]
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            #[cfg(feature = "tls")]
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            #[cfg(feature = "tls")]
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    /// TCP: FIN. TLS: close_notify, then FIN.
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_close(cx),
-            #[cfg(feature = "tls")]
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_close(cx),
-        }
-    }
-}
 
 /// Everything a dial needs, prepared once per client.
 #[derive(Debug, Clone)]
@@ -127,11 +67,8 @@ impl Dialer {
     /// the address actually dialled (the proxy's, through one).
     pub async fn dial(&self) -> Result<(WebSocketStream<ClientStream>, SocketAddr), Error> {
         let attempt = async {
-            let (addr, mut tcp) = self.tcp().await?;
-            #[cfg(feature = "proxy")]
-            if let Some(proxy) = &self.proxy {
-                proxy.connect(&mut tcp, &self.target).await?;
-            }
+            let (addr, tcp) = self.tcp().await?;
+            let tcp = self.tunnel(tcp).await?;
             let mut stream = self.secure(tcp).await?;
             let headers: Vec<(&str, &str)> = self
                 .headers
@@ -176,14 +113,32 @@ impl Dialer {
         })
     }
 
+    /// Through a proxy: asks it, over `tcp`, for a tunnel to the server.
+    async fn tunnel(&self, tcp: Tcp) -> Result<Tcp, Error> {
+        #[cfg(feature = "proxy")]
+        if let Some(proxy) = &self.proxy {
+            let mut tcp = tcp;
+            proxy.connect(&mut tcp, &self.target).await?;
+            return Ok(tcp);
+        }
+        Ok(tcp)
+    }
+
     /// TLS over `tcp` for `wss://`; `tcp` itself for `ws://`.
+    #[cfg(feature = "tls")]
     async fn secure(&self, tcp: Tcp) -> Result<ClientStream, Error> {
-        #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             let stream = tls.connect(&self.target.host, tcp).await?;
             return Ok(ClientStream::Tls(Box::new(stream)));
         }
         Ok(ClientStream::Plain(tcp))
+    }
+
+    /// `tcp` itself: this build has no TLS (`wss://` was refused in
+    /// [`Dialer::new`]).
+    #[cfg(not(feature = "tls"))]
+    async fn secure(&self, tcp: Tcp) -> Result<ClientStream, Error> {
+        Ok(tcp)
     }
 }
 

@@ -73,6 +73,7 @@
 //! here: it needs such a server):
 //!
 //! ```no_run
+//! # #[cfg(feature = "tls")] {
 //! use wsloop::client::{Client, ClientOptions};
 //! use wsloop::{Message, Peer};
 //!
@@ -85,12 +86,14 @@
 //!     let client = Client::connect(&ex, options, answer).await?;
 //!     client.close().await
 //! }))?;
+//! # }
 //! # Ok::<(), wsloop::Error>(())
 //! ```
 
 mod dial;
 #[cfg(feature = "proxy")]
 mod proxy;
+mod stream;
 mod url;
 
 use std::net::SocketAddr;
@@ -109,9 +112,9 @@ use crate::time::human;
 use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
 use dial::Dialer;
 
-pub use dial::ClientStream;
 #[cfg(feature = "proxy")]
 pub use proxy::Proxy;
+pub use stream::ClientStream;
 pub use url::Target;
 
 /// The original client's request interval.
