@@ -389,7 +389,7 @@ impl Client {
         })
     }
 
-    /// The server's address, as first connected.
+    /// The server's address, as first connected (the proxy's, through one).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }

@@ -2,4 +2,5 @@
 //! HTTP/WebSocket handshake; the connection loop stays generic over any
 //! futures-io stream.
 
+#[cfg(feature = "tls")]
 pub mod client;
