@@ -45,13 +45,31 @@ fn skip(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
-/// A fresh directory of the test's own under Cargo's test temp dir.
-fn temp_dir(name: &str) -> PathBuf {
+/// A fresh directory of the test's own under Cargo's test temp dir,
+/// removed when dropped (kept when the test fails, for its logs).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("client_net-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test dir");
-    dir
+    TempDir(dir)
 }
 
 /// An address that was just free: nothing listens there now.
@@ -285,7 +303,8 @@ fn wss_with_the_ca_gets_replies_and_sends_the_headers() {
     if !python_websockets() {
         return;
     }
-    let (mut peer, addr, certs) = tls_peer(&temp_dir("wss-ca"));
+    let dir = temp_dir("wss-ca");
+    let (mut peer, addr, certs) = tls_peer(&dir);
     let url = format!("wss://localhost:{}/server?site=7", addr.port());
     let ca = certs.ca.to_str().expect("utf-8");
     let args = [
@@ -321,7 +340,8 @@ fn wss_without_the_ca_is_refused_with_exit_2_and_the_reason() {
     if !python_websockets() {
         return;
     }
-    let (_peer, addr, _certs) = tls_peer(&temp_dir("wss-no-ca"));
+    let dir = temp_dir("wss-no-ca");
+    let (_peer, addr, _certs) = tls_peer(&dir);
     let url = format!("wss://localhost:{}/server", addr.port());
     let started = Instant::now();
     let run = client(&["client", "--address", &url, "--count", "1"], &[]).finish(10);
@@ -339,7 +359,8 @@ fn wss_to_a_name_the_certificate_lacks_is_refused() {
     if !python_websockets() {
         return;
     }
-    let (_peer, addr, certs) = tls_peer(&temp_dir("wss-name"));
+    let dir = temp_dir("wss-name");
+    let (_peer, addr, certs) = tls_peer(&dir);
     // The leaf is for `localhost`; 127.0.0.1 is the same server under a
     // name the certificate does not carry.
     let url = format!("wss://127.0.0.1:{}/server", addr.port());
