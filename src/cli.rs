@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lexopt::prelude::*;
-use wsloop::client::ClientOptions;
+use wsloop::client::{ClientOptions, Target};
 use wsloop::{parse_duration, AccessPolicy, Config, TOKEN_ENV};
 
 /// The address both modes use unless told otherwise.
@@ -17,11 +17,14 @@ wsloop — persistent WebSocket messaging
 
 USAGE:
     wsloop server [OPTIONS]      serve static files at / and the WebSocket at /server
-    wsloop client [OPTIONS]      dial ws://ADDRESS/server and send requests
+    wsloop client [OPTIONS]      dial the server at ADDRESS and send requests
     wsloop --mode server|client [OPTIONS]   (the original Go program's spelling)
 
 COMMON OPTIONS:
-    --address HOST:PORT    server: where to listen; client: where to dial
+    --address ADDRESS      server: HOST:PORT to listen on; client: where to
+                           dial, HOST:PORT (ws://HOST:PORT/server) or a URL
+                           ws://HOST[:PORT][/PATH][?QUERY] or wss://...
+                           (ports 80/443; no path: /server; IPv6 in [])
                            [default: 127.0.0.1:8080]
     --heartbeat DURATION   ping a quiet peer this often (min 1s) [default: 30s]
     --idle-timeout DURATION
@@ -73,14 +76,30 @@ CLIENT OPTIONS:
     --stdin                send one request per input line instead of on a timer
     --request-timeout DURATION
                            fail a request with no reply after this [default: 10s]
-    --no-reconnect         exit when the connection drops instead of reconnecting
+    --no-reconnect         exit when the connection drops, or the first dial
+                           fails, instead of retrying
     --reconnect-delay DURATION
                            first wait before reconnecting; doubles per attempt,
                            with jitter [default: 500ms]
     --max-reconnect-delay DURATION
                            longest wait between attempts [default: 30s]
-    --max-attempts N       give up after N failed attempts in a row
+    --max-attempts N       give up after N failed attempts in a row, at start
+                           (a server not up yet is retried) or after a drop
                            [default: never]
+    --header 'NAME: VALUE' send this header with the handshake (repeatable),
+                           e.g. for auth or routing
+    --ca FILE              wss://: also trust the CA certificates in this PEM
+                           file (server certificates are always verified,
+                           against the system's trust store and FILE)
+    --proxy URL            go through this HTTP CONNECT proxy,
+                           http://[USER:PASSWORD@]HOST[:PORT] [default: from
+                           https_proxy (wss://) or http_proxy (ws://), minus
+                           the hosts in no_proxy; none if unset]
+
+CLIENT EXIT STATUS:
+    0 all replies arrived (--count/--stdin); 1 the server stayed unreachable
+    or a reply failed; 2 a bad option, or a refusal that retrying cannot mend
+    (401, 403, 404, a certificate that fails verification), with its reason
 
 DURATIONS are seconds (2, 0.2) or carry a unit (200ms, 30s, 5m).
 ";
@@ -141,6 +160,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut console = false;
     let mut access = AccessPolicy::default();
     let mut token_file: Option<PathBuf> = None;
+    let mut headers: Vec<String> = Vec::new();
+    let mut ca: Option<PathBuf> = None;
+    let mut proxy: Option<String> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -173,6 +195,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
             Long("max-reconnect-delay") => client.reconnect.max_delay = duration(&mut parser)?,
             Long("max-attempts") => client.reconnect.max_attempts = Some(parser.value()?.parse()?),
+            Long("header") => headers.push(parser.value()?.string()?),
+            Long("ca") => ca = Some(PathBuf::from(parser.value()?)),
+            Long("proxy") => proxy = Some(parser.value()?.string()?),
             Short('q') | Long("quiet") => verbosity = Verbosity::Quiet,
             Short('v') | Long("verbose") => verbosity = Verbosity::Verbose,
             Long("log-format") => log_format = self::log_format(&mut parser)?,
@@ -194,6 +219,12 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     if console && !cfg!(feature = "console") {
         return Err(missing_feature("--console", "console"));
     }
+    if ca.is_some() && !cfg!(feature = "tls") {
+        return Err(missing_feature("--ca", "tls"));
+    }
+    if proxy.is_some() && !cfg!(feature = "proxy") {
+        return Err(missing_feature("--proxy", "proxy"));
+    }
     let token = read_token(token_file)?;
     match mode.as_deref() {
         Some("server") => Ok(Command::Server {
@@ -205,19 +236,45 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             verbosity,
             log_format,
         }),
-        Some("client") => Ok(Command::Client {
-            options: ClientOptions {
+        Some("client") => {
+            // A bad address is a usage error now, not a failed dial later.
+            Target::parse(&address).map_err(|e| lexopt::Error::Custom(e.to_string().into()))?;
+            let mut options = ClientOptions {
                 address,
                 config,
                 token,
                 ..client
-            },
-            verbosity,
-            log_format,
-        }),
+            };
+            for header in headers {
+                options = with_header(options, &header)?;
+            }
+            #[cfg(feature = "tls")]
+            {
+                options.ca = ca;
+            }
+            #[cfg(feature = "proxy")]
+            if let Some(url) = proxy {
+                options.proxy = wsloop::client::Proxy::Url(url);
+            }
+            Ok(Command::Client {
+                options,
+                verbosity,
+                log_format,
+            })
+        }
         Some(other) => Err(format!("unknown mode {other:?}; use server or client").into()),
         None => Ok(Command::Help),
     }
+}
+
+/// `options` with the `--header 'Name: value'` added (checked).
+fn with_header(options: ClientOptions, header: &str) -> Result<ClientOptions, lexopt::Error> {
+    let Some((name, value)) = header.split_once(':') else {
+        return Err(format!("--header {header:?}: expected 'Name: value'").into());
+    };
+    options
+        .header(name, value.trim())
+        .map_err(|e| format!("--header {header:?}: {e}").into())
 }
 
 /// The error for an option whose Cargo feature this build left out.
@@ -328,5 +385,36 @@ mod tests {
         assert!(parse_str("server --bogus").is_err());
         assert!(parse_str("dance").is_err());
         assert!(matches!(parse_str(""), Ok(Command::Help)));
+        assert!(parse_str("client --address ws://127.0.0.1:8080:9").is_err());
+        assert!(parse_str("client --address http://127.0.0.1:8080/").is_err());
+    }
+
+    #[test]
+    fn client_takes_urls_and_checked_headers() {
+        let args = [
+            "client",
+            "--address",
+            "wss://[::1]/s?q=1",
+            "--header",
+            "X-Route: b  ",
+        ];
+        match parse(args.map(OsString::from)) {
+            Ok(Command::Client { options, .. }) => {
+                assert_eq!(options.address, "wss://[::1]/s?q=1");
+                assert_eq!(options.headers, [("X-Route".to_string(), "b".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "X-Route",
+            "X Route: b",
+            ": b",
+            "Host: h",
+            "Sec-WebSocket-Key: k",
+            "X: a\r\nY: b",
+        ] {
+            let args = ["client", "--header", bad];
+            assert!(parse(args.map(OsString::from)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -171,15 +171,18 @@ async fn refusal_body<S: AsyncRead + Unpin>(
 fn refusal(response: &Response, body: &[u8]) -> Error {
     let body = String::from_utf8_lossy(body);
     let first_line = body.lines().next().unwrap_or("").trim();
-    let mut why = format!(
+    let mut reason = format!(
         "the server answered {} {}",
         response.status, response.reason
     );
     if !first_line.is_empty() {
-        why.push_str(": ");
-        why.push_str(first_line);
+        reason.push_str(": ");
+        reason.push_str(first_line);
     }
-    Error::Handshake(why)
+    Error::Refused {
+        status: response.status,
+        reason,
+    }
 }
 
 /// Checks the server's `101` answer to a handshake that sent `key`
@@ -273,7 +276,7 @@ fn sha1(data: &[u8]) -> [u8; 20] {
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -427,5 +430,6 @@ mod tests {
             refused.ends_with("401 Whatever: missing token"),
             "{refused}"
         );
+        assert_eq!(refusal(&response(404, &[]), b"").status(), Some(404));
     }
 }

@@ -28,7 +28,9 @@
 //! - `http` — request and response heads, static files and the built-in page.
 //! - `handshake` — the WebSocket opening handshake, both sides.
 //! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly.
-//! - [`client`] — dial `ws://ADDR/server` and run the seed client's loop.
+//! - `tls` — rustls around the TCP stream, before the handshake (`wss://`).
+//! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
+//!   the connection up, and run the seed client's loop.
 //!
 //! Embedding a server in a smol application takes a few lines; the handler
 //! is any closure from a request to an optional reply:
@@ -68,6 +70,8 @@ pub mod server;
 mod session;
 mod tcp;
 mod time;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use access::{
     AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,

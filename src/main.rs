@@ -62,7 +62,16 @@ fn main() -> ExitCode {
             log_format,
         } => {
             logger::init(verbosity, log_format);
-            run_client(&options, verbosity)
+            match run_client(&options, verbosity) {
+                Err(ClientFailure::Refused(err)) => {
+                    // A permanent refusal: exit 2, so scripts can tell it
+                    // from a failure that a retry may mend.
+                    logger::last_word(&err);
+                    return ExitCode::from(EXIT_REFUSED);
+                }
+                Err(ClientFailure::Failed(err)) => Err(err),
+                Ok(()) => Ok(()),
+            }
         }
     };
     match result {
@@ -189,15 +198,30 @@ async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<wsloop::Hub>) {
     }
 }
 
+/// The client's exit status for a refusal that retrying cannot mend (and
+/// for bad options): a supervisor should not restart it in a loop.
+const EXIT_REFUSED: u8 = 2;
+
+/// Why the client failed: for good (exit 2) or not (exit 1).
+enum ClientFailure {
+    /// [`Error::is_transient`] is false: 401, 403, 404, a bad certificate.
+    Refused(String),
+    /// Unreachable until attempts ran out, or a request failed.
+    Failed(String),
+}
+
 /// Runs the seed client; fails unless every request got a successful
 /// reply when `--count` or `--stdin` bounds the run.
-fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), String> {
+fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), ClientFailure> {
     // One thread: replies are then reported in the order they arrive.
     let ex = Executor::new();
     let loud = verbosity != Verbosity::Quiet;
+    // (The CLI has parsed the address already.)
+    let url = client::Target::parse(&options.address)
+        .map_or_else(|_| options.address.clone(), |t| t.url());
     let summary = smol::block_on(ex.run(async {
         client::run(&ex, options, |event| match event {
-            Event::Connected(addr) if loud => println!("Connected to ws://{addr}/server"),
+            Event::Connected(_) if loud => println!("Connected to {url}"),
             Event::Sent(request) if loud => println!("Sending request: {}", encode(request)),
             Event::Received(reply) => println!("Received from server: {}", encode(reply)),
             Event::Failed(id, err) => println!("Request {id} failed: {err}"),
@@ -206,15 +230,18 @@ fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), Strin
         })
         .await
     }))
-    .map_err(|e| format!("client failed: {e}"))?;
+    .map_err(|e| match e.is_transient() {
+        true => ClientFailure::Failed(format!("client failed: {e}")),
+        false => ClientFailure::Refused(format!("client failed: {e}")),
+    })?;
     if summary.all_ok() {
         Ok(())
     } else {
-        Err(format!(
+        Err(ClientFailure::Failed(format!(
             "{} of {} requests did not get a successful reply",
             summary.sent - summary.succeeded,
             summary.sent
-        ))
+        )))
     }
 }
 

@@ -95,17 +95,22 @@ fn stdin_mode_sends_one_request_per_line() {
     assert_replies_any_order(&run, &["alpha", "beta"]);
 }
 
+/// A port that was just free: nothing listens there now.
+fn free_port_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
+}
+
 #[test]
-fn client_fails_fast_when_server_unreachable() {
-    // A port that was just free: nothing listens there now.
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        listener.local_addr().expect("local addr").port()
-    };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn client_without_reconnect_fails_fast_when_server_unreachable() {
+    let addr = free_port_addr();
     let started = Instant::now();
-    let run = run_client(&["client", "--count", "1"], addr, None, 5);
-    assert!(!run.status.success(), "client succeeded: {run:#?}");
+    let run = run_client(&["client", "--count", "1", "--no-reconnect"], addr, None, 5);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "unreachable is exit 1: {run:#?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -113,6 +118,41 @@ fn client_fails_fast_when_server_unreachable() {
     );
     assert_eq!(run.stderr.len(), 1, "stderr should be one line: {run:#?}");
     assert!(run.stderr[0].starts_with("wsloop:"), "{run:#?}");
+    assert!(replies(&run.stdout).is_empty(), "{run:#?}");
+}
+
+#[test]
+fn client_gives_up_at_start_after_max_attempts() {
+    let addr = free_port_addr();
+    let args = [
+        "client",
+        "--count",
+        "1",
+        "--reconnect-delay",
+        "10ms",
+        "--max-attempts",
+        "3",
+    ];
+    let run = run_client(&args, addr, None, 10);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "unreachable is exit 1: {run:#?}"
+    );
+    let retries = run
+        .stderr
+        .iter()
+        .filter(|l| l.contains("connect attempt"))
+        .count();
+    assert_eq!(
+        retries, 1,
+        "attempt 2 is logged, 3 is the verdict: {run:#?}"
+    );
+    let last = run.stderr.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.contains("gave up connecting after 3 attempts"),
+        "client's last stderr line: {run:#?}"
+    );
     assert!(replies(&run.stdout).is_empty(), "{run:#?}");
 }
 
@@ -261,6 +301,10 @@ fn help_lists_every_option() {
         " -v",
         "127.0.0.1:8080",
         "[default: 2s]",
+        "--header",
+        "--ca",
+        "--proxy",
+        "wss://",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }

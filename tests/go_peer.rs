@@ -1,18 +1,20 @@
-//! Interoperability with the original Go program (`../shared/seed/go`), run
-//! through `go-peer.sh`: the Go client against our server binary, and our
-//! client binary against the Go server. Real processes, real sockets on
-//! 127.0.0.1.
+//! Interoperability with a Go peer written from the article
+//! (`tests/go-peer/main.go`, golang.org/x/net/websocket): the Go client
+//! against our server binary, and our client binary against the Go server.
+//! Real processes, real sockets on 127.0.0.1.
 //!
-//! The tests skip (pass, saying why on stderr) unless `go` is on PATH, the
-//! Go WebSocket package is installed and the script exists; the script would
-//! otherwise install Go with apt, which is far too slow for a test. Set
-//! `WSLOOP_GO_PEER` to use another copy of the script.
+//! The tests build the peer (GOPATH mode, Debian's
+//! `golang-golang-x-net-dev`, as `.ci/run` installs) into Cargo's test
+//! temp dir, once. Without `go` or the package they skip, printing why to
+//! the stderr handle itself: libtest captures `eprint!`, not that, so the
+//! message shows in a plain `cargo test`.
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,49 +22,82 @@ mod common;
 
 use common::process::{replies, start_server, Finished, Proc, RECEIVED};
 
-/// Where `go-peer.sh` finds the Go WebSocket package (Debian's package).
+/// Where GOPATH mode finds the Go WebSocket package (Debian's package).
 const GO_WEBSOCKET_PKG: &str = "/usr/share/gocode/src/golang.org/x/net/websocket";
 
-/// Time for the Go peer to start, including a first `go build`.
-const GO_START_SECS: u64 = 120;
+/// Time for the Go peer to start (it is built before it is started).
+const GO_START_SECS: u64 = 30;
 
-/// The Go tests run one at a time: the script builds its binary into one
-/// shared path on first use, and two concurrent builds would race.
+/// The Go tests run one at a time: the Go server's port is picked by
+/// binding and releasing it, and two peers at once make that race likelier.
 static GO_PEER_LOCK: Mutex<()> = Mutex::new(());
 
-/// The Go peer script, or `None` (having said why) when the test must skip.
-fn go_peer_script() -> Option<PathBuf> {
-    let script = std::env::var_os("WSLOOP_GO_PEER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/seed/go-peer.sh"));
-    if !script.is_file() {
-        eprintln!(
-            "skipping: Go reference peer script {} not found (set WSLOOP_GO_PEER)",
-            script.display()
-        );
-        return None;
+/// Says on stderr why a test skips, past libtest's capture.
+fn skip(why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED (Go interop): {why}");
+}
+
+/// The built Go peer, or `None` (having said why) when the test must skip.
+/// Built once per test run; later calls reuse the verdict.
+fn go_peer_binary() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_go_peer) {
+        Ok(binary) => Some(binary.clone()),
+        Err(why) => {
+            skip(why);
+            None
+        }
     }
+}
+
+/// `go build` of `tests/go-peer` in GOPATH mode into the test temp dir.
+fn build_go_peer() -> Result<PathBuf, String> {
     let go = Command::new("go")
         .arg("version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
     if !go.is_ok_and(|status| status.success()) {
-        eprintln!("skipping: `go version` failed; Go is not on PATH");
-        return None;
+        return Err("`go version` failed; Go is not on PATH (apt-get install golang-go)".into());
     }
     if !Path::new(GO_WEBSOCKET_PKG).is_dir() {
-        eprintln!("skipping: {GO_WEBSOCKET_PKG} missing (Debian's golang-golang-x-net-dev)");
-        return None;
+        return Err(format!(
+            "{GO_WEBSOCKET_PKG} missing (apt-get install golang-golang-x-net-dev)"
+        ));
     }
-    Some(script)
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-peer");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-peer");
+    let binary = out.join("go-peer");
+    let gopath = format!("{}:/usr/share/gocode", out.join("gopath").display());
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(&source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOCACHE", out.join("cache"))
+        .output()
+        .map_err(|e| format!("cannot run go build: {e}"))?;
+    // A broken peer is a failure, not a skip: Go is there.
+    assert!(
+        built.status.success(),
+        "go build of {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    Ok(binary)
 }
 
-/// Starts `go-peer.sh MODE ADDR` (through bash; the script `exec`s the
-/// Go binary, so this pid is the Go program's and dropping kills it).
-fn go_peer(script: &Path, mode: &str, addr: &str) -> Proc {
-    let args = [script.as_os_str(), OsStr::new(mode), OsStr::new(addr)];
-    Proc::spawn(&format!("go {mode}"), OsStr::new("bash"), &args, None)
+/// Starts the Go peer in `mode` on `addr` (dropping it kills it).
+fn go_peer(binary: &Path, mode: &str, addr: &str) -> Proc {
+    let args = [
+        OsStr::new("-mode"),
+        OsStr::new(mode),
+        OsStr::new("-address"),
+        OsStr::new(addr),
+    ];
+    Proc::spawn(&format!("go {mode}"), binary.as_os_str(), &args, None)
 }
 
 /// Asserts our client exited 0 after the replies to hot dogs 1..=n, in order.
@@ -87,13 +122,13 @@ fn assert_hot_dog_replies(run: &Finished, n: u64) {
 
 #[test]
 fn go_client_against_our_server() {
-    let Some(script) = go_peer_script() else {
+    let Some(binary) = go_peer_binary() else {
         return;
     };
     let _serial = GO_PEER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let (_server, addr) = start_server("our server", &["server"]);
 
-    let mut go = go_peer(&script, "client", &addr.to_string());
+    let mut go = go_peer(&binary, "client", &addr.to_string());
     go.wait_for_line(GO_START_SECS, "`Starting Client`", |l| {
         l.starts_with("Starting Client")
     });
@@ -141,7 +176,7 @@ fn go_client_against_our_server() {
 
 #[test]
 fn our_client_against_go_server() {
-    let Some(script) = go_peer_script() else {
+    let Some(binary) = go_peer_binary() else {
         return;
     };
     let _serial = GO_PEER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,7 +185,7 @@ fn our_client_against_go_server() {
         listener.local_addr().expect("local addr")
     };
 
-    let mut go = go_peer(&script, "server", &addr.to_string());
+    let mut go = go_peer(&binary, "server", &addr.to_string());
     go.wait_for_line(GO_START_SECS, "`Starting Server`", |l| {
         l.starts_with("Starting Server")
     });

@@ -73,7 +73,26 @@ impl Proc {
     /// Starts `program ARGS`; `input`, when given, is written to its stdin,
     /// which is then closed (otherwise stdin is /dev/null).
     pub fn spawn(name: &str, program: &OsStr, args: &[&OsStr], input: Option<&str>) -> Proc {
-        let mut child = Command::new(program)
+        Proc::spawn_env(name, program, args, &[], input)
+    }
+
+    /// [`Proc::spawn`] with environment changes: `(NAME, Some(value))`
+    /// sets, `(NAME, None)` removes.
+    pub fn spawn_env(
+        name: &str,
+        program: &OsStr,
+        args: &[&OsStr],
+        env: &[(&str, Option<&str>)],
+        input: Option<&str>,
+    ) -> Proc {
+        let mut command = Command::new(program);
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
             .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
@@ -107,6 +126,37 @@ impl Proc {
     pub fn wsloop(name: &str, args: &[&str], input: Option<&str>) -> Proc {
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         Proc::spawn(name, OsStr::new(BIN), &args, input)
+    }
+
+    /// Starts `wsloop ARGS` with environment changes (see [`Proc::spawn_env`]).
+    pub fn wsloop_env(name: &str, args: &[&str], env: &[(&str, Option<&str>)]) -> Proc {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        Proc::spawn_env(name, OsStr::new(BIN), &args, env, None)
+    }
+
+    /// Reads stderr until a line satisfies `wanted`, within `secs` seconds.
+    pub fn wait_for_stderr_line(
+        &mut self,
+        secs: u64,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.err_seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("stderr ended before {what}"))
+                }
+                Err(RecvTimeoutError::Timeout) => self.fail(&format!("no {what} in time")),
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {

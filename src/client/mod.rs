@@ -1,5 +1,13 @@
-//! The client: dial `ws://ADDR/server`, keep the connection up, correlate
+//! The client: dial the server, keep the connection up, correlate
 //! requests with replies, and run the original Go client's loop.
+//!
+//! Where to: [`ClientOptions::address`] is `HOST:PORT` (the Go program's
+//! form: `ws://HOST:PORT/server`) or a URL, `ws://HOST[:PORT][/PATH][?QUERY]`
+//! or `wss://...` (see [`Target`]). `wss://` (feature `tls`) verifies the
+//! server's certificate against the system's trust store plus
+//! [`ClientOptions::ca`]; an HTTP `CONNECT` proxy (feature `proxy`) comes
+//! from the environment or [`ClientOptions::proxy`]. The layers of one
+//! dial are in `dial.rs`.
 //!
 //! - [`connect`] dials once and gives a [`Connection`] (the same persistent
 //!   loop the server runs), for callers who manage reconnects themselves.
@@ -10,6 +18,11 @@
 //!   [`Client::request`] resolves when the reply with its `requestID` comes.
 //! - [`run`] is the seed client on top of it: a select loop over a timer (or
 //!   stdin lines), the replies coming back, and commands the server pushes.
+//!
+//! A server that cannot be reached (at start, or after a drop) is retried
+//! with the [`Reconnect`] backoff; a refusal that will stand (401, 403,
+//! 404, a certificate that fails verification: [`Error::is_transient`] is
+//! false) ends the client at once with that error.
 //!
 //! Requests in flight when a connection drops fail with
 //! [`RequestError::ConnectionLost`]; they are not re-sent, because the
@@ -55,24 +68,54 @@
 //! }))?;
 //! # Ok::<(), wsloop::Error>(())
 //! ```
+//!
+//! The same over TLS, with a private CA and a header of one's own (not run
+//! here: it needs such a server):
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")] {
+//! use wsloop::client::{Client, ClientOptions};
+//! use wsloop::{Message, Peer};
+//!
+//! let options = ClientOptions::new("wss://device-hub.example:8443/server?site=7")
+//!     .with_ca("/etc/wsloop/ca.pem")
+//!     .header("X-Device-Id", "hotdog-17")?;
+//! let ex = smol::Executor::new();
+//! smol::block_on(ex.run(async {
+//!     let answer = |_: &Peer, m: Message| Some(m.seed_reply());
+//!     let client = Client::connect(&ex, options, answer).await?;
+//!     client.close().await
+//! }))?;
+//! # }
+//! # Ok::<(), wsloop::Error>(())
+//! ```
 
-use std::net::{SocketAddr, TcpStream};
+mod dial;
+#[cfg(feature = "proxy")]
+mod proxy;
+mod stream;
+mod url;
+
+use std::net::SocketAddr;
+#[cfg(feature = "tls")]
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_io::{Async, Timer};
-use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
+use async_io::Timer;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
 
-use crate::handshake;
-use crate::server::WEBSOCKET_PATH;
 use crate::session::{PendingReply, RequestError, SendError, Session};
-use crate::tcp::Tcp;
-use crate::time::{human, timeout};
+use crate::time::human;
 use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
+use dial::Dialer;
+
+#[cfg(feature = "proxy")]
+pub use proxy::Proxy;
+pub use stream::ClientStream;
+pub use url::Target;
 
 /// The original client's request interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -86,75 +129,55 @@ pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// Server-pushed commands [`run`] may hold before it stops reading.
 const PUSH_QUEUE: usize = 64;
 
-/// A connection dialled over TCP.
-pub type TcpConnection = Connection<Tcp>;
+/// A connection the client dialled: over TCP, or TLS for `wss://`.
+pub type ClientConnection = Connection<ClientStream>;
 
-/// Dials `ws://{address}/server` once, with `Origin: http://{address}/` (as
-/// the Go client does), within the handshake timeout.
-pub async fn connect(address: &str, config: &Config) -> Result<TcpConnection, Error> {
-    connect_to(address, WEBSOCKET_PATH, config).await
+/// Dials `address` once (`HOST:PORT` for `ws://HOST:PORT/server`, or a
+/// `ws://`/`wss://` URL), with `Origin: http://{address}/` (as the Go
+/// client does), within the handshake timeout. Proxies come from the
+/// environment; for more, see [`connect_with`].
+pub async fn connect(address: &str, config: &Config) -> Result<ClientConnection, Error> {
+    let options = ClientOptions {
+        config: config.clone(),
+        ..ClientOptions::new(address)
+    };
+    connect_with(&options).await
 }
 
-/// [`connect`] to another endpoint: `ws://{address}{path}`, where `path`
-/// starts with `/` and may carry a query (`/runCase?case=1`).
+/// [`connect`] to another endpoint: `path` (starting with `/`, maybe with
+/// a query: `/runCase?case=1`) instead of the address's own.
 pub async fn connect_to(
     address: &str,
     path: &str,
     config: &Config,
-) -> Result<TcpConnection, Error> {
-    config.validate()?;
-    let (ws, addr) = dial(address, path, config, None).await?;
-    Ok(Connection::new(ws, Some(addr), config))
+) -> Result<ClientConnection, Error> {
+    let options = ClientOptions {
+        config: config.clone(),
+        ..ClientOptions::new(address)
+    };
+    options.config.validate()?;
+    let (ws, addr) = Dialer::new(&options, Some(path))?.dial().await?;
+    Ok(Connection::new(ws, Some(addr), &options.config))
 }
 
-/// Dials `ws://{address}{path}` and shakes hands with the token, if any.
-async fn dial(
-    address: &str,
-    path: &str,
-    config: &Config,
-    token: Option<&str>,
-) -> Result<(WebSocketStream<Tcp>, SocketAddr), Error> {
-    let attempt = async {
-        let addr = first_addr(address).await?;
-        let mut stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
-        // The Go client sends this Origin; the server's origin check wants it.
-        let origin = format!("http://{address}/");
-        let bearer = token.map(|token| format!("Bearer {token}"));
-        let mut headers = vec![("Origin", origin.as_str())];
-        if let Some(bearer) = &bearer {
-            headers.push(("Authorization", bearer));
-        }
-        let leftover = handshake::client(&mut stream, address, path, &headers).await?;
-        let websocket = Some(config.websocket());
-        let ws =
-            WebSocketStream::from_partially_read(stream, leftover, Role::Client, websocket).await;
-        Ok::<_, Error>((ws, addr))
-    };
-    timeout(config.handshake_timeout, attempt)
-        .await
-        .unwrap_or(Err(Error::Timeout("connecting to the server")))
+/// [`connect`] with everything [`ClientOptions`] says about the dial
+/// (token, headers, CA, proxy); its reconnect policy is not used.
+pub async fn connect_with(options: &ClientOptions) -> Result<ClientConnection, Error> {
+    options.config.validate()?;
+    let (ws, addr) = Dialer::new(options, None)?.dial().await?;
+    Ok(Connection::new(ws, Some(addr), &options.config))
 }
 
 /// Dials for the reconnecting client: the connection sends from (and routes
 /// replies into) `session`, which outlives it.
-async fn dial_session(options: &ClientOptions, session: &Session) -> Result<TcpConnection, Error> {
-    let config = &options.config;
-    let token = options.token.as_deref();
-    let (ws, addr) = dial(&options.address, WEBSOCKET_PATH, config, token).await?;
+async fn dial_session(dialer: &Dialer, session: &Session) -> Result<ClientConnection, Error> {
+    let (ws, addr) = dialer.dial().await?;
     Ok(Connection::with_session(
         ws,
         Some(addr),
-        config,
+        &dialer.config,
         session.clone(),
     ))
-}
-
-async fn first_addr(address: &str) -> Result<SocketAddr, Error> {
-    smol::net::resolve(address)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
 
 /// When and how often [`Client`] reconnects.
@@ -198,7 +221,8 @@ impl Reconnect {
 /// What a [`Client`] (and [`run`]) does.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `HOST:PORT` of the server.
+    /// The server: `HOST:PORT` (path `/server`) or a `ws://`/`wss://` URL
+    /// (see [`Target::parse`]).
     pub address: String,
     /// Connection settings.
     pub config: Config,
@@ -206,6 +230,17 @@ pub struct ClientOptions {
     pub reconnect: Reconnect,
     /// Shared secret sent as `Authorization: Bearer` (see [`AccessPolicy`](crate::AccessPolicy)).
     pub token: Option<String>,
+    /// More handshake headers (auth, routing); add them with
+    /// [`header`](Self::header), which checks them. An `Origin` here
+    /// replaces the default one.
+    pub headers: Vec<(String, String)>,
+    /// `wss://`: a PEM file of CA certificates to trust besides the
+    /// system's (a private CA).
+    #[cfg(feature = "tls")]
+    pub ca: Option<PathBuf>,
+    /// Which HTTP `CONNECT` proxy to go through ([`Proxy::Environment`]).
+    #[cfg(feature = "proxy")]
+    pub proxy: Proxy,
     /// [`run`]: time between requests ([`DEFAULT_INTERVAL`]); unused with `stdin`.
     pub interval: Duration,
     /// [`run`]: stop after this many replies.
@@ -223,11 +258,69 @@ impl ClientOptions {
             config: Config::default(),
             reconnect: Reconnect::default(),
             token: None,
+            headers: Vec::new(),
+            #[cfg(feature = "tls")]
+            ca: None,
+            #[cfg(feature = "proxy")]
+            proxy: Proxy::default(),
             interval: DEFAULT_INTERVAL,
             count: None,
             stdin: false,
         }
     }
+
+    /// Adds the handshake header `name: value`, refusing a malformed name,
+    /// a value with a line break or other control character (it would end
+    /// the header and start another), and the headers the handshake itself
+    /// sets (`Host`, `Upgrade`, `Connection`, `Sec-WebSocket-*`, ...).
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, Error> {
+        check_header(name, value)?;
+        self.headers.push((name.to_string(), value.to_string()));
+        Ok(self)
+    }
+
+    /// Trusts the CA certificates in the PEM file `ca` for `wss://`,
+    /// besides the system's.
+    #[cfg(feature = "tls")]
+    pub fn with_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.ca = Some(ca.into());
+        self
+    }
+}
+
+/// Headers the handshake writes itself (or that would change how the
+/// request is framed); a caller's copy would contradict them.
+const RESERVED_HEADERS: [&str; 6] = [
+    "Host",
+    "Upgrade",
+    "Connection",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Proxy-Authorization",
+];
+
+/// Checks one caller-given handshake header (see [`ClientOptions::header`]).
+pub(crate) fn check_header(name: &str, value: &str) -> Result<(), Error> {
+    // A field name is an RFC 9110 token: no spaces, colons or controls.
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(tchar) {
+        return Err(Error::Config(format!("{name:?} is not a header name")));
+    }
+    if RESERVED_HEADERS
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        || name.to_ascii_lowercase().starts_with("sec-websocket-")
+    {
+        return Err(Error::Config(format!(
+            "header {name} is the handshake's own"
+        )));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(Error::Config(format!(
+            "header {name}: the value has a line break or control character"
+        )));
+    }
+    Ok(())
 }
 
 /// A client that keeps one logical connection up across reconnects.
@@ -244,10 +337,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `options.address` (failing fast if the server is
-    /// unreachable), then keeps the connection up from a task spawned on
-    /// `ex`. `handler` answers what the server pushes; replies to this
-    /// client's own requests never reach it.
+    /// Connects to `options.address`, then keeps the connection up from a
+    /// task spawned on `ex`. `handler` answers what the server pushes;
+    /// replies to this client's own requests never reach it.
+    ///
+    /// A server that cannot be reached yet (a device that boots before
+    /// the network) is retried with the [`Reconnect`] backoff, up to its
+    /// `max_attempts`; with reconnecting off, the first failure is
+    /// returned. A refusal that will stand ([`Error::is_transient`] is
+    /// false: a 401, a bad certificate) is returned at once.
     pub async fn connect(
         ex: &Executor<'_>,
         options: ClientOptions,
@@ -255,14 +353,28 @@ impl Client {
     ) -> Result<Client, Error> {
         let config = &options.config;
         config.validate()?;
+        let dialer = Dialer::new(&options, None)?;
         let session = Session::new(config.outbound_capacity, config.request_timeout);
-        let first = dial_session(&options, &session).await?;
-        let addr = first.peer().addr();
-        log::info!("connected to ws://{}/server", options.address);
         let (stop, stopped) = async_channel::bounded(1);
+        let first = match dial_session(&dialer, &session).await {
+            Ok(conn) => conn,
+            Err(err) if !err.is_transient() || !options.reconnect.enabled => return Err(err),
+            Err(err) => {
+                log::warn!("cannot reach {} yet: {err}", dialer.target.url());
+                let retry = redial(&dialer, &session, &options.reconnect, &stopped, Some(err));
+                match retry.await {
+                    Some(result) => result?,
+                    // Nothing closes `stop` before the client exists.
+                    None => return Err(Error::ConnectionClosed("closed while connecting".into())),
+                }
+            }
+        };
+        let addr = first.peer().addr();
+        log::info!("connected to {}", dialer.target.url());
         let (finished_tx, finished) = async_channel::bounded(1);
         let supervisor = Supervisor {
             options,
+            dialer,
             session: session.clone(),
             handler: Arc::new(handler),
             stopped,
@@ -277,7 +389,7 @@ impl Client {
         })
     }
 
-    /// The server's address, as first connected.
+    /// The server's address, as first connected (the proxy's, through one).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }
@@ -323,6 +435,8 @@ impl Client {
 /// The task that alone owns the client's connections, one at a time.
 struct Supervisor<H> {
     options: ClientOptions,
+    /// The prepared dial: address, proxy, TLS roots, headers.
+    dialer: Dialer,
     session: Session,
     handler: Arc<H>,
     /// Closed when the client is closing: stop waiting to reconnect.
@@ -333,7 +447,7 @@ struct Supervisor<H> {
 
 impl<H: Handler> Supervisor<H> {
     /// Runs connections until the client closes or reconnecting gives up.
-    async fn run(self, first: TcpConnection) -> Result<(), Error> {
+    async fn run(self, first: ClientConnection) -> Result<(), Error> {
         let mut conn = first;
         loop {
             let ended = conn.run(self.handler.clone()).await;
@@ -353,7 +467,8 @@ impl<H: Handler> Supervisor<H> {
                 self.session.shut();
                 return Err(Error::ConnectionClosed(why));
             }
-            conn = match self.reconnect().await {
+            let policy = &self.options.reconnect;
+            conn = match redial(&self.dialer, &self.session, policy, &self.stopped, None).await {
                 Some(Ok(conn)) => conn,
                 Some(Err(err)) => {
                     self.session.shut();
@@ -363,45 +478,62 @@ impl<H: Handler> Supervisor<H> {
             };
         }
     }
+}
 
-    /// Dials with backoff until it works (`Some(Ok)`), attempts run out
-    /// (`Some(Err)`), or the client closes (`None`).
-    async fn reconnect(&self) -> Option<Result<TcpConnection, Error>> {
-        let policy = &self.options.reconnect;
-        let address = &self.options.address;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let delay = policy.delay(attempt);
-            log::info!(
-                "reconnecting to {address} in {} (attempt {attempt})",
-                human(delay)
-            );
-            let wait = async {
-                Timer::after(delay).await;
-                true
-            };
-            let closing = async {
-                let _ = self.stopped.recv().await;
-                false
-            };
-            if !future::or(wait, closing).await {
-                return None;
+/// Dials with `policy`'s backoff until it works (`Some(Ok)`), attempts run
+/// out or the server refuses for good (`Some(Err)`), or `stopped` closes
+/// (`None`). `first_failure` is the first dial's at start, which counts
+/// as an attempt; after a drop there is none.
+async fn redial(
+    dialer: &Dialer,
+    session: &Session,
+    policy: &Reconnect,
+    stopped: &async_channel::Receiver<()>,
+    first_failure: Option<Error>,
+) -> Option<Result<ClientConnection, Error>> {
+    let url = dialer.target.url();
+    let (verb, noun, mut attempt) = match first_failure {
+        Some(_) => ("connecting", "connect", 1),
+        None => ("reconnecting", "reconnect", 0),
+    };
+    let give_up = |attempt: u32, err: &Error| {
+        let why = format!("gave up {verb} after {attempt} attempts: {err}");
+        Error::ConnectionClosed(why)
+    };
+    if let Some(err) = &first_failure {
+        if policy.max_attempts.is_some_and(|max| attempt >= max) {
+            return Some(Err(give_up(attempt, err)));
+        }
+    }
+    loop {
+        attempt += 1;
+        let delay = policy.delay(attempt);
+        log::info!("{verb} to {url} in {} (attempt {attempt})", human(delay));
+        let wait = async {
+            Timer::after(delay).await;
+            true
+        };
+        let closing = async {
+            let _ = stopped.recv().await;
+            false
+        };
+        if !future::or(wait, closing).await {
+            return None;
+        }
+        match dial_session(dialer, session).await {
+            Ok(conn) => {
+                log::info!("connected to {url}");
+                return Some(Ok(conn));
             }
-            match dial_session(&self.options, &self.session).await {
-                Ok(conn) => {
-                    log::info!("reconnected to ws://{address}/server");
-                    return Some(Ok(conn));
-                }
-                Err(err) if policy.max_attempts.is_some_and(|max| attempt >= max) => {
-                    let why = format!("gave up reconnecting after {attempt} attempts: {err}");
-                    return Some(Err(Error::ConnectionClosed(why)));
-                }
-                Err(err) => log::warn!(
-                    "reconnect attempt {attempt} failed: {}",
-                    crate::log_safe::quote(&err.to_string())
-                ),
+            // Asking again will not change the answer.
+            Err(err) if !err.is_transient() => return Some(Err(err)),
+            Err(err) if policy.max_attempts.is_some_and(|max| attempt >= max) => {
+                return Some(Err(give_up(attempt, &err)));
             }
+            Err(err) => log::warn!(
+                "{noun} attempt {attempt} failed: {}",
+                crate::log_safe::quote(&err.to_string())
+            ),
         }
     }
 }
