@@ -54,6 +54,14 @@ SERVER OPTIONS:
     --max-messages-per-sec N
                            per connection; excess closes with 1008
                            [default: 10000; 0 = unlimited]
+    --cert FILE --key FILE serve https:// and wss:// on the one port: FILE
+                           is PEM (certificate chain; PKCS#8, RSA or SEC1
+                           key), reloaded when it changes on disk [default: plain]
+    --trusted-proxy ADDR|CIDR
+                           believe X-Forwarded-For / X-Real-IP / Forwarded
+                           from this proxy (repeatable): limits and logs use
+                           the client address it names [default: none]
+    --public-metrics       serve /metrics without the token [default: behind it]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -92,11 +100,23 @@ pub enum Command {
         access: AccessPolicy,
         console: bool,
         verbosity: Verbosity,
+        deployment: Deployment,
     },
     Client {
         options: ClientOptions,
         verbosity: Verbosity,
     },
+}
+
+/// How the server faces the internet: TLS, proxies in front, metrics.
+#[derive(Debug, Default)]
+pub struct Deployment {
+    /// `--cert` and `--key`: both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--trusted-proxy`, each already checked.
+    pub trusted_proxies: Vec<String>,
+    /// `--public-metrics`.
+    pub public_metrics: bool,
 }
 
 /// Parses `args` (without the program name).
@@ -115,6 +135,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut console = false;
     let mut access = AccessPolicy::default();
     let mut token_file: Option<PathBuf> = None;
+    let mut deployment = Deployment::default();
+    let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -140,6 +162,10 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-messages-per-sec") => {
                 config.max_messages_per_second = parser.value()?.parse()?
             }
+            Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
+            Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            Long("trusted-proxy") => deployment.trusted_proxies.push(trusted_proxy(&mut parser)?),
+            Long("public-metrics") => deployment.public_metrics = true,
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
@@ -165,6 +191,14 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     if console && !cfg!(feature = "console") {
         return Err(missing_feature("--console", "console"));
     }
+    deployment.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    if deployment.tls.is_some() && !cfg!(feature = "tls") {
+        return Err(missing_feature("--cert", "tls"));
+    }
     let token = read_token(token_file)?;
     match mode.as_deref() {
         Some("server") => Ok(Command::Server {
@@ -174,6 +208,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             access: AccessPolicy { token, ..access },
             console,
             verbosity,
+            deployment,
         }),
         Some("client") => Ok(Command::Client {
             options: ClientOptions {
@@ -192,6 +227,17 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
 /// The error for an option whose Cargo feature this build left out.
 fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
     format!("{option} needs the `{feature}` Cargo feature, which this build leaves out").into()
+}
+
+/// One `--trusted-proxy` value, checked now so a typo fails at start.
+fn trusted_proxy(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
+    let spec = parser.value()?.string()?;
+    if !cfg!(feature = "trusted-proxy") {
+        return Err(missing_feature("--trusted-proxy", "trusted-proxy"));
+    }
+    #[cfg(feature = "trusted-proxy")]
+    wsloop::forwarded::TrustedProxies::new().add(&spec)?;
+    Ok(spec)
 }
 
 /// The shared secret from `--token-file`, else from `$WSLOOP_TOKEN`.
@@ -258,5 +304,21 @@ mod tests {
         assert!(parse_str("server --bogus").is_err());
         assert!(parse_str("dance").is_err());
         assert!(matches!(parse_str(""), Ok(Command::Help)));
+        assert!(parse_str("server --cert c.pem").is_err(), "--key missing");
+        assert!(parse_str("server --trusted-proxy 10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn deployment_options_parse() {
+        let line = "server --cert c.pem --key k.pem --trusted-proxy 127.0.0.1 \
+                    --trusted-proxy 10.0.0.0/8 --public-metrics";
+        match parse_str(line) {
+            Ok(Command::Server { deployment, .. }) => {
+                assert_eq!(deployment.tls, Some(("c.pem".into(), "k.pem".into())));
+                assert_eq!(deployment.trusted_proxies, ["127.0.0.1", "10.0.0.0/8"]);
+                assert!(deployment.public_metrics);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -34,6 +34,7 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, S
 use futures_sink::Sink;
 
 use crate::config::CLOSE_TIMEOUT;
+use crate::metrics::Metrics;
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::{human, timeout};
 use crate::{codec, Config, Error, Message};
@@ -327,6 +328,8 @@ pub struct Connection<S> {
     /// Whether the session ends with this connection (server side) or
     /// outlives it (the reconnecting client).
     owns_session: bool,
+    /// Where payload bytes are counted (a server's `/metrics`), if anywhere.
+    metrics: Option<Arc<Metrics>>,
     /// Frames are buffered in tungstenite but not yet flushed.
     unflushed: bool,
 }
@@ -459,8 +462,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             peer,
             settings: LoopSettings::from(config),
             owns_session: false,
+            metrics: None,
             unflushed: false,
         }
+    }
+
+    /// Counts this connection's payload bytes in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The handle other tasks use to send to this peer or close it.
@@ -664,8 +674,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Ok(());
         }
         self.peer.inner.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.received_bytes(frame.len())
+        }
         match handler.on_frame(&self.peer, frame).await {
             Some(reply) => {
+                if let Some(m) = &self.metrics {
+                    m.sent_bytes(reply.len())
+                }
                 self.send_frame(reply).await?;
                 self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -678,6 +694,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn send(&mut self, message: &Message) -> Result<(), Error> {
         let text = codec::encode(message);
         log::trace!("peer {} <- {text}", self.peer.id());
+        if let Some(m) = &self.metrics {
+            m.sent_bytes(text.len())
+        }
         self.send_frame(Frame::text(text)).await?;
         self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -57,15 +57,20 @@ mod codec;
 mod config;
 mod connection;
 mod error;
+#[cfg(feature = "trusted-proxy")]
+pub mod forwarded;
 mod handshake;
 pub mod http;
 mod hub;
 mod json_check;
 mod message;
+pub mod metrics;
 pub mod server;
 mod session;
 mod tcp;
 mod time;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use access::{
     AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
@@ -79,6 +84,7 @@ pub use connection::{
 pub use error::Error;
 pub use hub::{Hub, HubStats};
 pub use message::Message;
+pub use metrics::Metrics;
 pub use server::Server;
 pub use session::{PendingReply, RequestError, SendError, Session};
 pub use tcp::Tcp;

@@ -20,7 +20,7 @@ use wsloop::client::{self, ClientOptions, Event};
 use wsloop::http::StaticFiles;
 use wsloop::{encode, AccessPolicy, Config, Error, SeedHandler, Server};
 
-use cli::{Command, Verbosity};
+use cli::{Command, Deployment, Verbosity};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
@@ -42,9 +42,11 @@ fn main() -> ExitCode {
             access,
             console,
             verbosity,
+            deployment,
         } => {
             init_logging(verbosity);
-            run_server(&address, www, config, access, console).map_err(|e| e.to_string())
+            run_server(&address, www, config, access, console, &deployment)
+                .map_err(|e| e.to_string())
         }
         Command::Client { options, verbosity } => {
             init_logging(verbosity);
@@ -68,6 +70,7 @@ fn run_server(
     config: Config,
     access: AccessPolicy,
     console: bool,
+    deployment: &Deployment,
 ) -> Result<(), Error> {
     let files = static_files(www)?;
     let ex = Arc::new(Executor::new());
@@ -76,8 +79,14 @@ fn run_server(
             .await?
             .with_static_files(files)
             .with_access(access);
+        let server = deploy(server, deployment)?;
+        let scheme = if deployment.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         println!(
-            "wsloop server on http://{}/ (WebSocket at /server)",
+            "wsloop server on {scheme}://{}/ (WebSocket at /server)",
             server.local_addr()?
         );
         // (The CLI refuses --console in a build without the feature.)
@@ -93,6 +102,27 @@ fn run_server(
             .run(&ex, SeedHandler::default(), shutdown_signal())
             .await
     })
+}
+
+/// Applies `--cert/--key`, `--trusted-proxy` and `--public-metrics` (the
+/// CLI has refused those this build leaves out).
+fn deploy(server: Server, deployment: &Deployment) -> Result<Server, Error> {
+    #[cfg(feature = "tls")]
+    let server = match &deployment.tls {
+        Some((cert, key)) => {
+            server.with_tls(wsloop::tls::server::ServerTls::from_pem_files(cert, key)?)
+        }
+        None => server,
+    };
+    #[cfg(feature = "trusted-proxy")]
+    let server = {
+        let mut proxies = wsloop::forwarded::TrustedProxies::new();
+        for spec in &deployment.trusted_proxies {
+            proxies.add(spec).map_err(Error::Config)?;
+        }
+        server.with_trusted_proxies(proxies)
+    };
+    Ok(server.with_public_metrics(deployment.public_metrics))
 }
 
 /// What `/` serves: the `--www` directory, else the built-in page.

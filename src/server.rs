@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,14 +31,19 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncWriteExt};
 use smol::Executor;
 
-use crate::access::{AccessPolicy, Admission};
+use crate::access::{AccessPolicy, Admission, Ticket};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+#[cfg(feature = "trusted-proxy")]
+use crate::forwarded::TrustedProxies;
 use crate::handshake;
 use crate::http::{
     read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
 };
+use crate::metrics::{close_code, Refusal};
 use crate::tcp::Tcp;
 use crate::time::timeout;
+#[cfg(feature = "tls")]
+use crate::tls::server::{ServerTls, TLS_HANDSHAKE_RECORD};
 use crate::{Config, Connection, Ended, Error, Handler, Hub, CLOSE_GOING_AWAY};
 
 /// The path of the WebSocket endpoint, as in the original program.
@@ -46,6 +52,13 @@ pub const WEBSOCKET_PATH: &str = "/server";
 /// The path of the JSON status document (live clients, message totals,
 /// uptime) that the browser console polls.
 pub const STATS_PATH: &str = "/stats";
+
+/// The path of the Prometheus metrics (feature `metrics`).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// What a connection task can run on: TCP, or TLS over it.
+trait Stream: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static {}
+impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
 /// How long shutdown waits for connections to finish their close handshake.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -70,6 +83,13 @@ struct Shared {
     started: Instant,
     access: AccessPolicy,
     admission: Arc<Admission>,
+    /// Whose forwarding headers name the client (`--trusted-proxy`).
+    #[cfg(feature = "trusted-proxy")]
+    proxies: TrustedProxies,
+    /// Serve `/metrics` without the token.
+    public_metrics: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 impl Server {
@@ -90,6 +110,11 @@ impl Server {
                 started: Instant::now(),
                 access: AccessPolicy::default(),
                 admission: Arc::new(Admission::default()),
+                #[cfg(feature = "trusted-proxy")]
+                proxies: TrustedProxies::new(),
+                public_metrics: false,
+                #[cfg(feature = "tls")]
+                tls: None,
             }),
         })
     }
@@ -118,6 +143,36 @@ impl Server {
         }
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.access = access;
+        }
+        self
+    }
+
+    /// Serves `https://` and `wss://` instead of plain HTTP on this port.
+    /// The TLS handshake counts against the handshake timeout.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tls = Some(tls);
+        }
+        self
+    }
+
+    /// Believes the forwarding headers (`X-Forwarded-For`, `X-Real-IP`,
+    /// `Forwarded`) of connections from these proxies: the client address
+    /// they name is the one limits, logs, [`Peer::addr`](crate::Peer::addr)
+    /// and `/stats` use.
+    #[cfg(feature = "trusted-proxy")]
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.proxies = proxies;
+        }
+        self
+    }
+
+    /// Serves `/metrics` to anyone, even when a token is set.
+    pub fn with_public_metrics(mut self, public: bool) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.public_metrics = public;
         }
         self
     }
@@ -235,40 +290,169 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
 /// lives as long as the connection.
 #[allow(clippy::manual_async_fn)]
 fn serve<H: Handler>(
-    mut stream: Tcp,
+    stream: Tcp,
     addr: SocketAddr,
     shared: Arc<Shared>,
     handler: Arc<H>,
     alive: Sender<()>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // Take a connection slot; past a limit the request still gets its 503.
-        let admitted = shared.admission.admit(addr.ip(), &shared.access);
+        let _alive = alive;
+        // The handshake timeout covers TLS and the HTTP head together.
+        let started = Instant::now();
+        shared.hub.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "tls")]
+        if shared.tls.is_some() {
+            if let Some(stream) = Box::pin(accept_tls(stream, addr, &shared)).await {
+                serve_stream(stream, addr, started, shared, handler).await;
+            }
+            return;
+        }
+        if Box::pin(speaks_plain(&stream, addr, &shared)).await {
+            serve_stream(stream, addr, started, shared, handler).await;
+        }
+    }
+}
+
+/// The first byte the peer sent, without taking it from the stream; `None`
+/// if it closed (or failed) first.
+async fn first_byte(stream: &Tcp) -> Option<u8> {
+    let mut byte = [0u8];
+    match stream.0.peek(&mut byte).await {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// On a plain port: false (and one log line) when the peer opens with a TLS
+/// ClientHello, which no HTTP answer could reach; true otherwise, also when
+/// it sends nothing in time (the head read then answers 408).
+async fn speaks_plain(stream: &Tcp, addr: SocketAddr, shared: &Shared) -> bool {
+    match timeout(shared.config.handshake_timeout, first_byte(stream)).await {
+        Some(Some(0x16)) => {
+            log::warn!("{addr}: TLS handshake on a plain-HTTP port; use http:// and ws:// here (or serve TLS with --cert/--key)");
+            false
+        }
+        Some(None) => false,
+        _ => true,
+    }
+}
+
+/// On the TLS port: the TLS stream, once its handshake is done within the
+/// handshake timeout. A plain HTTP request gets one log line and a 400 in
+/// plain HTTP; other failures are counted and logged at debug level.
+#[cfg(feature = "tls")]
+async fn accept_tls(
+    mut stream: Tcp,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Option<futures_rustls::server::TlsStream<Tcp>> {
+    let tls = shared.tls.as_ref()?;
+    let budget = shared.config.handshake_timeout;
+    let started = Instant::now();
+    let failures = &shared.hub.metrics.tls_failures;
+    match timeout(budget, first_byte(&stream)).await {
+        Some(Some(TLS_HANDSHAKE_RECORD)) => {}
+        Some(Some(_)) => {
+            failures.fetch_add(1, Ordering::Relaxed);
+            log::warn!("{addr}: plain HTTP on the TLS port; use https:// and wss:// here");
+            // Read the head first: closing with it unread would reset the
+            // connection and lose the answer.
+            let _ = timeout(
+                budget,
+                read_request_head(&mut stream, MAX_REQUEST_HEAD_SIZE),
+            )
+            .await;
+            return refuse(
+                &mut stream,
+                400,
+                "this port speaks TLS: use https:// or wss://",
+            )
+            .await;
+        }
+        _ => return None,
+    }
+    let left = budget.saturating_sub(started.elapsed());
+    match timeout(left, tls.acceptor().accept(stream)).await {
+        Some(Ok(stream)) => Some(stream),
+        Some(Err(err)) => {
+            failures.fetch_add(1, Ordering::Relaxed);
+            log::debug!("{addr}: TLS handshake failed: {err}");
+            None
+        }
+        None => {
+            failures.fetch_add(1, Ordering::Relaxed);
+            log::debug!("{addr}: no TLS handshake within the handshake timeout");
+            None
+        }
+    }
+}
+
+/// One connection over `stream` (TCP or TLS), from its request head to its
+/// close. `started` is when it was accepted: the handshake timeout counts
+/// from then. (A plain fn returning an `async move` block, as [`serve`].)
+#[allow(clippy::manual_async_fn)]
+fn serve_stream<S: Stream, H: Handler>(
+    mut stream: S,
+    addr: SocketAddr,
+    started: Instant,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let early = admit_early(addr, &shared);
+        let budget = shared
+            .config
+            .handshake_timeout
+            .saturating_sub(started.elapsed());
         // The handshake's buffers live in this boxed future only until it
         // ends, so the long-lived connection future below stays small.
-        let over_limit = admitted.as_ref().err().copied();
-        let handshake = handshake(&mut stream, addr, &shared, over_limit);
-        let leftover = match Box::pin(handshake).await {
-            Some(leftover) => leftover,
-            None => return,
+        let handshake = handshake(&mut stream, addr, &shared, early, budget);
+        // The ticket holds the connection's slot until the end.
+        let Some((leftover, client, _ticket)) = Box::pin(handshake).await else {
+            return;
         };
         let websocket = Some(shared.config.websocket());
         let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
         let ws = Box::pin(ws).await;
-        connected(ws, addr, &shared, handler).await;
-        drop((admitted, alive));
+        connected(ws, client, &shared, handler).await;
+    }
+}
+
+/// A connection slot taken before the request head: a direct peer's, by its
+/// own address (past a limit the request still gets its 503). `None` for a
+/// trusted proxy's connections: their slot is taken by the client address
+/// the head names ([`client_addr`]).
+fn admit_early(addr: SocketAddr, shared: &Shared) -> Option<Result<Ticket, &'static str>> {
+    #[cfg(feature = "trusted-proxy")]
+    if shared.proxies.contains(addr.ip()) {
+        return None;
+    }
+    Some(shared.admission.admit(addr.ip(), &shared.access))
+}
+
+/// The client's address: the peer's, or the one a trusted proxy forwarded.
+fn client_addr(addr: SocketAddr, request: &Request, shared: &Shared) -> SocketAddr {
+    #[cfg(feature = "trusted-proxy")]
+    return shared.proxies.client_addr(addr, request);
+    #[cfg(not(feature = "trusted-proxy"))]
+    {
+        let _ = (request, shared);
+        addr
     }
 }
 
 /// Registers an upgraded connection with the hub, and returns its loop
 /// followed by its removal from the hub.
-fn connected<H: Handler>(
-    ws: WebSocketStream<Tcp>,
+fn connected<S: Stream, H: Handler>(
+    ws: WebSocketStream<S>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
 ) -> impl Future<Output = ()> + Send {
-    let conn = Connection::new(ws, Some(addr), &shared.config);
+    let metrics = shared.hub.metrics.clone();
+    metrics.upgraded.fetch_add(1, Ordering::Relaxed);
+    let conn = Connection::new(ws, Some(addr), &shared.config).with_metrics(metrics.clone());
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
@@ -279,6 +463,7 @@ fn connected<H: Handler>(
     Finish {
         fut: conn.run(handler),
         then: Some(move |ended: Result<Ended, Error>| {
+            metrics.closed(close_code(&ended));
             match ended {
                 Ok(ended) => log::info!("client {id} disconnected: {ended}"),
                 Err(err) => log::warn!("client {id} dropped: {err}"),
@@ -312,41 +497,51 @@ impl<F: Future, C: FnOnce(F::Output)> Future for Finish<F, C> {
 }
 
 /// Reads the request head and answers it. Returns the bytes read past the
-/// head when the connection was upgraded to WebSocket, `None` when it was
-/// answered as plain HTTP (or the peer failed) and should be closed.
-async fn handshake(
-    stream: &mut Tcp,
+/// head, the client's address and its connection slot when the connection
+/// was upgraded to WebSocket; `None` when it was answered as plain HTTP (or
+/// the peer failed) and should be closed. `early` is the slot taken before
+/// the head ([`admit_early`]); `budget` what is left of the handshake time.
+async fn handshake<S: Stream>(
+    stream: &mut S,
     addr: SocketAddr,
     shared: &Shared,
-    over_limit: Option<&str>,
-) -> Option<Vec<u8>> {
-    let head = timeout(
-        shared.config.handshake_timeout,
-        read_request_head(stream, MAX_REQUEST_HEAD_SIZE),
-    )
-    .await;
+    early: Option<Result<Ticket, &'static str>>,
+    budget: Duration,
+) -> Option<(Vec<u8>, SocketAddr, Ticket)> {
+    let metrics = &shared.hub.metrics;
+    let head = timeout(budget, read_request_head(stream, MAX_REQUEST_HEAD_SIZE)).await;
     let (request, leftover) = match head {
         Some(Ok(parsed)) => parsed,
         Some(Err(HeadError::TooLarge)) => {
+            metrics.refused(Refusal::BadRequest);
             return refuse(stream, 431, "request head too large").await;
         }
         Some(Err(HeadError::Malformed(why))) => {
+            metrics.refused(Refusal::BadRequest);
             log::debug!("{addr}: bad request: {why}");
             return refuse(stream, 400, &format!("bad request: {why}")).await;
         }
         Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
         None => {
+            metrics.refused(Refusal::BadRequest);
             log::debug!("{addr}: no request head within the handshake timeout");
             return refuse(stream, 408, "request timeout").await;
         }
     };
 
-    if let Some(why) = over_limit {
-        log::warn!("{addr}: refused: {why}");
-        return refuse(stream, 503, why).await;
-    }
+    let client = client_addr(addr, &request, shared);
+    let admitted = early.unwrap_or_else(|| shared.admission.admit(client.ip(), &shared.access));
+    let ticket = match admitted {
+        Ok(ticket) => ticket,
+        Err(why) => {
+            metrics.refused(Refusal::Limit);
+            log::warn!("{client}: refused: {why}");
+            return refuse(stream, 503, why).await;
+        }
+    };
     if request.wants_upgrade() {
-        return upgrade(stream, &request, shared).await.map(|()| leftover);
+        let upgraded = upgrade(stream, &request, shared).await;
+        return upgraded.map(|()| (leftover, client, ticket));
     }
     let answer = match request.method.as_str() {
         _ if shared.is_endpoint(request.path()) => {
@@ -362,11 +557,18 @@ async fn handshake(
             answer(stream, 200, &headers, body.as_bytes(), head_only).await;
             None
         }
+        #[cfg(feature = "metrics")]
+        "GET" | "HEAD" if request.path() == METRICS_PATH => {
+            serve_metrics(stream, &request, shared).await;
+            None
+        }
         "GET" | "HEAD" => {
             match shared.files.serve(&request, stream).await {
                 // The path only: a query string might carry a token.
-                Ok(status) => log::debug!("{addr}: {} {} {status}", request.method, request.path()),
-                Err(err) => log::debug!("{addr}: {} failed: {err}", request.path()),
+                Ok(status) => {
+                    log::debug!("{client}: {} {} {status}", request.method, request.path())
+                }
+                Err(err) => log::debug!("{client}: {} failed: {err}", request.path()),
             }
             let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
             None
@@ -376,28 +578,61 @@ async fn handshake(
     answer
 }
 
+/// `GET /metrics`: the Prometheus text, behind the token unless public.
+#[cfg(feature = "metrics")]
+async fn serve_metrics<S: Stream>(stream: &mut S, request: &Request, shared: &Shared) {
+    if !shared.public_metrics && !shared.access.check_token(request) {
+        return unauthorized(stream).await;
+    }
+    let body = shared.hub.metrics.render(&shared.hub);
+    let headers = [
+        ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+        ("Cache-Control", "no-store"),
+    ];
+    answer(
+        stream,
+        200,
+        &headers,
+        body.as_bytes(),
+        request.method == "HEAD",
+    )
+    .await;
+}
+
+/// The 401 for a missing or wrong token.
+async fn unauthorized<S: Stream>(stream: &mut S) {
+    let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
+    let headers = [
+        ("WWW-Authenticate", "Bearer"),
+        ("Content-Type", "text/plain"),
+    ];
+    answer(stream, 401, &headers, body, false).await;
+}
+
 /// Validates a WebSocket upgrade request and, when it is good, writes the
 /// 101 response. `None` when it was refused (the refusal is already sent).
-async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option<()> {
+async fn upgrade<S: Stream>(stream: &mut S, request: &Request, shared: &Shared) -> Option<()> {
+    let metrics = &shared.hub.metrics;
     if !shared.is_endpoint(request.path()) {
+        metrics.refused(Refusal::BadRequest);
         return refuse(stream, 404, "no WebSocket endpoint here; use /server").await;
     }
     let key = match handshake::check_request(request) {
         Ok(key) => key,
-        Err((status, why)) => return refuse(stream, status, why).await,
+        Err((status, why)) => {
+            metrics.refused(Refusal::BadRequest);
+            return refuse(stream, status, why).await;
+        }
     };
     if let Err(why) = shared.access.check_origin(request) {
+        metrics.refused(Refusal::Origin);
         log::warn!("refused upgrade: {why}");
         return refuse(stream, 403, &why).await;
     }
     if !shared.access.check_token(request) {
+        metrics.refused(Refusal::Token);
         log::warn!("refused upgrade: missing or wrong token");
-        let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
-        let headers = [
-            ("WWW-Authenticate", "Bearer"),
-            ("Content-Type", "text/plain"),
-        ];
-        answer(stream, 401, &headers, body, false).await;
+        unauthorized(stream).await;
         return None;
     }
     let response = handshake::switching_protocols(key);
@@ -413,7 +648,7 @@ async fn upgrade(stream: &mut Tcp, request: &Request, shared: &Shared) -> Option
 
 /// Answers with an error status and a one-line reason, then closes. Always
 /// `None`, so callers can `return refuse(..).await`.
-async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
+async fn refuse<S: Stream, T>(stream: &mut S, status: u16, why: &str) -> Option<T> {
     let answer = async {
         write_error(stream, status, why).await?;
         stream.close().await
@@ -425,8 +660,8 @@ async fn refuse<T>(stream: &mut Tcp, status: u16, why: &str) -> Option<T> {
 
 /// Writes one whole response, then closes. A peer that does not read its
 /// answer is not waited for.
-async fn answer(
-    stream: &mut Tcp,
+async fn answer<S: Stream>(
+    stream: &mut S,
     status: u16,
     headers: &[(&str, &str)],
     body: &[u8],

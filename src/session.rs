@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 
+use crate::metrics::Metrics;
 use crate::time::timeout;
 use crate::Message;
 
@@ -253,6 +254,7 @@ impl Session {
             session: self.clone(),
             reply: reply_rx,
             deadline: Instant::now() + inner.request_timeout,
+            metrics: None,
         };
         let request = Outgoing::Request(Message::request(id, command));
         match inner.outbox.push(request, Some(inner.capacity)) {
@@ -374,6 +376,8 @@ pub struct PendingReply {
     session: Session,
     reply: Receiver<Message>,
     deadline: Instant,
+    /// Where the reply's latency is counted (a server's hub sets it).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PendingReply {
@@ -382,11 +386,24 @@ impl PendingReply {
         self.id
     }
 
+    /// Counts the reply's latency (measured when it is awaited) in `metrics`.
+    pub(crate) fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Waits for the reply, until the deadline set when it was queued.
     pub async fn wait(self) -> Result<Message, RequestError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         match timeout(left, self.reply.recv()).await {
-            Some(Ok(reply)) => Ok(reply),
+            Some(Ok(reply)) => {
+                if let Some(metrics) = &self.metrics {
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    metrics
+                        .request_latency(self.session.inner.request_timeout.saturating_sub(left));
+                }
+                Ok(reply)
+            }
             Some(Err(_)) => Err(RequestError::ConnectionLost),
             None => Err(RequestError::Timeout),
         }
