@@ -214,6 +214,10 @@ struct PeerInner {
     session: Session,
     received: AtomicU64,
     sent: AtomicU64,
+    /// Where payload bytes are counted (a server's `/metrics`), if
+    /// anywhere. Here rather than in the connection's future: this record
+    /// is allocated anyway, the future is what idle connections cost.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Source of connection ids, unique within the process.
@@ -225,7 +229,9 @@ impl Peer {
         self.inner.id
     }
 
-    /// The remote address, when the stream has one.
+    /// The remote address, when the stream has one. Behind a trusted proxy
+    /// (`Server::with_trusted_proxies`) it is the client's address the proxy
+    /// forwarded, with port 0.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.inner.addr
     }
@@ -328,8 +334,6 @@ pub struct Connection<S> {
     /// Whether the session ends with this connection (server side) or
     /// outlives it (the reconnecting client).
     owns_session: bool,
-    /// Where payload bytes are counted (a server's `/metrics`), if anywhere.
-    metrics: Option<Arc<Metrics>>,
     /// Frames are buffered in tungstenite but not yet flushed.
     unflushed: bool,
 }
@@ -455,6 +459,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 session,
                 received: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
+                metrics: None,
             }),
         };
         Connection {
@@ -462,14 +467,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             peer,
             settings: LoopSettings::from(config),
             owns_session: false,
-            metrics: None,
             unflushed: false,
         }
     }
 
-    /// Counts this connection's payload bytes in `metrics`.
+    /// Counts this connection's payload bytes in `metrics`. Call it before
+    /// the [`Peer`] is cloned (no other handle may see the change).
     pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        if let Some(inner) = Arc::get_mut(&mut self.peer.inner) {
+            inner.metrics = Some(metrics);
+        }
         self
     }
 
@@ -674,12 +681,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Ok(());
         }
         self.peer.inner.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.peer.inner.metrics {
             m.received_bytes(frame.len())
         }
         match handler.on_frame(&self.peer, frame).await {
             Some(reply) => {
-                if let Some(m) = &self.metrics {
+                if let Some(m) = &self.peer.inner.metrics {
                     m.sent_bytes(reply.len())
                 }
                 self.send_frame(reply).await?;
@@ -694,7 +701,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn send(&mut self, message: &Message) -> Result<(), Error> {
         let text = codec::encode(message);
         log::trace!("peer {} <- {text}", self.peer.id());
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.peer.inner.metrics {
             m.sent_bytes(text.len())
         }
         self.send_frame(Frame::text(text)).await?;

@@ -27,7 +27,10 @@
 //! - [`Connection`] — the loop above, generic over any `futures-io` stream.
 //! - `http` — request and response heads, static files and the built-in page.
 //! - `handshake` — the WebSocket opening handshake, both sides.
-//! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly.
+//! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly;
+//!   `tls::server` (feature `tls`) wraps the stream in TLS before that,
+//!   `forwarded` (feature `trusted-proxy`) finds the client behind a proxy,
+//!   [`metrics`] counts for `/metrics`.
 //! - [`client`] — dial `ws://ADDR/server` and run the seed client's loop.
 //!
 //! Embedding a server in a smol application takes a few lines; the handler

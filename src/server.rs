@@ -43,7 +43,7 @@ use crate::metrics::{close_code, Refusal};
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]
-use crate::tls::server::{ServerTls, TLS_HANDSHAKE_RECORD};
+use crate::tls::server::ServerTls;
 use crate::{Config, Connection, Ended, Error, Handler, Hub, CLOSE_GOING_AWAY};
 
 /// The path of the WebSocket endpoint, as in the original program.
@@ -53,12 +53,32 @@ pub const WEBSOCKET_PATH: &str = "/server";
 /// uptime) that the browser console polls.
 pub const STATS_PATH: &str = "/stats";
 
+/// The first byte of every TLS record that opens a handshake (RFC 8446
+/// 5.1, `handshake(22)`); a plain HTTP request starts with a letter.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// The path of the Prometheus metrics (feature `metrics`).
 pub const METRICS_PATH: &str = "/metrics";
 
 /// What a connection task can run on: TCP, or TLS over it.
-trait Stream: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static {}
-impl<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static> Stream for S {}
+trait Stream: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static {
+    /// Whether the peer may be answered in plain HTTP (see [`speaks_plain`]).
+    fn speaks_plain(&self, addr: SocketAddr, shared: &Shared) -> impl Future<Output = bool> + Send;
+}
+
+impl Stream for Tcp {
+    fn speaks_plain(&self, addr: SocketAddr, shared: &Shared) -> impl Future<Output = bool> + Send {
+        speaks_plain(self, addr, shared)
+    }
+}
+
+/// Its TLS handshake is done: what follows is HTTP.
+#[cfg(feature = "tls")]
+impl Stream for futures_rustls::server::TlsStream<Tcp> {
+    fn speaks_plain(&self, _: SocketAddr, _: &Shared) -> impl Future<Output = bool> + Send {
+        std::future::ready(true)
+    }
+}
 
 /// How long shutdown waits for connections to finish their close handshake.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -217,14 +237,7 @@ impl Server {
                     match self.listener.get_ref().accept() {
                         Ok((stream, addr)) => match Async::new(stream).and_then(Tcp::new) {
                             Ok(stream) => {
-                                let task = serve(
-                                    stream,
-                                    addr,
-                                    self.shared.clone(),
-                                    handler.clone(),
-                                    alive.clone(),
-                                );
-                                ex.spawn(task).detach();
+                                spawn_connection(ex, stream, addr, &self.shared, &handler, &alive)
                             }
                             Err(err) => log::warn!("cannot register a connection: {err}"),
                         },
@@ -282,36 +295,29 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
 
-/// One TCP connection, from its first byte to its close. `alive` marks the
-/// task as running for the shutdown wait.
-///
-/// A plain fn returning an `async move` block, not an `async fn`: the
-/// latter copies its arguments into a second set of locals, and this future
-/// lives as long as the connection.
-#[allow(clippy::manual_async_fn)]
-fn serve<H: Handler>(
+/// Spawns the task of one accepted TCP connection: on a TLS server the
+/// TLS handshake comes first, in a task type of its own, so that a plain
+/// connection's future holds no room for TLS state.
+fn spawn_connection<H: Handler>(
+    ex: &Executor<'_>,
     stream: Tcp,
     addr: SocketAddr,
-    shared: Arc<Shared>,
-    handler: Arc<H>,
-    alive: Sender<()>,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        let _alive = alive;
-        // The handshake timeout covers TLS and the HTTP head together.
-        let started = Instant::now();
-        shared.hub.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "tls")]
-        if shared.tls.is_some() {
-            if let Some(stream) = Box::pin(accept_tls(stream, addr, &shared)).await {
-                serve_stream(stream, addr, started, shared, handler).await;
-            }
-            return;
-        }
-        if Box::pin(speaks_plain(&stream, addr, &shared)).await {
-            serve_stream(stream, addr, started, shared, handler).await;
-        }
+    shared: &Arc<Shared>,
+    handler: &Arc<H>,
+    alive: &Sender<()>,
+) {
+    shared.hub.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    // The handshake timeout covers TLS and the HTTP head together.
+    let started = Instant::now();
+    let (shared, handler, alive) = (shared.clone(), handler.clone(), alive.clone());
+    #[cfg(feature = "tls")]
+    if shared.tls.is_some() {
+        ex.spawn(serve_tls(stream, addr, started, shared, handler, alive))
+            .detach();
+        return;
     }
+    ex.spawn(serve(stream, addr, started, shared, handler, alive))
+        .detach();
 }
 
 /// The first byte the peer sent, without taking it from the stream; `None`
@@ -324,14 +330,19 @@ async fn first_byte(stream: &Tcp) -> Option<u8> {
     }
 }
 
-/// On a plain port: false (and one log line) when the peer opens with a TLS
-/// ClientHello, which no HTTP answer could reach; true otherwise, also when
-/// it sends nothing in time (the head read then answers 408).
+/// On a plain port: one log line when the peer opens with a TLS
+/// ClientHello (the head read then answers 400, which a TLS client reports
+/// as a protocol error). False only when the peer closed before sending
+/// anything; a peer silent for the whole timeout gets its 408 from the head
+/// read.
 async fn speaks_plain(stream: &Tcp, addr: SocketAddr, shared: &Shared) -> bool {
     match timeout(shared.config.handshake_timeout, first_byte(stream)).await {
-        Some(Some(0x16)) => {
-            log::warn!("{addr}: TLS handshake on a plain-HTTP port; use http:// and ws:// here (or serve TLS with --cert/--key)");
-            false
+        Some(Some(TLS_HANDSHAKE_RECORD)) => {
+            log::warn!(
+                "{addr}: TLS handshake on a plain-HTTP port; use http:// and ws:// here \
+                 (or serve TLS with --cert/--key)"
+            );
+            true
         }
         Some(None) => false,
         _ => true,
@@ -388,33 +399,66 @@ async fn accept_tls(
     }
 }
 
-/// One connection over `stream` (TCP or TLS), from its request head to its
-/// close. `started` is when it was accepted: the handshake timeout counts
-/// from then. (A plain fn returning an `async move` block, as [`serve`].)
+/// A connection on the TLS port: the TLS handshake, then [`serve`].
+#[cfg(feature = "tls")]
+async fn serve_tls<H: Handler>(
+    stream: Tcp,
+    addr: SocketAddr,
+    started: Instant,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    alive: Sender<()>,
+) {
+    if let Some(stream) = Box::pin(accept_tls(stream, addr, &shared)).await {
+        serve(stream, addr, started, shared, handler, alive).await;
+    }
+}
+
+/// One connection over `stream` (TCP, or TLS once its handshake is done),
+/// from its request head to its close. `started` is when it was accepted:
+/// the handshake timeout counts from then. `alive` marks the task as
+/// running for the shutdown wait.
+///
+/// A plain fn returning an `async move` block, not an `async fn`: the
+/// latter copies its arguments into a second set of locals, and this future
+/// lives as long as the connection.
 #[allow(clippy::manual_async_fn)]
-fn serve_stream<S: Stream, H: Handler>(
+fn serve<S: Stream, H: Handler>(
     mut stream: S,
     addr: SocketAddr,
     started: Instant,
     shared: Arc<Shared>,
     handler: Arc<H>,
+    alive: Sender<()>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let early = admit_early(addr, &shared);
-        let budget = shared
-            .config
-            .handshake_timeout
-            .saturating_sub(started.elapsed());
-        // The handshake's buffers live in this boxed future only until it
-        // ends, so the long-lived connection future below stays small.
-        let handshake = handshake(&mut stream, addr, &shared, early, budget);
-        // The ticket holds the connection's slot until the end.
-        let Some((leftover, client, _ticket)) = Box::pin(handshake).await else {
+        let _alive = alive;
+        // Bound by `let`: a temporary would live across the `.await`.
+        let check = Box::pin(stream.speaks_plain(addr, &shared));
+        if !check.await {
             return;
+        }
+        // In a block, so that what only the handshake needs is dead (and
+        // its room in this future reused) while the connection runs.
+        let (ws, client, _ticket) = {
+            let early = admit_early(addr, &shared);
+            let budget = shared
+                .config
+                .handshake_timeout
+                .saturating_sub(started.elapsed());
+            // The handshake's buffers live in this boxed future only until
+            // it ends, so the long-lived connection future stays small.
+            let handshake = Box::pin(handshake(&mut stream, addr, &shared, early, budget));
+            // The ticket holds the connection's slot until the end.
+            let Some((leftover, client, ticket)) = handshake.await else {
+                return;
+            };
+            let websocket = Some(shared.config.websocket());
+            let ws =
+                WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
+            let ws = Box::pin(ws);
+            (ws.await, client, ticket)
         };
-        let websocket = Some(shared.config.websocket());
-        let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
-        let ws = Box::pin(ws).await;
         connected(ws, client, &shared, handler).await;
     }
 }
@@ -452,7 +496,7 @@ fn connected<S: Stream, H: Handler>(
 ) -> impl Future<Output = ()> + Send {
     let metrics = shared.hub.metrics.clone();
     metrics.upgraded.fetch_add(1, Ordering::Relaxed);
-    let conn = Connection::new(ws, Some(addr), &shared.config).with_metrics(metrics.clone());
+    let conn = Connection::new(ws, Some(addr), &shared.config).with_metrics(metrics);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
@@ -463,7 +507,7 @@ fn connected<S: Stream, H: Handler>(
     Finish {
         fut: conn.run(handler),
         then: Some(move |ended: Result<Ended, Error>| {
-            metrics.closed(close_code(&ended));
+            hub.metrics.closed(close_code(&ended));
             match ended {
                 Ok(ended) => log::info!("client {id} disconnected: {ended}"),
                 Err(err) => log::warn!("client {id} dropped: {err}"),

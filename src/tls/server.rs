@@ -42,10 +42,6 @@ use crate::Error;
 /// own [`ServerConfig`] for [`ServerTls::from_config`].
 pub use futures_rustls::rustls;
 
-/// The first byte of every TLS record that opens a handshake (RFC 8446
-/// 5.1, `handshake(22)`); a plain HTTP request starts with a letter.
-pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
 /// A server's TLS settings (see the module docs).
 pub struct ServerTls {
     source: Source,
