@@ -54,14 +54,12 @@ SERVER OPTIONS:
     --max-messages-per-sec N
                            per connection; excess closes with 1008
                            [default: 10000; 0 = unlimited]
-    --cert FILE --key FILE serve https:// and wss:// on the one port: FILE
-                           is PEM (certificate chain; PKCS#8, RSA or SEC1
-                           key), reloaded when it changes on disk [default: plain]
+    --cert FILE --key FILE serve https:// and wss:// (PEM files, reloaded
+                           when they change) [default: plain HTTP]
     --trusted-proxy ADDR|CIDR
-                           believe X-Forwarded-For / X-Real-IP / Forwarded
-                           from this proxy (repeatable): limits and logs use
-                           the client address it names [default: none]
-    --public-metrics       serve /metrics without the token [default: behind it]
+                           take the client address from this proxy's
+                           X-Forwarded-For (repeatable) [default: none]
+    --public-metrics       /metrics without the token [default: behind it]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -114,6 +112,7 @@ pub struct Deployment {
     /// `--cert` and `--key`: both or neither.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `--trusted-proxy`, each already checked.
+    #[cfg_attr(not(feature = "trusted-proxy"), allow(dead_code))]
     pub trusted_proxies: Vec<String>,
     /// `--public-metrics`.
     pub public_metrics: bool,
@@ -136,6 +135,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut access = AccessPolicy::default();
     let mut token_file: Option<PathBuf> = None;
     let mut deployment = Deployment::default();
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
 
     while let Some(arg) = parser.next()? {
@@ -162,10 +162,24 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-messages-per-sec") => {
                 config.max_messages_per_second = parser.value()?.parse()?
             }
+            // Options of left-out features are refused at once: parsing
+            // their values would cost the small build ~3 KB.
+            #[cfg(feature = "tls")]
             Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
+            #[cfg(feature = "tls")]
             Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            #[cfg(not(feature = "tls"))]
+            Long("cert" | "key") => return Err(missing_feature("--cert/--key", "tls")),
+            #[cfg(feature = "trusted-proxy")]
             Long("trusted-proxy") => deployment.trusted_proxies.push(trusted_proxy(&mut parser)?),
+            #[cfg(not(feature = "trusted-proxy"))]
+            Long("trusted-proxy") => {
+                return Err(missing_feature("--trusted-proxy", "trusted-proxy"))
+            }
+            #[cfg(feature = "metrics")]
             Long("public-metrics") => deployment.public_metrics = true,
+            #[cfg(not(feature = "metrics"))]
+            Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
@@ -196,9 +210,6 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
         (None, None) => None,
         _ => return Err("--cert and --key go together".into()),
     };
-    if deployment.tls.is_some() && !cfg!(feature = "tls") {
-        return Err(missing_feature("--cert", "tls"));
-    }
     let token = read_token(token_file)?;
     match mode.as_deref() {
         Some("server") => Ok(Command::Server {
@@ -230,12 +241,9 @@ fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
 }
 
 /// One `--trusted-proxy` value, checked now so a typo fails at start.
+#[cfg(feature = "trusted-proxy")]
 fn trusted_proxy(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
     let spec = parser.value()?.string()?;
-    if !cfg!(feature = "trusted-proxy") {
-        return Err(missing_feature("--trusted-proxy", "trusted-proxy"));
-    }
-    #[cfg(feature = "trusted-proxy")]
     wsloop::forwarded::TrustedProxies::new().add(&spec)?;
     Ok(spec)
 }
@@ -309,6 +317,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "tls", feature = "trusted-proxy", feature = "metrics"))]
     fn deployment_options_parse() {
         let line = "server --cert c.pem --key k.pem --trusted-proxy 127.0.0.1 \
                     --trusted-proxy 10.0.0.0/8 --public-metrics";

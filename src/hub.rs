@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(feature = "metrics")]
 use std::time::Instant;
 
 use crate::metrics::Metrics;
@@ -88,6 +89,7 @@ impl Hub {
     /// reply (correlated by `requestID`, bounded by the request timeout).
     pub async fn request(&self, id: u64, command: &str) -> Result<Message, RequestError> {
         match self.get(id) {
+            #[cfg(feature = "metrics")]
             Some(peer) => {
                 let started = Instant::now();
                 let reply = peer.request(command).await;
@@ -96,6 +98,8 @@ impl Hub {
                 }
                 reply
             }
+            #[cfg(not(feature = "metrics"))]
+            Some(peer) => peer.request(command).await,
             None => Err(RequestError::Closed),
         }
     }
@@ -111,6 +115,7 @@ impl Hub {
             .into_iter()
             .map(|peer| {
                 let pending = peer.start_request(command);
+                #[cfg(feature = "metrics")]
                 let pending = pending.map(|p| p.observed_by(self.metrics.clone()));
                 if let Err(RequestError::QueueFull) = pending {
                     close_slow(&peer);

@@ -12,6 +12,7 @@
 #[cfg(feature = "metrics")]
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "metrics")]
 use std::time::Duration;
 
 #[cfg(feature = "metrics")]
@@ -46,15 +47,19 @@ const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
 /// round trip to the default 10 s request timeout.
 const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0];
 
+/// Whether anything is counted: without the `metrics` feature nothing could
+/// read the counters, so every method returns at once and the optimizer
+/// drops the counting from the small build.
+const ENABLED: bool = cfg!(feature = "metrics");
+
 /// Counters of one server (see the module docs).
 #[derive(Debug, Default)]
-// Without the `metrics` feature they are kept but never rendered.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub struct Metrics {
     /// TCP connections accepted.
-    pub(crate) accepted: AtomicU64,
+    accepted: AtomicU64,
     /// WebSocket upgrades completed.
-    pub(crate) upgraded: AtomicU64,
+    upgraded: AtomicU64,
     refused: [AtomicU64; 4],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -62,7 +67,7 @@ pub struct Metrics {
     /// without a close frame).
     closes: [AtomicU64; CLOSE_CODES.len() + 2],
     /// TLS handshakes that failed (including plain HTTP on the TLS port).
-    pub(crate) tls_failures: AtomicU64,
+    tls_failures: AtomicU64,
     /// By [`LATENCY_BUCKETS`] index, then `+Inf`.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_micros: AtomicU64,
@@ -79,23 +84,59 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// A TCP connection was accepted.
+    pub(crate) fn accepted(&self) {
+        if ENABLED {
+            bump(&self.accepted);
+        }
+    }
+
+    /// A WebSocket upgrade completed.
+    pub(crate) fn upgraded(&self) {
+        if ENABLED {
+            bump(&self.upgraded);
+        }
+    }
+
+    /// A TLS handshake failed (or the peer spoke plain HTTP to TLS).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_failed(&self) {
+        if ENABLED {
+            bump(&self.tls_failures);
+        }
+    }
+
+    /// A request was refused.
     pub(crate) fn refused(&self, why: Refusal) {
-        bump(&self.refused[why as usize]);
+        if ENABLED {
+            bump(&self.refused[why as usize]);
+        }
     }
 
     /// A data message of `len` payload bytes from a peer. (Messages
     /// themselves are counted per peer already; the hub sums them.)
     pub(crate) fn received_bytes(&self, len: usize) {
-        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+        if ENABLED {
+            self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+        }
     }
 
     /// A data message of `len` payload bytes to a peer.
     pub(crate) fn sent_bytes(&self, len: usize) {
-        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+        if ENABLED {
+            self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection ended so (see [`close_code`]).
+    pub(crate) fn ended(&self, ended: &Result<Ended, Error>) {
+        if ENABLED {
+            self.closed(close_code(ended));
+        }
     }
 
     /// A connection ended with close `code` (`None`: without one).
-    pub(crate) fn closed(&self, code: Option<u16>) {
+    fn closed(&self, code: Option<u16>) {
         let index = match code {
             Some(code) => CLOSE_CODES
                 .iter()
@@ -107,7 +148,11 @@ impl Metrics {
     }
 
     /// A server-initiated request got its reply after `latency`.
+    #[cfg(feature = "metrics")]
     pub(crate) fn request_latency(&self, latency: Duration) {
+        if !ENABLED {
+            return;
+        }
         let secs = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
@@ -242,7 +287,7 @@ impl Metrics {
 /// The close code a connection's end counts under: the one either side
 /// sent, or the one the loop sends for a failure; `None` for EOF and
 /// failures without a close frame.
-pub(crate) fn close_code(ended: &Result<Ended, Error>) -> Option<u16> {
+fn close_code(ended: &Result<Ended, Error>) -> Option<u16> {
     use async_tungstenite::tungstenite::Error as Ws;
     match ended {
         Ok(Ended::PeerClosed(Some((code, _)))) | Ok(Ended::Closed(code)) => Some(*code),

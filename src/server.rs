@@ -19,7 +19,6 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,7 +38,7 @@ use crate::handshake;
 use crate::http::{
     read_request_head, write_error, write_response, HeadError, Request, StaticFiles,
 };
-use crate::metrics::{close_code, Refusal};
+use crate::metrics::Refusal;
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]
@@ -55,6 +54,7 @@ pub const STATS_PATH: &str = "/stats";
 
 /// The first byte of every TLS record that opens a handshake (RFC 8446
 /// 5.1, `handshake(22)`); a plain HTTP request starts with a letter.
+#[cfg(feature = "tls")]
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The path of the Prometheus metrics (feature `metrics`).
@@ -62,21 +62,23 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// What a connection task can run on: TCP, or TLS over it.
 trait Stream: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static {
-    /// Whether the peer may be answered in plain HTTP (see [`speaks_plain`]).
-    fn speaks_plain(&self, addr: SocketAddr, shared: &Shared) -> impl Future<Output = bool> + Send;
+    /// The TCP stream itself when no TLS is layered on it (a plain port
+    /// looks for TLS clients that came to the wrong place).
+    #[cfg(feature = "tls")]
+    fn plain_tcp(&self) -> Option<&Tcp>;
 }
 
 impl Stream for Tcp {
-    fn speaks_plain(&self, addr: SocketAddr, shared: &Shared) -> impl Future<Output = bool> + Send {
-        speaks_plain(self, addr, shared)
+    #[cfg(feature = "tls")]
+    fn plain_tcp(&self) -> Option<&Tcp> {
+        Some(self)
     }
 }
 
-/// Its TLS handshake is done: what follows is HTTP.
 #[cfg(feature = "tls")]
 impl Stream for futures_rustls::server::TlsStream<Tcp> {
-    fn speaks_plain(&self, _: SocketAddr, _: &Shared) -> impl Future<Output = bool> + Send {
-        std::future::ready(true)
+    fn plain_tcp(&self) -> Option<&Tcp> {
+        None
     }
 }
 
@@ -306,7 +308,7 @@ fn spawn_connection<H: Handler>(
     handler: &Arc<H>,
     alive: &Sender<()>,
 ) {
-    shared.hub.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    shared.hub.metrics.accepted();
     // The handshake timeout covers TLS and the HTTP head together.
     let started = Instant::now();
     let (shared, handler, alive) = (shared.clone(), handler.clone(), alive.clone());
@@ -322,6 +324,7 @@ fn spawn_connection<H: Handler>(
 
 /// The first byte the peer sent, without taking it from the stream; `None`
 /// if it closed (or failed) first.
+#[cfg(feature = "tls")]
 async fn first_byte(stream: &Tcp) -> Option<u8> {
     let mut byte = [0u8];
     match stream.0.peek(&mut byte).await {
@@ -335,8 +338,9 @@ async fn first_byte(stream: &Tcp) -> Option<u8> {
 /// as a protocol error). False only when the peer closed before sending
 /// anything; a peer silent for the whole timeout gets its 408 from the head
 /// read.
-async fn speaks_plain(stream: &Tcp, addr: SocketAddr, shared: &Shared) -> bool {
-    match timeout(shared.config.handshake_timeout, first_byte(stream)).await {
+#[cfg(feature = "tls")]
+async fn speaks_plain(stream: &Tcp, addr: SocketAddr, budget: Duration) -> bool {
+    match timeout(budget, first_byte(stream)).await {
         Some(Some(TLS_HANDSHAKE_RECORD)) => {
             log::warn!(
                 "{addr}: TLS handshake on a plain-HTTP port; use http:// and ws:// here \
@@ -361,11 +365,11 @@ async fn accept_tls(
     let tls = shared.tls.as_ref()?;
     let budget = shared.config.handshake_timeout;
     let started = Instant::now();
-    let failures = &shared.hub.metrics.tls_failures;
+    let metrics = &shared.hub.metrics;
     match timeout(budget, first_byte(&stream)).await {
         Some(Some(TLS_HANDSHAKE_RECORD)) => {}
         Some(Some(_)) => {
-            failures.fetch_add(1, Ordering::Relaxed);
+            metrics.tls_failed();
             log::warn!("{addr}: plain HTTP on the TLS port; use https:// and wss:// here");
             // Read the head first: closing with it unread would reset the
             // connection and lose the answer.
@@ -387,12 +391,12 @@ async fn accept_tls(
     match timeout(left, tls.acceptor().accept(stream)).await {
         Some(Ok(stream)) => Some(stream),
         Some(Err(err)) => {
-            failures.fetch_add(1, Ordering::Relaxed);
+            metrics.tls_failed();
             log::debug!("{addr}: TLS handshake failed: {err}");
             None
         }
         None => {
-            failures.fetch_add(1, Ordering::Relaxed);
+            metrics.tls_failed();
             log::debug!("{addr}: no TLS handshake within the handshake timeout");
             None
         }
@@ -433,11 +437,6 @@ fn serve<S: Stream, H: Handler>(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _alive = alive;
-        // Bound by `let`: a temporary would live across the `.await`.
-        let check = Box::pin(stream.speaks_plain(addr, &shared));
-        if !check.await {
-            return;
-        }
         // In a block, so that what only the handshake needs is dead (and
         // its room in this future reused) while the connection runs.
         let (ws, client, _ticket) = {
@@ -467,13 +466,23 @@ fn serve<S: Stream, H: Handler>(
 /// own address (past a limit the request still gets its 503). `None` for a
 /// trusted proxy's connections: their slot is taken by the client address
 /// the head names ([`client_addr`]).
-fn admit_early(addr: SocketAddr, shared: &Shared) -> Option<Result<Ticket, &'static str>> {
+fn admit_early(addr: SocketAddr, shared: &Shared) -> Early {
     #[cfg(feature = "trusted-proxy")]
     if shared.proxies.contains(addr.ip()) {
         return None;
     }
-    Some(shared.admission.admit(addr.ip(), &shared.access))
+    let admitted = shared.admission.admit(addr.ip(), &shared.access);
+    #[cfg(feature = "trusted-proxy")]
+    let admitted = Some(admitted);
+    admitted
 }
+
+/// What [`admit_early`] returns: a slot or why not; with trusted proxies,
+/// `None` until the head names the client.
+#[cfg(feature = "trusted-proxy")]
+type Early = Option<Result<Ticket, &'static str>>;
+#[cfg(not(feature = "trusted-proxy"))]
+type Early = Result<Ticket, &'static str>;
 
 /// The client's address: the peer's, or the one a trusted proxy forwarded.
 fn client_addr(addr: SocketAddr, request: &Request, shared: &Shared) -> SocketAddr {
@@ -495,7 +504,7 @@ fn connected<S: Stream, H: Handler>(
     handler: Arc<H>,
 ) -> impl Future<Output = ()> + Send {
     let metrics = shared.hub.metrics.clone();
-    metrics.upgraded.fetch_add(1, Ordering::Relaxed);
+    metrics.upgraded();
     let conn = Connection::new(ws, Some(addr), &shared.config).with_metrics(metrics);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
@@ -507,7 +516,7 @@ fn connected<S: Stream, H: Handler>(
     Finish {
         fut: conn.run(handler),
         then: Some(move |ended: Result<Ended, Error>| {
-            hub.metrics.closed(close_code(&ended));
+            hub.metrics.ended(&ended);
             match ended {
                 Ok(ended) => log::info!("client {id} disconnected: {ended}"),
                 Err(err) => log::warn!("client {id} dropped: {err}"),
@@ -549,10 +558,23 @@ async fn handshake<S: Stream>(
     stream: &mut S,
     addr: SocketAddr,
     shared: &Shared,
-    early: Option<Result<Ticket, &'static str>>,
+    early: Early,
     budget: Duration,
 ) -> Option<(Vec<u8>, SocketAddr, Ticket)> {
     let metrics = &shared.hub.metrics;
+    // Only a build that can serve TLS looks for TLS clients on a plain
+    // port (its one log line names --cert); the small build reads at once.
+    #[cfg(feature = "tls")]
+    let budget = match stream.plain_tcp() {
+        Some(tcp) => {
+            let started = Instant::now();
+            if !speaks_plain(tcp, addr, budget).await {
+                return None;
+            }
+            budget.saturating_sub(started.elapsed())
+        }
+        None => budget,
+    };
     let head = timeout(budget, read_request_head(stream, MAX_REQUEST_HEAD_SIZE)).await;
     let (request, leftover) = match head {
         Some(Ok(parsed)) => parsed,
@@ -574,7 +596,10 @@ async fn handshake<S: Stream>(
     };
 
     let client = client_addr(addr, &request, shared);
-    let admitted = early.unwrap_or_else(|| shared.admission.admit(client.ip(), &shared.access));
+    // (Without trusted proxies every slot was taken before the head.)
+    #[cfg(feature = "trusted-proxy")]
+    let early = early.unwrap_or_else(|| shared.admission.admit(client.ip(), &shared.access));
+    let admitted = early;
     let ticket = match admitted {
         Ok(ticket) => ticket,
         Err(why) => {

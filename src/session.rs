@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 
+#[cfg(feature = "metrics")]
 use crate::metrics::Metrics;
 use crate::time::timeout;
 use crate::Message;
@@ -254,6 +255,7 @@ impl Session {
             session: self.clone(),
             reply: reply_rx,
             deadline: Instant::now() + inner.request_timeout,
+            #[cfg(feature = "metrics")]
             metrics: None,
         };
         let request = Outgoing::Request(Message::request(id, command));
@@ -377,6 +379,7 @@ pub struct PendingReply {
     reply: Receiver<Message>,
     deadline: Instant,
     /// Where the reply's latency is counted (a server's hub sets it).
+    #[cfg(feature = "metrics")]
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -387,6 +390,7 @@ impl PendingReply {
     }
 
     /// Counts the reply's latency (measured when it is awaited) in `metrics`.
+    #[cfg(feature = "metrics")]
     pub(crate) fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
@@ -397,6 +401,7 @@ impl PendingReply {
         let left = self.deadline.saturating_duration_since(Instant::now());
         match timeout(left, self.reply.recv()).await {
             Some(Ok(reply)) => {
+                #[cfg(feature = "metrics")]
                 if let Some(metrics) = &self.metrics {
                     let left = self.deadline.saturating_duration_since(Instant::now());
                     metrics
