@@ -134,6 +134,12 @@ impl Hub {
         }
     }
 
+    /// The server's counters; [`Metrics::render`] writes what `/metrics`
+    /// serves.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Live connections and message totals since the hub was created.
     pub fn stats(&self) -> HubStats {
         let peers = self.lock();

@@ -169,8 +169,9 @@ impl Server {
         self
     }
 
-    /// Serves `https://` and `wss://` instead of plain HTTP on this port.
-    /// The TLS handshake counts against the handshake timeout.
+    /// Serves `https://` and `wss://` instead of plain HTTP on this port
+    /// (see [`ServerTls`] for an example and for certificate renewal). The
+    /// TLS handshake counts against the handshake timeout.
     #[cfg(feature = "tls")]
     pub fn with_tls(mut self, tls: ServerTls) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
