@@ -115,6 +115,13 @@ fn plain_http_on_the_tls_port_gets_a_400_and_one_log_line() {
     let (server, addr) = start_tls_server(&pki.cert, &pki.key, &[]);
     let status = common::http_status(addr, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 400);
+    // Counted as a failed TLS handshake (/metrics over https://, no token set).
+    if cfg!(feature = "metrics") && have_python_websockets() {
+        let metrics = python("get", &format!("https://{addr}/metrics"), &pki.ca);
+        assert_eq!(metrics.stdout[0], "status 200", "{metrics:#?}");
+        let failures = "wsloop_tls_handshake_failures_total 1";
+        assert!(metrics.stdout.iter().any(|l| l == failures), "{metrics:#?}");
+    }
     let run = stop(server);
     assert_eq!(
         stderr_with(&run, "plain HTTP on the TLS port").len(),
