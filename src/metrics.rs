@@ -43,9 +43,22 @@ const REFUSAL_LABELS: [&str; 4] = ["origin", "token", "limit", "bad_request"];
 /// the ones wsloop sends or a well-behaved peer does.
 const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
 
-/// Upper bounds (seconds) of the request-latency buckets: from a loopback
-/// round trip to the default 10 s request timeout.
-const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0];
+/// Upper bounds of the request-latency buckets, from a loopback round trip
+/// to the default 10 s request timeout: microseconds, and the `le` label
+/// in seconds. Integers and written labels: formatting floats would cost
+/// the binary ~18 KB.
+const LATENCY_BUCKETS: [(u64, &str); 10] = [
+    (1_000, "0.001"),
+    (2_500, "0.0025"),
+    (5_000, "0.005"),
+    (10_000, "0.01"),
+    (25_000, "0.025"),
+    (50_000, "0.05"),
+    (100_000, "0.1"),
+    (500_000, "0.5"),
+    (1_000_000, "1"),
+    (10_000_000, "10"),
+];
 
 /// Whether anything is counted: without the `metrics` feature nothing could
 /// read the counters, so every method returns at once and the optimizer
@@ -153,13 +166,12 @@ impl Metrics {
         if !ENABLED {
             return;
         }
-        let secs = latency.as_secs_f64();
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS
             .iter()
-            .position(|&bound| secs <= bound)
+            .position(|&(bound, _)| micros <= bound)
             .unwrap_or(LATENCY_BUCKETS.len());
         bump(&self.latency_buckets[bucket]);
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
@@ -272,14 +284,15 @@ impl Metrics {
         let mut cumulative = 0;
         let bounds = LATENCY_BUCKETS
             .iter()
-            .map(f64::to_string)
-            .chain(["+Inf".into()]);
+            .map(|&(_, label)| label)
+            .chain(["+Inf"]);
         for (bound, count) in bounds.zip(&self.latency_buckets) {
             cumulative += count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
+        let sum = self.latency_micros.load(Ordering::Relaxed);
+        let (secs, micros) = (sum / 1_000_000, sum % 1_000_000);
+        let _ = writeln!(out, "{name}_sum {secs}.{micros:06}");
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
@@ -346,6 +359,7 @@ mod tests {
             "wsloop_request_latency_seconds_bucket{le=\"10\"} 1",
             "wsloop_request_latency_seconds_bucket{le=\"+Inf\"} 2",
             "wsloop_request_latency_seconds_count 2",
+            "wsloop_request_latency_seconds_sum 60.003000",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
