@@ -414,7 +414,11 @@ async fn serve_tls<H: Handler>(
     handler: Arc<H>,
     alive: Sender<()>,
 ) {
-    if let Some(stream) = Box::pin(accept_tls(stream, addr, &shared)).await {
+    // Its own statement: the box (the size of the whole TLS handshake's
+    // state) is freed here, not held for the connection's life by an
+    // `if let` around the connection.
+    let accepted = Box::pin(accept_tls(stream, addr, &shared)).await;
+    if let Some(stream) = accepted {
         serve(stream, addr, started, shared, handler, alive).await;
     }
 }
