@@ -178,3 +178,46 @@ fn public_metrics_need_no_token() {
     server.finish(10);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn server_initiated_requests_feed_the_latency_histogram() {
+    use async_tungstenite::tungstenite::Message as Frame;
+    use futures_lite::StreamExt;
+
+    let server = common::TestServer::start(wsloop::Config::default());
+    let hub = server.hub.clone();
+    bounded(20, async {
+        let mut ws = common::ws_connect(server.addr).await;
+        wait_until(10, "the client to register", || hub.len() == 1);
+        let id = hub.peers()[0].id();
+        // The client answers the pushed request as the seed client would.
+        let answer = async {
+            while let Some(Ok(frame)) = ws.next().await {
+                if let Frame::Text(text) = frame {
+                    let pushed = wsloop::decode(text.as_bytes()).expect("a request");
+                    let reply = wsloop::encode(&pushed.seed_reply());
+                    ws.send(Frame::text(reply)).await.expect("send the reply");
+                    break;
+                }
+            }
+        };
+        let (reply, ()) =
+            futures_lite::future::zip(hub.request(id, "Eject all hot dogs"), answer).await;
+        assert!(reply.expect("a reply").success);
+    });
+    let text = hub.metrics().render(&hub);
+    let m = parse(&text);
+    assert_eq!(
+        m.get("wsloop_request_latency_seconds_count"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m.get("wsloop_request_latency_seconds_bucket{le=\"+Inf\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        m.get("wsloop_request_latency_seconds_bucket{le=\"10\"}"),
+        Some(&1.0)
+    );
+}
