@@ -69,6 +69,12 @@ SERVER OPTIONS:
     --max-messages-per-sec N
                            per connection; excess closes with 1008
                            [default: 10000; 0 = unlimited]
+    --cert FILE --key FILE serve https:// and wss:// (PEM files, reloaded
+                           when they change) [default: plain HTTP]
+    --trusted-proxy ADDR|CIDR
+                           take the client address from this proxy's
+                           X-Forwarded-For (repeatable) [default: none]
+    --public-metrics       /metrics without the token [default: behind it]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -135,12 +141,25 @@ pub enum Command {
         console: bool,
         verbosity: Verbosity,
         log_format: LogFormat,
+        deployment: Deployment,
     },
     Client {
         options: ClientOptions,
         verbosity: Verbosity,
         log_format: LogFormat,
     },
+}
+
+/// How the server faces the internet: TLS, proxies in front, metrics.
+#[derive(Debug, Default)]
+pub struct Deployment {
+    /// `--cert` and `--key`: both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--trusted-proxy`, each already checked.
+    #[cfg_attr(not(feature = "trusted-proxy"), allow(dead_code))]
+    pub trusted_proxies: Vec<String>,
+    /// `--public-metrics`.
+    pub public_metrics: bool,
 }
 
 /// Parses `args` (without the program name).
@@ -163,6 +182,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut headers: Vec<String> = Vec::new();
     let mut ca: Option<PathBuf> = None;
     let mut proxy: Option<String> = None;
+    let mut deployment = Deployment::default();
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -189,6 +211,24 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-messages-per-sec") => {
                 config.max_messages_per_second = parser.value()?.parse()?
             }
+            // Options of left-out features are refused at once: parsing
+            // their values would cost the small build ~3 KB.
+            #[cfg(feature = "tls")]
+            Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
+            #[cfg(feature = "tls")]
+            Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            #[cfg(not(feature = "tls"))]
+            Long("cert" | "key") => return Err(missing_feature("--cert/--key", "tls")),
+            #[cfg(feature = "trusted-proxy")]
+            Long("trusted-proxy") => deployment.trusted_proxies.push(trusted_proxy(&mut parser)?),
+            #[cfg(not(feature = "trusted-proxy"))]
+            Long("trusted-proxy") => {
+                return Err(missing_feature("--trusted-proxy", "trusted-proxy"))
+            }
+            #[cfg(feature = "metrics")]
+            Long("public-metrics") => deployment.public_metrics = true,
+            #[cfg(not(feature = "metrics"))]
+            Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
@@ -225,6 +265,11 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     if proxy.is_some() && !cfg!(feature = "proxy") {
         return Err(missing_feature("--proxy", "proxy"));
     }
+    deployment.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
     let token = read_token(token_file)?;
     match mode.as_deref() {
         Some("server") => Ok(Command::Server {
@@ -235,6 +280,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             console,
             verbosity,
             log_format,
+            deployment,
         }),
         Some("client") => {
             // A bad address is a usage error now, not a failed dial later.
@@ -280,6 +326,14 @@ fn with_header(options: ClientOptions, header: &str) -> Result<ClientOptions, le
 /// The error for an option whose Cargo feature this build left out.
 fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
     format!("{option} needs the `{feature}` Cargo feature, which this build leaves out").into()
+}
+
+/// One `--trusted-proxy` value, checked now so a typo fails at start.
+#[cfg(feature = "trusted-proxy")]
+fn trusted_proxy(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
+    let spec = parser.value()?.string()?;
+    wsloop::forwarded::TrustedProxies::new().add(&spec)?;
+    Ok(spec)
 }
 
 /// The shared secret from `--token-file`, else from `$WSLOOP_TOKEN`.
@@ -387,6 +441,8 @@ mod tests {
         assert!(matches!(parse_str(""), Ok(Command::Help)));
         assert!(parse_str("client --address ws://127.0.0.1:8080:9").is_err());
         assert!(parse_str("client --address http://127.0.0.1:8080/").is_err());
+        assert!(parse_str("server --cert c.pem").is_err(), "--key missing");
+        assert!(parse_str("server --trusted-proxy 10.0.0.0/33").is_err());
     }
 
     #[test]
@@ -415,6 +471,21 @@ mod tests {
         ] {
             let args = ["client", "--header", bad];
             assert!(parse(args.map(OsString::from)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(all(feature = "tls", feature = "trusted-proxy", feature = "metrics"))]
+    fn deployment_options_parse() {
+        let line = "server --cert c.pem --key k.pem --trusted-proxy 127.0.0.1 \
+                    --trusted-proxy 10.0.0.0/8 --public-metrics";
+        match parse_str(line) {
+            Ok(Command::Server { deployment, .. }) => {
+                assert_eq!(deployment.tls, Some(("c.pem".into(), "k.pem".into())));
+                assert_eq!(deployment.trusted_proxies, ["127.0.0.1", "10.0.0.0/8"]);
+                assert!(deployment.public_metrics);
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

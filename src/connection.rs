@@ -34,6 +34,7 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, S
 use futures_sink::Sink;
 
 use crate::config::CLOSE_TIMEOUT;
+use crate::metrics::Metrics;
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::{human, timeout};
 use crate::{codec, Config, Error, Message};
@@ -213,6 +214,10 @@ struct PeerInner {
     session: Session,
     received: AtomicU64,
     sent: AtomicU64,
+    /// Where payload bytes are counted (a server's `/metrics`), if
+    /// anywhere. Here rather than in the connection's future: this record
+    /// is allocated anyway, the future is what idle connections cost.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Source of connection ids, unique within the process.
@@ -224,7 +229,9 @@ impl Peer {
         self.inner.id
     }
 
-    /// The remote address, when the stream has one.
+    /// The remote address, when the stream has one. Behind a trusted proxy
+    /// (`Server::with_trusted_proxies`) it is the client's address the proxy
+    /// forwarded, with port 0.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.inner.addr
     }
@@ -456,6 +463,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 session,
                 received: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
+                metrics: None,
             }),
         };
         Connection {
@@ -465,6 +473,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             owns_session: false,
             unflushed: false,
         }
+    }
+
+    /// Counts this connection's payload bytes in `metrics`. Call it before
+    /// the [`Peer`] is cloned (no other handle may see the change).
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.peer.inner) {
+            inner.metrics = Some(metrics);
+        }
+        self
     }
 
     /// The handle other tasks use to send to this peer or close it.
@@ -672,8 +689,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Ok(());
         }
         self.peer.inner.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.peer.inner.metrics {
+            m.received_bytes(frame.len())
+        }
         match handler.on_frame(&self.peer, frame).await {
             Some(reply) => {
+                if let Some(m) = &self.peer.inner.metrics {
+                    m.sent_bytes(reply.len())
+                }
                 self.send_frame(reply).await?;
                 self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -690,6 +713,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.peer,
             crate::log_safe::body(text.as_bytes())
         );
+        if let Some(m) = &self.peer.inner.metrics {
+            m.sent_bytes(text.len())
+        }
         self.send_frame(Frame::text(text)).await?;
         self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())

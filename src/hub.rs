@@ -7,8 +7,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(feature = "metrics")]
+use std::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::{Message, Peer, PendingReply, RequestError, SendError, CLOSE_POLICY};
 
 /// Live connections of one server, by [`Peer::id`].
@@ -21,6 +24,9 @@ pub struct Hub {
     /// Set by [`close_all`](Hub::close_all): connections that register
     /// afterwards are closed with this code at once (0 = not closing).
     closing: AtomicU16,
+    /// The server's counters, for `/metrics` (request latency is counted
+    /// here, where server-initiated requests start).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Totals over a hub's lifetime, for `/stats`.
@@ -83,6 +89,16 @@ impl Hub {
     /// reply (correlated by `requestID`, bounded by the request timeout).
     pub async fn request(&self, id: u64, command: &str) -> Result<Message, RequestError> {
         match self.get(id) {
+            #[cfg(feature = "metrics")]
+            Some(peer) => {
+                let started = Instant::now();
+                let reply = peer.request(command).await;
+                if reply.is_ok() {
+                    self.metrics.request_latency(started.elapsed());
+                }
+                reply
+            }
+            #[cfg(not(feature = "metrics"))]
             Some(peer) => peer.request(command).await,
             None => Err(RequestError::Closed),
         }
@@ -99,6 +115,8 @@ impl Hub {
             .into_iter()
             .map(|peer| {
                 let pending = peer.start_request(command);
+                #[cfg(feature = "metrics")]
+                let pending = pending.map(|p| p.observed_by(self.metrics.clone()));
                 if let Err(RequestError::QueueFull) = pending {
                     close_slow(&peer);
                 }
@@ -116,6 +134,12 @@ impl Hub {
         }
     }
 
+    /// The server's counters; [`Metrics::render`] writes what `/metrics`
+    /// serves.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Live connections and message totals since the hub was created.
     pub fn stats(&self) -> HubStats {
         let peers = self.lock();
@@ -129,6 +153,15 @@ impl Hub {
             stats.sent += peer.sent();
         }
         stats
+    }
+
+    /// Live connections and the messages waiting in their outbound queues,
+    /// for `/metrics`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn open_and_queued(&self) -> (usize, usize) {
+        let peers = self.lock();
+        let queued = peers.values().map(|p| p.session().queued()).sum();
+        (peers.len(), queued)
     }
 
     /// Adds a connection; the server calls this once per upgrade.

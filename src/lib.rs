@@ -27,8 +27,11 @@
 //! - [`Connection`] — the loop above, generic over any `futures-io` stream.
 //! - `http` — request and response heads, static files and the built-in page.
 //! - `handshake` — the WebSocket opening handshake, both sides.
-//! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly.
-//! - `tls` — rustls around the TCP stream, before the handshake (`wss://`).
+//! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly;
+//!   `forwarded` (feature `trusted-proxy`) finds the client behind a proxy,
+//!   [`metrics`] counts for `/metrics`.
+//! - `tls` — rustls around the TCP stream, before the handshake (`wss://`),
+//!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
 //!   the connection up, and run the seed client's loop.
 //!
@@ -60,18 +63,21 @@ mod config;
 mod connection;
 mod error;
 mod fd_limit;
+#[cfg(feature = "trusted-proxy")]
+pub mod forwarded;
 mod handshake;
 pub mod http;
 mod hub;
 mod json_check;
 mod log_safe;
 mod message;
+pub mod metrics;
 pub mod server;
 mod session;
 mod tcp;
 mod time;
 #[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 
 pub use access::{
     AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
@@ -86,6 +92,7 @@ pub use error::Error;
 pub use fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
 pub use hub::{Hub, HubStats};
 pub use message::Message;
+pub use metrics::Metrics;
 pub use server::Server;
 pub use session::{PendingReply, RequestError, SendError, Session};
 pub use tcp::Tcp;

@@ -21,7 +21,7 @@ use wsloop::client::{self, ClientOptions, Event};
 use wsloop::http::StaticFiles;
 use wsloop::{encode, AccessPolicy, Config, Error, SeedHandler, Server};
 
-use cli::{Command, Verbosity};
+use cli::{Command, Deployment, Verbosity};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
@@ -52,9 +52,11 @@ fn main() -> ExitCode {
             console,
             verbosity,
             log_format,
+            deployment,
         } => {
             logger::init(verbosity, log_format);
-            run_server(&address, www, config, access, console).map_err(|e| e.to_string())
+            run_server(&address, www, config, access, console, &deployment)
+                .map_err(|e| e.to_string())
         }
         Command::Client {
             options,
@@ -95,6 +97,7 @@ fn run_server(
     config: Config,
     access: AccessPolicy,
     console: bool,
+    deployment: &Deployment,
 ) -> Result<(), Error> {
     let files = static_files(www)?;
     check_file_limit(access.max_connections);
@@ -104,8 +107,14 @@ fn run_server(
             .await?
             .with_static_files(files)
             .with_access(access);
+        let server = deploy(server, deployment)?;
+        let scheme = if deployment.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         println!(
-            "wsloop server on http://{}/ (WebSocket at /server)",
+            "wsloop server on {scheme}://{}/ (WebSocket at /server)",
             server.local_addr()?
         );
         // (The CLI refuses --console in a build without the feature.)
@@ -147,6 +156,27 @@ fn check_file_limit(max_connections: usize) {
         wsloop::RESERVED_FDS,
         soft.saturating_sub(wsloop::RESERVED_FDS)
     );
+}
+
+/// Applies `--cert/--key`, `--trusted-proxy` and `--public-metrics` (the
+/// CLI has refused those this build leaves out).
+fn deploy(server: Server, deployment: &Deployment) -> Result<Server, Error> {
+    #[cfg(feature = "tls")]
+    let server = match &deployment.tls {
+        Some((cert, key)) => {
+            server.with_tls(wsloop::tls::server::ServerTls::from_pem_files(cert, key)?)
+        }
+        None => server,
+    };
+    #[cfg(feature = "trusted-proxy")]
+    let server = {
+        let mut proxies = wsloop::forwarded::TrustedProxies::new();
+        for spec in &deployment.trusted_proxies {
+            proxies.add(spec).map_err(Error::Config)?;
+        }
+        server.with_trusted_proxies(proxies)
+    };
+    Ok(server.with_public_metrics(deployment.public_metrics))
 }
 
 /// What `/` serves: the `--www` directory, else the built-in page.

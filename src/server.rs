@@ -36,13 +36,18 @@ use smol::Executor;
 
 use crate::access::{AccessPolicy, Admission, Ticket};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+#[cfg(feature = "trusted-proxy")]
+use crate::forwarded::TrustedProxies;
 use crate::handshake;
 use crate::http::{
     read_request_head, reason_phrase, write_error, write_response, HeadError, Request, StaticFiles,
     WriteTimeout,
 };
+use crate::metrics::Refusal;
 use crate::tcp::Tcp;
 use crate::time::timeout;
+#[cfg(feature = "tls")]
+use crate::tls::server::ServerTls;
 use crate::{Config, Connection, Ended, Error, Handler, Hub, CLOSE_GOING_AWAY};
 
 /// The path of the WebSocket endpoint, as in the original program.
@@ -51,6 +56,36 @@ pub const WEBSOCKET_PATH: &str = "/server";
 /// The path of the JSON status document (live clients, message totals,
 /// uptime) that the browser console polls.
 pub const STATS_PATH: &str = "/stats";
+
+/// The first byte of every TLS record that opens a handshake (RFC 8446
+/// 5.1, `handshake(22)`); a plain HTTP request starts with a letter.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The path of the Prometheus metrics (feature `metrics`).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// What a connection task can run on: TCP, or TLS over it.
+trait Stream: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static {
+    /// The TCP stream itself when no TLS is layered on it (a plain port
+    /// looks for TLS clients that came to the wrong place).
+    #[cfg(feature = "tls")]
+    fn plain_tcp(&self) -> Option<&Tcp>;
+}
+
+impl Stream for Tcp {
+    #[cfg(feature = "tls")]
+    fn plain_tcp(&self) -> Option<&Tcp> {
+        Some(self)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Stream for futures_rustls::server::TlsStream<Tcp> {
+    fn plain_tcp(&self) -> Option<&Tcp> {
+        None
+    }
+}
 
 /// How long shutdown waits for connections to finish their close handshake.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -86,6 +121,13 @@ struct Shared {
     admission: Arc<Admission>,
     /// The bound address, which a request's `Host` must name.
     local: SocketAddr,
+    /// Whose forwarding headers name the client (`--trusted-proxy`).
+    #[cfg(feature = "trusted-proxy")]
+    proxies: TrustedProxies,
+    /// Serve `/metrics` without the token.
+    public_metrics: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 impl Server {
@@ -108,6 +150,11 @@ impl Server {
                 access: AccessPolicy::default(),
                 admission: Arc::new(Admission::default()),
                 local,
+                #[cfg(feature = "trusted-proxy")]
+                proxies: TrustedProxies::new(),
+                public_metrics: false,
+                #[cfg(feature = "tls")]
+                tls: None,
             }),
         })
     }
@@ -136,6 +183,37 @@ impl Server {
         }
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.access = access;
+        }
+        self
+    }
+
+    /// Serves `https://` and `wss://` instead of plain HTTP on this port
+    /// (see [`ServerTls`] for an example and for certificate renewal). The
+    /// TLS handshake counts against the handshake timeout.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tls = Some(tls);
+        }
+        self
+    }
+
+    /// Believes the forwarding headers (`X-Forwarded-For`, `X-Real-IP`,
+    /// `Forwarded`) of connections from these proxies: the client address
+    /// they name is the one limits, logs, [`Peer::addr`](crate::Peer::addr)
+    /// and `/stats` use.
+    #[cfg(feature = "trusted-proxy")]
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.proxies = proxies;
+        }
+        self
+    }
+
+    /// Serves `/metrics` to anyone, even when a token is set.
+    pub fn with_public_metrics(mut self, public: bool) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.public_metrics = public;
         }
         self
     }
@@ -241,22 +319,37 @@ impl<H: Handler> Acceptor<'_, H> {
     /// Admits one accepted connection and spawns its task, or refuses it
     /// at once, so that a refused peer holds no descriptor afterwards.
     fn take(&self, stream: TcpStream, addr: SocketAddr) {
-        let ticket = match self.shared.admit(addr) {
-            Ok(ticket) => ticket,
+        self.shared.hub.metrics.accepted();
+        let early = match self.shared.admit(addr) {
+            Ok(early) => early,
             Err(why) => {
+                self.shared.hub.metrics.refused(Refusal::Limit);
                 crate::log_safe::refused(addr, 503, why);
                 return refuse_at_accept(stream, why);
             }
         };
         match Async::new(stream).and_then(Tcp::new) {
-            Ok(stream) => {
-                let shared = self.shared.clone();
-                let (handler, alive) = (self.handler.clone(), self.alive.clone());
-                let task = serve(stream, addr, ticket, shared, handler, alive);
-                self.ex.spawn(task).detach();
-            }
+            Ok(stream) => self.spawn_connection(stream, addr, early),
             Err(err) => log::warn!("cannot register a connection: {err}"),
         }
+    }
+
+    /// Spawns the task of one admitted TCP connection: on a TLS server the
+    /// TLS handshake comes first, in a task type of its own, so that a
+    /// plain connection's future holds no room for TLS state.
+    fn spawn_connection(&self, stream: Tcp, addr: SocketAddr, early: Option<Ticket>) {
+        // The handshake timeout covers TLS and the HTTP head together.
+        let started = Instant::now();
+        let (shared, handler) = (self.shared.clone(), self.handler.clone());
+        let alive = self.alive.clone();
+        #[cfg(feature = "tls")]
+        if shared.tls.is_some() {
+            let task = serve_tls(stream, addr, started, early, shared, handler, alive);
+            self.ex.spawn(task).detach();
+            return;
+        }
+        let task = serve(stream, addr, started, early, shared, handler, alive);
+        self.ex.spawn(task).detach();
     }
 }
 
@@ -281,11 +374,17 @@ fn refuse_at_accept(stream: TcpStream, why: &str) {
 }
 
 impl Shared {
-    /// The one place a connection is admitted or refused: by its peer's IP,
-    /// known at accept, against the total and per-IP limits. The ticket
-    /// frees the slot when the connection ends.
-    fn admit(&self, peer: SocketAddr) -> Result<Ticket, &'static str> {
-        self.admission.admit(peer.ip(), &self.access)
+    /// The one place a connection is admitted or refused at accept: by its
+    /// peer's IP, against the total and per-IP limits. The ticket frees the
+    /// slot when the connection ends. A trusted proxy's connections get
+    /// `Ok(None)`: their slot is taken after the head, by the client
+    /// address the proxy forwards ([`client_addr`]).
+    fn admit(&self, peer: SocketAddr) -> Result<Option<Ticket>, &'static str> {
+        #[cfg(feature = "trusted-proxy")]
+        if self.proxies.contains(peer.ip()) {
+            return Ok(None);
+        }
+        self.admission.admit(peer.ip(), &self.access).map(Some)
     }
 
     /// Whether `path` is where WebSocket upgrades are accepted.
@@ -317,46 +416,167 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
 
-/// One TCP connection, from its first byte to its close. `alive` marks the
-/// task as running for the shutdown wait.
+/// The first byte the peer sent, without taking it from the stream; `None`
+/// if it closed (or failed) first.
+#[cfg(feature = "tls")]
+async fn first_byte(stream: &Tcp) -> Option<u8> {
+    let mut byte = [0u8];
+    match stream.0.peek(&mut byte).await {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// On a plain port: whether the peer opens with a TLS ClientHello (it
+/// then gets a 400 that says so, its one log line). `None` only when the
+/// peer closed before sending anything; a peer silent for the whole budget
+/// gets its 408 from the head read.
+#[cfg(feature = "tls")]
+async fn opens_with_tls(stream: &Tcp, budget: Duration) -> Option<bool> {
+    match timeout(budget, first_byte(stream)).await {
+        Some(Some(byte)) => Some(byte == TLS_HANDSHAKE_RECORD),
+        Some(None) => None,
+        None => Some(false),
+    }
+}
+
+/// The reason a TLS client gets on a plain port.
+#[cfg(feature = "tls")]
+const TLS_ON_PLAIN_PORT: &str =
+    "TLS handshake on a plain-HTTP port; use http:// and ws:// here (or serve TLS with --cert/--key)";
+
+/// On the TLS port: the TLS stream, once its handshake is done within the
+/// handshake timeout. A plain HTTP request gets one log line and a 400 in
+/// plain HTTP; other failures are counted and logged at debug level.
+#[cfg(feature = "tls")]
+async fn accept_tls(
+    mut stream: Tcp,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Option<futures_rustls::server::TlsStream<Tcp>> {
+    let tls = shared.tls.as_ref()?;
+    let budget = shared.config.handshake_timeout;
+    let started = Instant::now();
+    let metrics = &shared.hub.metrics;
+    match timeout(budget, first_byte(&stream)).await {
+        Some(Some(TLS_HANDSHAKE_RECORD)) => {}
+        Some(Some(_)) => {
+            metrics.tls_failed();
+            // Read the head first: closing with it unread would reset the
+            // connection and lose the answer.
+            let _ = timeout(
+                budget,
+                read_request_head(&mut stream, MAX_REQUEST_HEAD_SIZE),
+            )
+            .await;
+            let why = "plain HTTP on the TLS port; use https:// and wss:// here";
+            return refuse(&mut stream, addr, 400, why).await;
+        }
+        _ => return None,
+    }
+    let left = budget.saturating_sub(started.elapsed());
+    match timeout(left, tls.acceptor().accept(stream)).await {
+        Some(Ok(stream)) => Some(stream),
+        Some(Err(err)) => {
+            metrics.tls_failed();
+            log::debug!("{addr}: TLS handshake failed: {err}");
+            None
+        }
+        None => {
+            metrics.tls_failed();
+            log::debug!("{addr}: no TLS handshake within the handshake timeout");
+            None
+        }
+    }
+}
+
+/// A connection on the TLS port: the TLS handshake, then [`serve`].
+#[cfg(feature = "tls")]
+async fn serve_tls<H: Handler>(
+    stream: Tcp,
+    addr: SocketAddr,
+    started: Instant,
+    early: Option<Ticket>,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    alive: Sender<()>,
+) {
+    // Its own statement: the box (the size of the whole TLS handshake's
+    // state) is freed here, not held for the connection's life by an
+    // `if let` around the connection.
+    let accepted = Box::pin(accept_tls(stream, addr, &shared)).await;
+    if let Some(stream) = accepted {
+        serve(stream, addr, started, early, shared, handler, alive).await;
+    }
+}
+
+/// One connection over `stream` (TCP, or TLS once its handshake is done),
+/// from its request head to its close. `started` is when it was accepted:
+/// the handshake timeout counts from then. `early` is its connection slot
+/// when it was taken at accept (`None` for a trusted proxy's connections).
+/// `alive` marks the task as running for the shutdown wait.
 ///
 /// A plain fn returning an `async move` block, not an `async fn`: the
 /// latter copies its arguments into a second set of locals, and this future
 /// lives as long as the connection.
 #[allow(clippy::manual_async_fn)]
-fn serve<H: Handler>(
-    mut stream: Tcp,
+fn serve<S: Stream, H: Handler>(
+    mut stream: S,
     addr: SocketAddr,
-    admitted: Ticket,
+    started: Instant,
+    early: Option<Ticket>,
     shared: Arc<Shared>,
     handler: Arc<H>,
     alive: Sender<()>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // The handshake's buffers live in this boxed future only until it
-        // ends, so the long-lived connection future below stays small.
-        let handshake = handshake(&mut stream, addr, &shared);
-        let leftover = match Box::pin(handshake).await {
-            Some(leftover) => leftover,
-            None => return,
+        let _alive = alive;
+        // In a block, so that what only the handshake needs is dead (and
+        // its room in this future reused) while the connection runs.
+        let (ws, client, _ticket) = {
+            let budget = shared
+                .config
+                .handshake_timeout
+                .saturating_sub(started.elapsed());
+            // The handshake's buffers live in this boxed future only until
+            // it ends, so the long-lived connection future stays small.
+            let handshake = Box::pin(handshake(&mut stream, addr, &shared, early, budget));
+            // The ticket holds the connection's slot until the end.
+            let Some((leftover, client, ticket)) = handshake.await else {
+                return;
+            };
+            let websocket = Some(shared.config.websocket());
+            let ws =
+                WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
+            let ws = Box::pin(ws);
+            (ws.await, client, ticket)
         };
-        let websocket = Some(shared.config.websocket());
-        let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
-        let ws = Box::pin(ws).await;
-        connected(ws, addr, &shared, handler).await;
-        drop((admitted, alive));
+        connected(ws, client, &shared, handler).await;
+    }
+}
+
+/// The client's address: the peer's, or the one a trusted proxy forwarded.
+fn client_addr(addr: SocketAddr, request: &Request, shared: &Shared) -> SocketAddr {
+    #[cfg(feature = "trusted-proxy")]
+    return shared.proxies.client_addr(addr, request);
+    #[cfg(not(feature = "trusted-proxy"))]
+    {
+        let _ = (request, shared);
+        addr
     }
 }
 
 /// Registers an upgraded connection with the hub, and returns its loop
 /// followed by its removal from the hub.
-fn connected<H: Handler>(
-    ws: WebSocketStream<Tcp>,
+fn connected<S: Stream, H: Handler>(
+    ws: WebSocketStream<S>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
 ) -> impl Future<Output = ()> + Send {
-    let conn = Connection::new(ws, Some(addr), &shared.config);
+    let metrics = shared.hub.metrics.clone();
+    metrics.upgraded();
+    let conn = Connection::new(ws, Some(addr), &shared.config).with_metrics(metrics);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
@@ -367,6 +587,7 @@ fn connected<H: Handler>(
     Finish {
         fut: conn.run(handler),
         then: Some(move |ended: Result<Ended, Error>| {
+            hub.metrics.ended(&ended);
             match ended {
                 Ok(ended) => log::info!("client {id} ({addr}) disconnected: {ended}"),
                 Err(err) => log::warn!("client {id} ({addr}) dropped: {err}"),
@@ -400,47 +621,83 @@ impl<F: Future, C: FnOnce(F::Output)> Future for Finish<F, C> {
 }
 
 /// Reads the request head and answers it. Returns the bytes read past the
-/// head when the connection was upgraded to WebSocket, `None` when it was
-/// answered as plain HTTP (or the peer failed) and should be closed.
-async fn handshake(stream: &mut Tcp, addr: SocketAddr, shared: &Shared) -> Option<Vec<u8>> {
-    let head = timeout(
-        shared.config.handshake_timeout,
-        read_request_head(stream, MAX_REQUEST_HEAD_SIZE),
-    )
-    .await;
+/// head, the client's address and its connection slot when the connection
+/// was upgraded to WebSocket; `None` when it was answered as plain HTTP (or
+/// the peer failed) and should be closed. `early` is the slot taken at
+/// accept ([`Shared::admit`]); `budget` what is left of the handshake time.
+async fn handshake<S: Stream>(
+    stream: &mut S,
+    addr: SocketAddr,
+    shared: &Shared,
+    early: Option<Ticket>,
+    budget: Duration,
+) -> Option<(Vec<u8>, SocketAddr, Ticket)> {
+    let metrics = &shared.hub.metrics;
+    // Only a build that can serve TLS looks for TLS clients on a plain
+    // port (its 400 names --cert); the small build reads at once.
+    #[cfg(feature = "tls")]
+    let (budget, tls_on_plain, tls) = match stream.plain_tcp() {
+        Some(tcp) => {
+            let started = Instant::now();
+            let hello = opens_with_tls(tcp, budget).await?;
+            (budget.saturating_sub(started.elapsed()), hello, false)
+        }
+        None => (budget, false, true),
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls = false;
+    let head = timeout(budget, read_request_head(stream, MAX_REQUEST_HEAD_SIZE)).await;
     // Every response is written under the write timeout: a peer that stops
     // reading (a large static file, say) is dropped after it.
     let stream = &mut WriteTimeout::new(stream, shared.config.write_timeout);
+    #[cfg(feature = "tls")]
+    if tls_on_plain {
+        metrics.refused(Refusal::BadRequest);
+        return refuse(stream, addr, 400, TLS_ON_PLAIN_PORT).await;
+    }
     let (request, leftover) = match head {
         Some(Ok(parsed)) => parsed,
         Some(Err(HeadError::TooLarge)) => {
+            metrics.refused(Refusal::BadRequest);
             return refuse(stream, addr, 431, "request head too large").await;
         }
         Some(Err(HeadError::Malformed(why))) => {
+            metrics.refused(Refusal::BadRequest);
             return refuse(stream, addr, 400, &format!("bad request: {why}")).await;
         }
         Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
         None => {
+            metrics.refused(Refusal::BadRequest);
             return refuse(stream, addr, 408, "request timeout").await;
         }
     };
 
+    let client = client_addr(addr, &request, shared);
+    // A trusted proxy's connection takes its slot by the forwarded address.
+    let ticket = match early.map_or_else(|| shared.admission.admit(client.ip(), &shared.access), Ok)
+    {
+        Ok(ticket) => ticket,
+        Err(why) => {
+            metrics.refused(Refusal::Limit);
+            return refuse(stream, client, 503, why).await;
+        }
+    };
     if let Err(why) = shared.access.check_host(&request, shared.local) {
         // The Host itself is not logged: it is the peer's string.
-        return refuse(stream, addr, 421, &why).await;
+        metrics.refused(Refusal::BadRequest);
+        return refuse(stream, client, 421, &why).await;
     }
     if request.wants_upgrade() {
-        return upgrade(stream, addr, &request, shared)
-            .await
-            .map(|()| leftover);
+        let upgraded = upgrade(stream, client, &request, shared, tls).await;
+        return upgraded.map(|()| (leftover, client, ticket));
     }
     let answer = match request.method.as_str() {
         _ if shared.is_endpoint(request.path()) => {
-            refuse(stream, addr, 426, "this endpoint speaks WebSocket only").await
+            refuse(stream, client, 426, "this endpoint speaks WebSocket only").await
         }
         "GET" | "HEAD" if request.path() == STATS_PATH => {
             if !shared.access.check_token(&request) {
-                return unauthorized(stream, addr).await;
+                return unauthorized(stream, client).await;
             }
             let body = shared.stats_json();
             let headers = [
@@ -451,48 +708,106 @@ async fn handshake(stream: &mut Tcp, addr: SocketAddr, shared: &Shared) -> Optio
             answer(stream, 200, &headers, body.as_bytes(), head_only).await;
             None
         }
+        #[cfg(feature = "metrics")]
+        "GET" | "HEAD" if request.path() == METRICS_PATH => {
+            serve_metrics(stream, client, &request, shared).await;
+            None
+        }
         "GET" | "HEAD" => {
             match shared.files.serve(&request, stream).await {
                 // The path only: a query string might carry a token.
                 Ok(status) => log::debug!(
-                    "{addr}: {} {:?} {status}",
+                    "{client}: {} {:?} {status}",
                     request.method,
                     crate::log_safe::quote(request.path())
                 ),
                 Err(err) => log::debug!(
-                    "{addr}: {:?} failed: {err}",
+                    "{client}: {:?} failed: {err}",
                     crate::log_safe::quote(request.path())
                 ),
             }
             let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
             None
         }
-        _ => refuse(stream, addr, 405, "only GET and HEAD are supported").await,
+        _ => refuse(stream, client, 405, "only GET and HEAD are supported").await,
     };
     answer
 }
 
-/// Validates a WebSocket upgrade request and, when it is good, writes the
-/// 101 response. `None` when it was refused (the refusal is already sent).
-async fn upgrade<W: AsyncWrite + Unpin>(
+/// `GET /metrics`: the Prometheus text, behind the token unless public.
+#[cfg(feature = "metrics")]
+async fn serve_metrics<W: AsyncWrite + Unpin>(
     stream: &mut W,
-    addr: SocketAddr,
+    client: SocketAddr,
     request: &Request,
     shared: &Shared,
+) {
+    if !shared.public_metrics && !shared.access.check_token(request) {
+        return unauthorized(stream, client).await.unwrap_or(());
+    }
+    let body = shared.hub.metrics.render(&shared.hub);
+    let headers = [
+        ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+        ("Cache-Control", "no-store"),
+    ];
+    answer(
+        stream,
+        200,
+        &headers,
+        body.as_bytes(),
+        request.method == "HEAD",
+    )
+    .await;
+}
+
+/// Answers 401 for a missing or wrong token, then closes. Always `None`.
+async fn unauthorized<T, W: AsyncWrite + Unpin>(stream: &mut W, client: SocketAddr) -> Option<T> {
+    crate::log_safe::refused(client, 401, "missing or wrong token");
+    let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
+    let headers = [
+        ("WWW-Authenticate", "Bearer"),
+        ("Content-Type", "text/plain"),
+    ];
+    answer(stream, 401, &headers, body, false).await;
+    None
+}
+
+/// Validates a WebSocket upgrade request and, when it is good, writes the
+/// 101 response. `None` when it was refused (the refusal is already sent).
+/// `tls` says whether this connection is TLS: a same-host origin must use
+/// its scheme.
+async fn upgrade<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    client: SocketAddr,
+    request: &Request,
+    shared: &Shared,
+    tls: bool,
 ) -> Option<()> {
+    let metrics = &shared.hub.metrics;
     if !shared.is_endpoint(request.path()) {
-        return refuse(stream, addr, 404, "no WebSocket endpoint here; use /server").await;
+        metrics.refused(Refusal::BadRequest);
+        return refuse(
+            stream,
+            client,
+            404,
+            "no WebSocket endpoint here; use /server",
+        )
+        .await;
     }
     let key = match handshake::check_request(request) {
         Ok(key) => key,
-        Err((status, why)) => return refuse(stream, addr, status, why).await,
+        Err((status, why)) => {
+            metrics.refused(Refusal::BadRequest);
+            return refuse(stream, client, status, why).await;
+        }
     };
-    // Plain TCP: a same-host origin must be `http://` (or `ws://`).
-    if let Err(why) = shared.access.check_origin(request, false) {
-        return refuse(stream, addr, 403, &why).await;
+    if let Err(why) = shared.access.check_origin(request, tls) {
+        metrics.refused(Refusal::Origin);
+        return refuse(stream, client, 403, &why).await;
     }
     if !shared.access.check_token(request) {
-        return unauthorized(stream, addr).await;
+        metrics.refused(Refusal::Token);
+        return unauthorized(stream, client).await;
     }
     let response = handshake::switching_protocols(key);
     let written = async {
@@ -505,27 +820,16 @@ async fn upgrade<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Answers 401 for a missing or wrong token, then closes. Always `None`.
-async fn unauthorized<T, W: AsyncWrite + Unpin>(stream: &mut W, addr: SocketAddr) -> Option<T> {
-    crate::log_safe::refused(addr, 401, "missing or wrong token");
-    let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
-    let headers = [
-        ("WWW-Authenticate", "Bearer"),
-        ("Content-Type", "text/plain"),
-    ];
-    answer(stream, 401, &headers, body, false).await;
-    None
-}
-
-/// Answers with an error status and a one-line reason, then closes. Always
-/// `None`, so callers can `return refuse(..).await`.
+/// Answers with an error status and a one-line reason (logged once,
+/// rate-limited), then closes. Always `None`, so callers can
+/// `return refuse(..).await`.
 async fn refuse<T, W: AsyncWrite + Unpin>(
     stream: &mut W,
-    addr: SocketAddr,
+    client: SocketAddr,
     status: u16,
     why: &str,
 ) -> Option<T> {
-    crate::log_safe::refused(addr, status, why);
+    crate::log_safe::refused(client, status, why);
     let answer = async {
         write_error(stream, status, why).await?;
         stream.close().await

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 
 use crate::log_safe::{log_limited, LogLimit};
+#[cfg(feature = "metrics")]
+use crate::metrics::Metrics;
 use crate::time::timeout;
 use crate::{Message, Peer};
 
@@ -257,6 +259,8 @@ impl Session {
             session: self.clone(),
             reply: reply_rx,
             deadline: Instant::now() + inner.request_timeout,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         };
         let request = Outgoing::Request(Message::request(id, command));
         match inner.outbox.push(request, Some(inner.capacity)) {
@@ -381,6 +385,9 @@ pub struct PendingReply {
     session: Session,
     reply: Receiver<Message>,
     deadline: Instant,
+    /// Where the reply's latency is counted (a server's hub sets it).
+    #[cfg(feature = "metrics")]
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PendingReply {
@@ -389,11 +396,26 @@ impl PendingReply {
         self.id
     }
 
+    /// Counts the reply's latency (measured when it is awaited) in `metrics`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Waits for the reply, until the deadline set when it was queued.
     pub async fn wait(self) -> Result<Message, RequestError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         match timeout(left, self.reply.recv()).await {
-            Some(Ok(reply)) => Ok(reply),
+            Some(Ok(reply)) => {
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = &self.metrics {
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    metrics
+                        .request_latency(self.session.inner.request_timeout.saturating_sub(left));
+                }
+                Ok(reply)
+            }
             Some(Err(_)) => Err(RequestError::ConnectionLost),
             None => Err(RequestError::Timeout),
         }

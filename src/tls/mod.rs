@@ -1,6 +1,7 @@
-//! TLS, by rustls (ring), wrapped around the TCP stream before wsloop's own
-//! HTTP/WebSocket handshake; the connection loop stays generic over any
-//! futures-io stream.
+//! TLS, behind the `tls` Cargo feature: rustls (with its `ring` provider)
+//! through futures-rustls, so it wraps any futures-io stream on any
+//! executor. The connection loop never knows: the stream is wrapped before
+//! wsloop's own HTTP/WebSocket handshake.
 
-#[cfg(feature = "tls")]
 pub mod client;
+pub mod server;

@@ -2,6 +2,7 @@
 //! real WebSocket and raw-TCP peers, and a time bound for every test.
 #![allow(dead_code)]
 pub mod process;
+pub mod tls;
 pub mod tls_client;
 
 use std::future::Future;
