@@ -62,7 +62,6 @@ use std::time::Duration;
 
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
@@ -103,8 +102,8 @@ pub async fn connect_to(
     config: &Config,
 ) -> Result<TcpConnection, Error> {
     config.validate()?;
-    let (ws, addr) = dial(address, path, config, None).await?;
-    Ok(Connection::new(ws, Some(addr), config))
+    let (stream, leftover, addr) = dial(address, path, config, None).await?;
+    Ok(Connection::new(stream, Role::Client, leftover, Some(addr), config).await)
 }
 
 /// Dials `ws://{address}{path}` and shakes hands with the token, if any.
@@ -113,7 +112,7 @@ async fn dial(
     path: &str,
     config: &Config,
     token: Option<&str>,
-) -> Result<(WebSocketStream<Tcp>, SocketAddr), Error> {
+) -> Result<(Tcp, Vec<u8>, SocketAddr), Error> {
     let attempt = async {
         let addr = first_addr(address).await?;
         let mut stream = Tcp::new(Async::<TcpStream>::connect(addr).await?)?;
@@ -125,10 +124,7 @@ async fn dial(
             headers.push(("Authorization", bearer));
         }
         let leftover = handshake::client(&mut stream, address, path, &headers).await?;
-        let websocket = Some(config.websocket());
-        let ws =
-            WebSocketStream::from_partially_read(stream, leftover, Role::Client, websocket).await;
-        Ok::<_, Error>((ws, addr))
+        Ok::<_, Error>((stream, leftover, addr))
     };
     timeout(config.handshake_timeout, attempt)
         .await
@@ -140,13 +136,9 @@ async fn dial(
 async fn dial_session(options: &ClientOptions, session: &Session) -> Result<TcpConnection, Error> {
     let config = &options.config;
     let token = options.token.as_deref();
-    let (ws, addr) = dial(&options.address, WEBSOCKET_PATH, config, token).await?;
-    Ok(Connection::with_session(
-        ws,
-        Some(addr),
-        config,
-        session.clone(),
-    ))
+    let (stream, leftover, addr) = dial(&options.address, WEBSOCKET_PATH, config, token).await?;
+    let session = session.clone();
+    Ok(Connection::with_session(stream, Role::Client, leftover, Some(addr), config, session).await)
 }
 
 async fn first_addr(address: &str) -> Result<SocketAddr, Error> {

@@ -14,6 +14,12 @@
 //! a broken socket ends it. There is no code path that returns after one
 //! message. When it ends, the TCP stream is shut down (the `defer ws.Close()`
 //! of the original Go program).
+//!
+//! Under tungstenite sits the read guard (`guard.rs`): it bounds what one
+//! poll reads, counts every frame and byte the peer sends and caps the
+//! fragments of a message. It also tells the loop when everything read ends
+//! at a message boundary, which is when the loop may rebuild tungstenite
+//! around the same stream to shed buffers a large message grew.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,13 +33,14 @@ use std::{fmt, io};
 use async_channel::Sender;
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use async_tungstenite::tungstenite::{self, Message as Frame};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 use futures_sink::Sink;
 
-use crate::config::CLOSE_TIMEOUT;
+use crate::config::{websocket_config, CLOSE_TIMEOUT, READ_BUDGET_BYTES};
+use crate::guard::{Guarded, Limits, Violation};
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::{human, timeout};
 use crate::{codec, Config, Error, Message};
@@ -43,6 +50,12 @@ use crate::{codec, Config, Error, Message};
 /// replies into one write, small enough that one busy connection cannot
 /// keep the others waiting (the probe saw 120–170 ms stalls without it).
 const MAX_BATCH: usize = 64;
+
+/// Most bytes read and written by one batch before the loop flushes and
+/// yields, whatever the event count: 64 events of 1 MiB each would be 64 MiB
+/// of work in one turn. Two read budgets, so that small messages still batch
+/// fully (64 of ours are ~4 KiB) while large ones end a batch each.
+const MAX_BATCH_BYTES: usize = 2 * READ_BUDGET_BYTES;
 
 /// Close code for a normal, local close (RFC 6455 §7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -321,7 +334,9 @@ impl fmt::Display for Ended {
 /// One established WebSocket connection and its outbound queue, ready to
 /// [`run`](Connection::run). Works on any `futures-io` stream.
 pub struct Connection<S> {
-    ws: WebSocketStream<S>,
+    /// `None` only for the instant [`release_buffers`](Self::release_buffers)
+    /// swaps it for a fresh one.
+    ws: Option<WebSocketStream<Guarded<S>>>,
     peer: Peer,
     settings: LoopSettings,
     /// Whether the session ends with this connection (server side) or
@@ -362,7 +377,17 @@ fn coarse(deadline: Instant) -> Instant {
 async fn discard_input(stream: &mut (impl AsyncRead + Unpin)) {
     // On the heap: a stack array would live in every connection's future.
     let mut sink = vec![0u8; 1024];
-    while let Ok(1..) = stream.read(&mut sink).await {}
+    let mut since_yield = 0;
+    while let Ok(n @ 1..) = stream.read(&mut sink).await {
+        // A peer flooding faster than we discard would keep this read ready
+        // forever: yield now and then, so the other tasks run and the
+        // timeout around this future gets to fire.
+        since_yield += n;
+        if since_yield >= READ_BUDGET_BYTES {
+            since_yield = 0;
+            future::yield_now().await;
+        }
+    }
 }
 
 /// The part of [`Config`] the loop reads, kept per connection (the whole
@@ -371,21 +396,30 @@ struct LoopSettings {
     heartbeat: Duration,
     idle_timeout: Duration,
     write_timeout: Duration,
+    message_timeout: Duration,
     max_messages_per_second: u32,
+    /// What rebuilding the reader takes ([`Connection::release_buffers`]).
+    role: Role,
+    read_buffer_size: usize,
+    max_message_size: usize,
 }
 
-impl From<&Config> for LoopSettings {
-    fn from(config: &Config) -> Self {
+impl LoopSettings {
+    fn new(config: &Config, role: Role) -> Self {
         LoopSettings {
             heartbeat: config.heartbeat,
             idle_timeout: config.idle_timeout(),
             write_timeout: config.write_timeout,
+            message_timeout: config.message_timeout,
             max_messages_per_second: config.max_messages_per_second,
+            role,
+            read_buffer_size: config.read_buffer_size,
+            max_message_size: config.max_message_size,
         }
     }
 }
 
-/// Counts inbound data and ping frames per one-second window.
+/// Counts inbound data and control frames per one-second window.
 struct RateLimit {
     limit: u32,
     window_start: Instant,
@@ -401,10 +435,17 @@ impl RateLimit {
         }
     }
 
-    /// Counts `frame` (data or ping) at `now`; true past the limit.
+    /// Counts `frame` (data, ping or pong) at `now`; true past the limit.
     fn exceeded(&mut self, now: Instant, frame: &Frame) -> bool {
-        // Pings count too: a ping flood costs as much as a message flood.
-        if self.limit == 0 || !matches!(frame, Frame::Text(_) | Frame::Binary(_) | Frame::Ping(_)) {
+        // Pings and pongs count too: a control-frame flood costs as much as
+        // a message flood. (The guard counts every frame as well; this
+        // limit is the lower one for the frames that reach the loop.)
+        if self.limit == 0
+            || !matches!(
+                frame,
+                Frame::Text(_) | Frame::Binary(_) | Frame::Ping(_) | Frame::Pong(_)
+            )
+        {
             return false;
         }
         if now.duration_since(self.window_start) >= Duration::from_secs(1) {
@@ -426,24 +467,48 @@ enum Event {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
-    /// Wraps an established WebSocket (after the handshake). `addr` is the
-    /// remote address for logs and [`Peer::addr`].
-    pub fn new(ws: WebSocketStream<S>, addr: Option<SocketAddr>, config: &Config) -> Self {
+    /// Takes over a stream whose opening handshake is done. `leftover` is
+    /// what was read past the handshake (frames the peer sent right after
+    /// it; often empty), `role` the side we play, `addr` the remote address
+    /// for logs and [`Peer::addr`].
+    ///
+    /// The connection builds tungstenite itself, on top of its read guard:
+    /// that is why it takes the raw stream and not a `WebSocketStream`
+    /// (which could not be unwrapped without losing the bytes it buffered).
+    /// After tungstenite's own handshake (`accept_async`, `client_async`),
+    /// pass `ws.into_inner()` with no leftover, as long as the peer waits
+    /// for the handshake's answer before it sends (clients do).
+    pub fn new(
+        stream: S,
+        role: Role,
+        leftover: Vec<u8>,
+        addr: Option<SocketAddr>,
+        config: &Config,
+    ) -> impl Future<Output = Self> + Send {
         let session = Session::new(config.outbound_capacity, config.request_timeout);
-        let mut conn = Self::with_session(ws, addr, config, session);
-        conn.owns_session = true;
-        conn
+        let conn = Self::with_session(stream, role, leftover, addr, config, session);
+        async move {
+            let mut conn = conn.await;
+            conn.owns_session = true;
+            conn
+        }
     }
 
     /// Like [`new`](Self::new), but sends from (and routes replies into) an
     /// existing `session` that outlives this connection: what is queued and
     /// not yet sent when it drops stays queued for the next one.
     pub fn with_session(
-        ws: WebSocketStream<S>,
+        stream: S,
+        role: Role,
+        leftover: Vec<u8>,
         addr: Option<SocketAddr>,
         config: &Config,
         session: Session,
-    ) -> Self {
+    ) -> impl Future<Output = Self> + Send {
+        let guarded = Guarded::new(stream, Limits::from(config));
+        let websocket = Some(config.websocket());
+        let ws = WebSocketStream::from_partially_read(guarded, leftover, role, websocket);
+        let settings = LoopSettings::new(config, role);
         let peer = Peer {
             inner: Arc::new(PeerInner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -454,13 +519,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 sent: AtomicU64::new(0),
             }),
         };
-        Connection {
-            ws,
-            peer,
-            settings: LoopSettings::from(config),
-            owns_session: false,
-            unflushed: false,
+        async move {
+            Connection {
+                ws: Some(ws.await),
+                peer,
+                settings,
+                owns_session: false,
+                unflushed: false,
+            }
         }
+    }
+
+    /// The WebSocket; see the field for why it is an `Option`.
+    fn ws(&mut self) -> &mut WebSocketStream<Guarded<S>> {
+        self.ws
+            .as_mut()
+            .expect("the WebSocket is only absent inside release_buffers")
+    }
+
+    /// The read guard under tungstenite.
+    fn guard(&mut self) -> &mut Guarded<S> {
+        self.ws().get_mut()
     }
 
     /// The handle other tasks use to send to this peer or close it.
@@ -492,7 +571,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             // Always release the socket, however the loop ended.
             let lingering = matches!(result, Err(Error::Policy(_) | Error::WebSocket(_)));
-            Box::pin(release(self.ws.get_mut(), lingering)).await;
+            // Around the guard: a peer past its limits is still discarded.
+            Box::pin(release(self.guard().get_mut(), lingering)).await;
             result
         }
     }
@@ -578,6 +658,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Event::Tick => {
                     let now = Instant::now();
+                    if self.stalled_message(now) {
+                        // Pings keep the connection alive; they must not
+                        // keep a half-sent message's buffers alive with it.
+                        let reason = "fragmented message unfinished for too long";
+                        self.close(CLOSE_POLICY, reason, false).await;
+                        return Err(Error::Policy(reason.into()));
+                    }
                     if now >= last_seen + idle_timeout {
                         let id = self.peer.id();
                         log::debug!("peer {id} silent for {}", human(idle_timeout));
@@ -611,12 +698,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         outbound_first: bool,
         batch: &mut usize,
     ) -> Result<Event, Error> {
-        if *batch >= MAX_BATCH {
-            // A long batch: flush and let other tasks run, so one busy
-            // connection cannot stall the rest.
+        if *batch >= MAX_BATCH || self.guard().moved() >= MAX_BATCH_BYTES {
+            // A long batch (in events or in bytes): flush and let other
+            // tasks run, so one busy connection cannot stall the rest.
             self.flush().await?;
             future::yield_now().await;
             *batch = 0;
+            self.guard().new_batch();
         }
         if let Some(event) = future::poll_once(self.next_event(timer, outbound_first)).await {
             *batch += 1;
@@ -624,7 +712,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         self.flush().await?;
         *batch = 0;
+        self.guard().new_batch();
+        if self.guard().worth_releasing() {
+            Box::pin(self.release_buffers()).await?;
+        }
+        if self.guard().take_budget_spent() {
+            // The guard stopped tungstenite on its read budget, not for
+            // want of data: really yield, rather than read on in this poll.
+            future::yield_now().await;
+        }
         Ok(self.next_event(timer, outbound_first).await)
+    }
+
+    /// Whether a fragmented message has been arriving for longer than the
+    /// message timeout.
+    fn stalled_message(&mut self, now: Instant) -> bool {
+        let limit = self.settings.message_timeout;
+        self.guard()
+            .message_started()
+            .is_some_and(|started| now.saturating_duration_since(started) >= limit)
+    }
+
+    /// Rebuilds tungstenite around the same stream, dropping the buffers a
+    /// large message grew (it keeps their capacity forever, with no way to
+    /// shrink them). Called only when the loop is idle and the guard has
+    /// seen everything read end at a message boundary, so tungstenite's read
+    /// side holds nothing; its write side is flushed first, or the rebuild
+    /// waits for another idle moment.
+    async fn release_buffers(&mut self) -> Result<(), Error> {
+        let ws = self.ws();
+        match future::poll_once(future::poll_fn(|cx| Pin::new(&mut *ws).poll_flush(cx))).await {
+            Some(Ok(())) => {}
+            Some(Err(err)) => return Err(err.into()),
+            None => return Ok(()),
+        }
+        let Some(ws) = self.ws.take() else {
+            return Ok(());
+        };
+        let mut stream = ws.into_inner();
+        stream.buffers_released();
+        let websocket = websocket_config(
+            self.settings.read_buffer_size,
+            self.settings.max_message_size,
+        );
+        let role = self.settings.role;
+        self.ws = Some(WebSocketStream::from_raw_socket(stream, role, Some(websocket)).await);
+        log::trace!("peer {}: buffers released", self.peer.id());
+        Ok(())
     }
 
     /// Waits for the first of: the heartbeat timer, an outbound message, an
@@ -643,7 +777,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         .poll_outgoing(cx)
                         .map(Event::Outbound)
                 } else {
-                    Pin::new(&mut self.ws)
+                    Pin::new(self.ws.as_mut().expect("present between rebuilds"))
                         .poll_next(cx)
                         .map(|frame| Event::Inbound(frame.map(|f| f.map_err(Box::new))))
                 };
@@ -689,12 +823,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// write timeout is treated as gone: a stuck write must not stall the
     /// loop forever.
     async fn send_frame(&mut self, frame: Frame) -> Result<(), Error> {
-        let ws = &mut self.ws;
+        let write_timeout = self.settings.write_timeout;
+        let ws = self.ws();
         let feed = async {
             future::poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await?;
             Pin::new(&mut *ws).start_send(frame)
         };
-        let result = timeout(self.settings.write_timeout, feed).await;
+        let result = timeout(write_timeout, feed).await;
         self.unflushed = true;
         match result {
             Some(result) => result.map_err(Error::from),
@@ -707,9 +842,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if !self.unflushed {
             return Ok(());
         }
-        let ws = &mut self.ws;
+        let write_timeout = self.settings.write_timeout;
+        let ws = self.ws();
         let flush = future::poll_fn(|cx| Pin::new(&mut *ws).poll_flush(cx));
-        let result = timeout(self.settings.write_timeout, flush).await;
+        let result = timeout(write_timeout, flush).await;
         self.unflushed = false;
         match result {
             Some(result) => result.map_err(Error::from),
@@ -730,7 +866,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             reason: reason.into(),
         };
         let close = async {
-            if self.ws.close(Some(frame)).await.is_ok() && await_reply {
+            if self.ws().close(Some(frame)).await.is_ok() && await_reply {
                 self.drain_unbounded().await;
             }
         };
@@ -743,13 +879,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     async fn drain_unbounded(&mut self) {
-        while let Some(Ok(_)) = self.ws.next().await {}
+        while let Some(Ok(_)) = self.ws().next().await {}
     }
 
     /// Turns a read error into the close code the peer deserves, sends it
     /// when the socket still works, and returns the error for the caller.
     async fn fail(&mut self, err: tungstenite::Error) -> Error {
         use tungstenite::error::Error as E;
+        if let Some(violation) = match &err {
+            E::Io(e) => Violation::of(e),
+            _ => None,
+        } {
+            // The guard refused the peer's bytes; tungstenite is still open
+            // for writing, so the peer learns why.
+            let reason = violation.reason();
+            log::debug!("peer {} closed: {reason}", self.peer.id());
+            self.close(CLOSE_POLICY, reason, false).await;
+            return Error::Policy(reason.into());
+        }
         let close = match &err {
             E::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
             E::Utf8(_) => Some((CLOSE_INVALID_DATA, "invalid UTF-8")),

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use async_channel::Sender;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncWriteExt};
 use smol::Executor;
 
@@ -252,10 +251,9 @@ fn serve<H: Handler>(
             Some(leftover) => leftover,
             None => return,
         };
-        let websocket = Some(shared.config.websocket());
-        let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
-        let ws = Box::pin(ws).await;
-        connected(ws, addr, &shared, handler).await;
+        let conn = Connection::new(stream, Role::Server, leftover, Some(addr), &shared.config);
+        let conn = Box::pin(conn).await;
+        connected(conn, addr, &shared, handler).await;
         drop((admitted, alive));
     }
 }
@@ -263,12 +261,11 @@ fn serve<H: Handler>(
 /// Registers an upgraded connection with the hub, and returns its loop
 /// followed by its removal from the hub.
 fn connected<H: Handler>(
-    ws: WebSocketStream<Tcp>,
+    conn: Connection<Tcp>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
 ) -> impl Future<Output = ()> + Send {
-    let conn = Connection::new(ws, Some(addr), &shared.config);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
