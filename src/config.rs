@@ -50,9 +50,10 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Peer::request`](crate::Peer::request) waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most data messages one connection may send per second before it is
-/// closed with 1008: far above any interactive use, low enough that one
-/// flooding peer cannot monopolise a small server. 0 turns the check off.
+/// Most data messages (pings and pongs included) one connection may send
+/// per second before it is closed with 1008: far above any interactive use,
+/// low enough that one flooding peer cannot monopolise a small server.
+/// 0 turns the check off.
 pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 10_000;
 
 /// Most frames of any kind (data, continuation, ping, pong) one connection
@@ -119,7 +120,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Memory per connection with these defaults: the read buffer
 /// ([`DEFAULT_READ_BUFFER_SIZE`], allocated at accept), tungstenite's write
 /// buffer (empty until the first send, then as large as the largest frame
-/// sent), the connection future itself (a few hundred bytes) and one shared
+/// sent, until the connection next idles after a frame over
+/// [`RELEASE_THRESHOLD_BYTES`]), the connection future itself (a few hundred bytes) and one shared
 /// [`Peer`](crate::Peer) record. The outbound queue allocates only while
 /// messages wait in it.
 #[derive(Debug, Clone)]
@@ -141,7 +143,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long one frame may take to be written ([`DEFAULT_WRITE_TIMEOUT`]).
     pub write_timeout: Duration,
-    /// Inbound data messages allowed per second
+    /// Inbound data messages, pings and pongs allowed per second
     /// ([`DEFAULT_MAX_MESSAGES_PER_SECOND`]; 0 = unlimited).
     pub max_messages_per_second: u32,
     /// Inbound frames of any kind allowed per second
@@ -225,21 +227,12 @@ impl Config {
     /// The tungstenite settings this config implies, for callers that do
     /// their own handshake before [`Connection::new`](crate::Connection::new).
     pub fn websocket(&self) -> WebSocketConfig {
-        websocket_config(self.read_buffer_size, self.max_message_size)
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            // Replies are flushed per batch; tungstenite writes out early
+            // only past this size.
+            .write_buffer_size(WRITE_BATCH_BYTES)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
     }
-}
-
-/// The tungstenite settings for a read buffer and a message limit (the
-/// connection keeps only these two to rebuild its reader).
-pub(crate) fn websocket_config(
-    read_buffer_size: usize,
-    max_message_size: usize,
-) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(read_buffer_size)
-        // Replies are flushed per batch; tungstenite writes out early
-        // only past this size.
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_message_size(Some(max_message_size))
-        .max_frame_size(Some(max_message_size))
 }

@@ -39,7 +39,7 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 use futures_sink::Sink;
 
-use crate::config::{websocket_config, CLOSE_TIMEOUT, READ_BUDGET_BYTES};
+use crate::config::{CLOSE_TIMEOUT, READ_BUDGET_BYTES};
 use crate::guard::{Guarded, Limits, Violation};
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::{human, timeout};
@@ -373,15 +373,24 @@ fn coarse(deadline: Instant) -> Instant {
     epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
-/// Reads and drops everything until EOF or an error.
+/// Most bytes a closing connection discards while it waits for the peer to
+/// see its Close: the rest of one largest message. A peer still sending
+/// past that is flooding, and its socket is closed at once rather than read
+/// for [`CLOSE_TIMEOUT`] at loopback speed (~500 MB of work).
+const MAX_DISCARD_BYTES: usize = 1 << 20;
+
+/// Reads and drops everything until EOF, an error or [`MAX_DISCARD_BYTES`].
 async fn discard_input(stream: &mut (impl AsyncRead + Unpin)) {
     // On the heap: a stack array would live in every connection's future.
     let mut sink = vec![0u8; 1024];
-    let mut since_yield = 0;
+    let (mut total, mut since_yield) = (0, 0);
     while let Ok(n @ 1..) = stream.read(&mut sink).await {
-        // A peer flooding faster than we discard would keep this read ready
-        // forever: yield now and then, so the other tasks run and the
-        // timeout around this future gets to fire.
+        total += n;
+        if total >= MAX_DISCARD_BYTES {
+            return;
+        }
+        // A peer sending faster than we discard would keep this read ready
+        // throughout: yield now and then, so the other tasks run.
         since_yield += n;
         if since_yield >= READ_BUDGET_BYTES {
             since_yield = 0;
@@ -396,12 +405,9 @@ struct LoopSettings {
     heartbeat: Duration,
     idle_timeout: Duration,
     write_timeout: Duration,
-    message_timeout: Duration,
-    max_messages_per_second: u32,
-    /// What rebuilding the reader takes ([`Connection::release_buffers`]).
+    /// The side we play, for rebuilding the reader
+    /// ([`Connection::release_buffers`]); tungstenite does not say.
     role: Role,
-    read_buffer_size: usize,
-    max_message_size: usize,
 }
 
 impl LoopSettings {
@@ -410,50 +416,8 @@ impl LoopSettings {
             heartbeat: config.heartbeat,
             idle_timeout: config.idle_timeout(),
             write_timeout: config.write_timeout,
-            message_timeout: config.message_timeout,
-            max_messages_per_second: config.max_messages_per_second,
             role,
-            read_buffer_size: config.read_buffer_size,
-            max_message_size: config.max_message_size,
         }
-    }
-}
-
-/// Counts inbound data and control frames per one-second window.
-struct RateLimit {
-    limit: u32,
-    window_start: Instant,
-    count: u32,
-}
-
-impl RateLimit {
-    fn new(limit: u32) -> Self {
-        RateLimit {
-            limit,
-            window_start: Instant::now(),
-            count: 0,
-        }
-    }
-
-    /// Counts `frame` (data, ping or pong) at `now`; true past the limit.
-    fn exceeded(&mut self, now: Instant, frame: &Frame) -> bool {
-        // Pings and pongs count too: a control-frame flood costs as much as
-        // a message flood. (The guard counts every frame as well; this
-        // limit is the lower one for the frames that reach the loop.)
-        if self.limit == 0
-            || !matches!(
-                frame,
-                Frame::Text(_) | Frame::Binary(_) | Frame::Ping(_) | Frame::Pong(_)
-            )
-        {
-            return false;
-        }
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        self.count > self.limit
     }
 }
 
@@ -505,7 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         config: &Config,
         session: Session,
     ) -> impl Future<Output = Self> + Send {
-        let guarded = Guarded::new(stream, Limits::from(config));
+        let guarded = Guarded::new(stream, Limits::from(config), &leftover);
         let websocket = Some(config.websocket());
         let ws = WebSocketStream::from_partially_read(guarded, leftover, role, websocket);
         let settings = LoopSettings::new(config, role);
@@ -587,7 +551,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // busy connections cost no timer syscalls per message.
         let mut timer = Timer::at(coarse(next_ping.min(last_seen + idle_timeout)));
         let mut outbound_first = false;
-        let mut rate = RateLimit::new(self.settings.max_messages_per_second);
 
         let mut batch = 0;
 
@@ -610,11 +573,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         }
                         Box::pin(self.drain()).await;
                         return Ok(Ended::PeerClosed(close));
-                    }
-                    if rate.exceeded(last_seen, &frame) {
-                        self.close(CLOSE_POLICY, "message rate limit exceeded", false)
-                            .await;
-                        return Err(Error::Policy("message rate limit exceeded".into()));
                     }
                     // Boxed: a message's handling state lives only while it
                     // is handled; inline it would enlarge every idle
@@ -658,7 +616,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Event::Tick => {
                     let now = Instant::now();
-                    if self.stalled_message(now) {
+                    if self.guard().message_stalled() {
                         // Pings keep the connection alive; they must not
                         // keep a half-sent message's buffers alive with it.
                         let reason = "fragmented message unfinished for too long";
@@ -724,15 +682,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(self.next_event(timer, outbound_first).await)
     }
 
-    /// Whether a fragmented message has been arriving for longer than the
-    /// message timeout.
-    fn stalled_message(&mut self, now: Instant) -> bool {
-        let limit = self.settings.message_timeout;
-        self.guard()
-            .message_started()
-            .is_some_and(|started| now.saturating_duration_since(started) >= limit)
-    }
-
     /// Rebuilds tungstenite around the same stream, dropping the buffers a
     /// large message grew (it keeps their capacity forever, with no way to
     /// shrink them). Called only when the loop is idle and the guard has
@@ -749,12 +698,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let Some(ws) = self.ws.take() else {
             return Ok(());
         };
+        let websocket = *ws.get_config();
         let mut stream = ws.into_inner();
         stream.buffers_released();
-        let websocket = websocket_config(
-            self.settings.read_buffer_size,
-            self.settings.max_message_size,
-        );
         let role = self.settings.role;
         self.ws = Some(WebSocketStream::from_raw_socket(stream, role, Some(websocket)).await);
         log::trace!("peer {}: buffers released", self.peer.id());

@@ -12,9 +12,9 @@
 //!   frame and skips payloads by their length (no second payload parse), and
 //!   counts every frame (data, continuation, ping, pong, close), the
 //!   fragments of the message in progress and when that message began;
-//! - frame and byte rates per second, and the fragment cap. Past one, reads
-//!   fail with an [`io::Error`] carrying a [`Violation`], which the loop
-//!   answers with Close 1008.
+//! - message (data, ping, pong), frame and byte rates per second, and the
+//!   fragment cap. Past one, reads fail with an [`io::Error`] carrying a
+//!   [`Violation`], which the loop answers with Close 1008.
 //!
 //! It also knows when the bytes delivered end exactly at a message boundary
 //! and whether a large frame went through either way, which is what lets the
@@ -22,8 +22,9 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
@@ -33,6 +34,9 @@ use crate::Config;
 /// A limit the peer broke; the loop closes it with 1008 and this reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Violation {
+    /// More messages, pings and pongs per second than
+    /// [`Config::max_messages_per_second`].
+    MessageRate,
     /// More frames per second than [`Config::max_frames_per_second`].
     FrameRate,
     /// More bytes per second than [`Config::max_bytes_per_second`].
@@ -45,6 +49,7 @@ impl Violation {
     /// The reason sent in the Close frame and kept in [`crate::Error::Policy`].
     pub(crate) fn reason(self) -> &'static str {
         match self {
+            Violation::MessageRate => "message rate limit exceeded",
             Violation::FrameRate => "frame rate limit exceeded",
             Violation::ByteRate => "byte rate limit exceeded",
             Violation::Fragments => "too many fragments in one message",
@@ -65,59 +70,89 @@ impl std::fmt::Display for Violation {
 
 impl std::error::Error for Violation {}
 
-/// A count per window of at least one second. The clock is read only when
-/// the count passes the limit, so the hot path costs an add and a compare:
-/// a window then lasts from its start until the count first passes the
-/// limit, and only a peer that passed it in under a second is refused.
+/// Milliseconds since the first call, wrapping every 49 days: times are
+/// kept in 4 bytes rather than an `Instant`'s 16, since every connection
+/// carries them. Differences are taken with `wrapping_sub`, which is exact
+/// for spans under 49 days.
+fn now_ms() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_millis() as u32
+}
+
+/// Message, frame and byte counts per window of at least one second. The clock is
+/// read only when a count passes its limit, so the hot path costs two adds
+/// and two compares: a window lasts from its start until a count first
+/// passes its limit, and only a peer that passed it in under a second is
+/// refused. (A window 49 days old is judged against a wrapped start, so
+/// once in a long while one may end a little early.)
 struct Window {
-    start: Instant,
-    count: u64,
+    start_ms: u32,
+    counts: Counts,
+}
+
+/// What the peer sent, counted: messages (data messages, pings and pongs:
+/// what the application or tungstenite acts on), frames of any kind, bytes.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Counts {
+    messages: u32,
+    frames: u32,
+    bytes: u32,
+}
+
+impl Counts {
+    fn saturating_add(self, other: Counts) -> Counts {
+        Counts {
+            messages: self.messages.saturating_add(other.messages),
+            frames: self.frames.saturating_add(other.frames),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
 }
 
 impl Window {
     fn new() -> Self {
         Window {
-            start: Instant::now(),
-            count: 0,
+            start_ms: now_ms(),
+            counts: Counts::default(),
         }
     }
 
-    /// Adds `n`; false when the limit (0 = none) was passed within a second.
-    fn add(&mut self, n: u64, limit: u64) -> bool {
-        self.count += n;
-        if limit == 0 || self.count <= limit {
-            return true;
-        }
-        let now = Instant::now();
-        if now.duration_since(self.start) < Duration::from_secs(1) {
-            return false;
+    /// Adds what one read delivered; the limit it broke, if any.
+    fn add(&mut self, counts: Counts, limits: &Limits) -> Option<Violation> {
+        self.counts = self.counts.saturating_add(counts);
+        limits.broken(self.counts)?;
+        let now = now_ms();
+        if now.wrapping_sub(self.start_ms) < 1000 {
+            return limits.broken(self.counts);
         }
         // A new window, starting with what arrived just now.
-        self.start = now;
-        self.count = n;
-        n <= limit
+        self.start_ms = now;
+        self.counts = counts;
+        limits.broken(counts)
     }
 }
 
 /// Where the bytes delivered so far end, frame-wise.
 #[derive(Default)]
 struct Tracker {
-    /// Header bytes of the frame being parsed (up to 14).
-    header: [u8; 14],
-    /// How many of them have arrived.
+    /// The first bytes of the header being parsed: the two fixed ones and
+    /// the extended length (the mask that may follow is only counted).
+    header: [u8; 10],
+    /// How many header bytes have arrived.
     have: u8,
     /// Payload bytes of the current frame still to skip.
     payload_left: u64,
     /// Fragments of the data message in progress (0: none in progress).
     fragments: u32,
-    /// When the fragmented message in progress began.
-    message_started: Option<Instant>,
+    /// When the fragmented message in progress began ([`now_ms`]).
+    message_started_ms: u32,
 }
 
 /// What one chunk of bytes contained.
 #[derive(Default)]
 struct Seen {
-    frames: u64,
+    counts: Counts,
     /// The largest frame payload whose header was in the chunk.
     largest: u64,
     too_many_fragments: bool,
@@ -147,7 +182,9 @@ impl Tracker {
                 bytes = &bytes[skip as usize..];
                 continue;
             }
-            self.header[usize::from(self.have)] = bytes[0];
+            if let Some(slot) = self.header.get_mut(usize::from(self.have)) {
+                *slot = bytes[0];
+            }
             self.have += 1;
             bytes = &bytes[1..];
             if self.have >= 2 && self.have == self.header_len() {
@@ -170,16 +207,19 @@ impl Tracker {
             n => u64::from(n),
         };
         self.payload_left = len;
-        seen.frames += 1;
+        seen.counts.frames += 1;
         seen.largest = seen.largest.max(len);
         let fin = self.header[0] & 0x80 != 0;
         match self.header[0] & 0x0F {
             // Text or binary: a message begins (and ends, with FIN).
             1 | 2 if !fin => {
                 self.fragments = 1;
-                self.message_started = Some(Instant::now());
+                self.message_started_ms = now_ms();
             }
-            1 | 2 => self.end_message(),
+            1 | 2 => {
+                seen.counts.messages += 1;
+                self.end_message();
+            }
             // Continuation: one more fragment of the message in progress.
             0 => {
                 self.fragments = self.fragments.saturating_add(1);
@@ -187,18 +227,21 @@ impl Tracker {
                     seen.too_many_fragments = true;
                 }
                 if fin {
+                    seen.counts.messages += 1;
                     self.end_message();
                 }
             }
-            // Control frames (and opcodes tungstenite will refuse) leave the
-            // message in progress alone.
+            // Pings and pongs count as messages: a flood of them costs as
+            // much as a message flood.
+            9 | 10 => seen.counts.messages += 1,
+            // Close (and opcodes tungstenite will refuse) leave the message
+            // in progress alone.
             _ => {}
         }
     }
 
     fn end_message(&mut self) {
         self.fragments = 0;
-        self.message_started = None;
     }
 
     /// The bytes so far end a frame, and no fragmented message is open.
@@ -207,20 +250,43 @@ impl Tracker {
     }
 }
 
-/// The limits a [`Guarded`] stream enforces, from [`Config`].
+/// The limits a [`Guarded`] stream enforces, from [`Config`] (0 = none).
 #[derive(Clone, Copy)]
 pub(crate) struct Limits {
-    frames_per_second: u64,
-    bytes_per_second: u64,
+    messages_per_second: u32,
+    frames_per_second: u32,
+    /// Saturated to `u32::MAX`: past 4 GiB/s the limit is moot anyway.
+    bytes_per_second: u32,
     max_fragments: u32,
+    /// [`Config::message_timeout`] in milliseconds (saturated: 49 days).
+    message_timeout_ms: u32,
+}
+
+impl Limits {
+    /// The rate limit these counts break, if any.
+    fn broken(&self, counts: Counts) -> Option<Violation> {
+        let over = |count: u32, limit: u32| limit != 0 && count > limit;
+        if over(counts.messages, self.messages_per_second) {
+            Some(Violation::MessageRate)
+        } else if over(counts.frames, self.frames_per_second) {
+            Some(Violation::FrameRate)
+        } else if over(counts.bytes, self.bytes_per_second) {
+            Some(Violation::ByteRate)
+        } else {
+            None
+        }
+    }
 }
 
 impl From<&Config> for Limits {
     fn from(config: &Config) -> Self {
         Limits {
-            frames_per_second: u64::from(config.max_frames_per_second),
-            bytes_per_second: config.max_bytes_per_second,
+            messages_per_second: config.max_messages_per_second,
+            frames_per_second: config.max_frames_per_second,
+            bytes_per_second: u32::try_from(config.max_bytes_per_second).unwrap_or(u32::MAX),
             max_fragments: config.max_fragments,
+            message_timeout_ms: u32::try_from(config.message_timeout.as_millis())
+                .unwrap_or(u32::MAX),
         }
     }
 }
@@ -231,10 +297,9 @@ pub(crate) struct Guarded<S> {
     inner: S,
     limits: Limits,
     tracker: Tracker,
-    frames: Window,
-    bytes: Window,
+    window: Window,
     /// Bytes delivered since the inner stream last returned `Pending`.
-    run: usize,
+    run: u32,
     /// The budget ran out on the last read: the caller should yield.
     budget_spent: bool,
     /// The last read reached the inner stream and it had nothing: whoever
@@ -246,24 +311,28 @@ pub(crate) struct Guarded<S> {
     /// Once broken, a limit stays broken: every later read fails too.
     violation: Option<Violation>,
     /// Bytes read and written since the loop's last [`Guarded::new_batch`].
-    moved: usize,
+    moved: u32,
 }
 
 impl<S> Guarded<S> {
-    pub(crate) fn new(inner: S, limits: Limits) -> Self {
-        Guarded {
+    /// Guards `inner`. `leftover` is what the handshake read past its end,
+    /// which tungstenite gets straight from the caller: the tracker follows
+    /// it first, or it would start in the middle of a frame.
+    pub(crate) fn new(inner: S, limits: Limits, leftover: &[u8]) -> Self {
+        let mut guarded = Guarded {
             inner,
             limits,
             tracker: Tracker::default(),
-            frames: Window::new(),
-            bytes: Window::new(),
+            window: Window::new(),
             run: 0,
             budget_spent: false,
             drained: false,
             grown: false,
             violation: None,
             moved: 0,
-        }
+        };
+        guarded.violation = guarded.account(leftover);
+        guarded
     }
 
     /// The stream underneath, for the final shutdown and discard, which
@@ -279,7 +348,7 @@ impl<S> Guarded<S> {
 
     /// Bytes read and written since the last [`new_batch`](Self::new_batch).
     pub(crate) fn moved(&self) -> usize {
-        self.moved
+        self.moved as usize
     }
 
     /// The loop starts a new batch.
@@ -287,9 +356,11 @@ impl<S> Guarded<S> {
         self.moved = 0;
     }
 
-    /// When the fragmented message in progress began, if one is.
-    pub(crate) fn message_started(&self) -> Option<Instant> {
-        self.tracker.message_started
+    /// Whether a fragmented message has been arriving for longer than
+    /// [`Config::message_timeout`].
+    pub(crate) fn message_stalled(&self) -> bool {
+        let age = now_ms().wrapping_sub(self.tracker.message_started_ms);
+        self.tracker.fragments != 0 && age >= self.limits.message_timeout_ms
     }
 
     /// Everything delivered has been consumed and ends at a message
@@ -313,16 +384,12 @@ impl<S> Guarded<S> {
         if seen.too_many_fragments {
             return Some(Violation::Fragments);
         }
-        if seen.frames > 0 && !self.frames.add(seen.frames, self.limits.frames_per_second) {
-            return Some(Violation::FrameRate);
-        }
-        if !self
-            .bytes
-            .add(bytes.len() as u64, self.limits.bytes_per_second)
-        {
-            return Some(Violation::ByteRate);
-        }
-        None
+        // A read is at most a read buffer: it fits in a u32.
+        let counts = Counts {
+            bytes: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            ..seen.counts
+        };
+        self.window.add(counts, &self.limits)
     }
 }
 
@@ -336,7 +403,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         if let Some(violation) = this.violation {
             return Poll::Ready(Err(io::Error::other(violation)));
         }
-        if this.run >= READ_BUDGET_BYTES {
+        if this.run as usize >= READ_BUDGET_BYTES {
             // Enough for one turn: say "not yet" once, and ask to be polled
             // again at once, so the task yields to the others in between.
             this.run = 0;
@@ -353,8 +420,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 Poll::Pending
             }
             Poll::Ready(Ok(n)) => {
-                this.run += n;
-                this.moved = this.moved.saturating_add(n);
+                let len = u32::try_from(n).unwrap_or(u32::MAX);
+                this.run = this.run.saturating_add(len);
+                this.moved = this.moved.saturating_add(len);
                 this.drained = false;
                 match this.account(&buf[..n]) {
                     Some(violation) => {
@@ -382,7 +450,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         }
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
-            self.moved = self.moved.saturating_add(n);
+            let len = u32::try_from(n).unwrap_or(u32::MAX);
+            self.moved = self.moved.saturating_add(len);
         }
         written
     }
@@ -426,17 +495,18 @@ mod tests {
         stream.extend(frame(0x00, 70_000)); // continuation, 8-byte length
         stream.extend(frame(0x80, 200)); // final continuation, 2-byte length
         let mut tracker = Tracker::default();
-        let mut frames = 0;
+        let mut counts = Counts::default();
         let mut boundaries = Vec::new();
         for (i, byte) in stream.iter().enumerate() {
-            frames += tracker.feed(std::slice::from_ref(byte), 0).frames;
+            counts = counts.saturating_add(tracker.feed(std::slice::from_ref(byte), 0).counts);
             if tracker.at_message_boundary() {
                 boundaries.push(i + 1);
             }
         }
-        assert_eq!(frames, 4);
+        // Four frames: one message and one ping.
+        assert_eq!((counts.frames, counts.messages), (4, 2));
         assert_eq!(boundaries, vec![stream.len()]);
-        assert!(tracker.message_started.is_none());
+        assert_eq!(tracker.fragments, 0);
     }
 
     #[test]
@@ -451,11 +521,35 @@ mod tests {
 
     #[test]
     fn window_refuses_only_within_a_second() {
+        let limits = Limits {
+            messages_per_second: 5,
+            frames_per_second: 10,
+            bytes_per_second: 1000,
+            max_fragments: 0,
+            message_timeout_ms: 0,
+        };
+        let frames = |frames, messages, bytes| Counts {
+            messages,
+            frames,
+            bytes,
+        };
         let mut window = Window::new();
-        assert!(window.add(10, 10));
-        assert!(!window.add(1, 10));
-        window.start -= Duration::from_secs(2);
-        assert!(window.add(1, 10));
-        assert_eq!(window.count, 1);
+        assert_eq!(window.add(frames(10, 5, 100), &limits), None);
+        assert_eq!(
+            window.add(frames(1, 0, 0), &limits),
+            Some(Violation::FrameRate)
+        );
+        window.start_ms = window.start_ms.wrapping_sub(2000);
+        assert_eq!(window.add(frames(1, 0, 0), &limits), None);
+        assert_eq!(window.counts, frames(1, 0, 0));
+        assert_eq!(
+            window.add(frames(0, 0, 1001), &limits),
+            Some(Violation::ByteRate)
+        );
+        let mut window = Window::new();
+        assert_eq!(
+            window.add(frames(6, 6, 6), &limits),
+            Some(Violation::MessageRate)
+        );
     }
 }

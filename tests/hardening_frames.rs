@@ -205,6 +205,15 @@ fn stalled_fragmented_message_is_closed_while_pings_are_answered() {
     assert!(pongs >= 1, "closed before any ping was answered");
 }
 
+/// A final text frame masked with `mask`.
+fn masked_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 /// A seed request whose command makes it `size` bytes of JSON.
 fn large_request(id: i64, size: usize) -> Vec<u8> {
     let shell = wsloop::encode(&Message::request(id, "")).len();
@@ -345,4 +354,44 @@ fn settled_rss_kib(pid: u32) -> u64 {
         }
         last = now;
     }
+}
+
+#[test]
+fn frames_sent_with_the_handshake_are_followed_from_their_start() {
+    // A large message whose first bytes arrive in the same packet as the
+    // upgrade request: the server's handshake reads them, tungstenite gets
+    // them as leftover, and the guard must count them too, or it would take
+    // the payload for headers (and release buffers mid-message).
+    let server = TestServer::start(Config::default());
+    let addr = server.addr;
+    let mut stream = TcpStream::connect(addr).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    // Masked with "xxxx", the command's 'x's go out as zero bytes: to a
+    // tracker that missed the header they look like empty continuation
+    // frames, 100,000 of them, far past the fragment cap.
+    let text = wsloop::encode(&Message::request(3, "x".repeat(200_000)));
+    let frame = masked_text(text.as_bytes(), *b"xxxx");
+    let mut first = format!(
+        "GET /server HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    first.extend_from_slice(&frame[..1000]);
+    stream.write_all(&first).expect("send head and frame start");
+    let head = common::read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(&frame[1000..]).expect("send the rest");
+    let small = client_frame(1, wsloop::encode(&Message::request(4, "small")).as_bytes());
+    stream.write_all(&small).expect("send a small request");
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let (first, payload) = read_frame(&mut stream).expect("reply");
+        if first & 0x0F == 0x1 {
+            let reply = wsloop::decode(&payload).expect("reply decodes");
+            ids.push(reply.request_id);
+        }
+    }
+    assert_eq!(ids, vec![3, 4]);
 }
