@@ -54,6 +54,11 @@ SERVER OPTIONS:
     --max-messages-per-sec N
                            per connection; excess closes with 1008
                            [default: 10000; 0 = unlimited]
+    --max-frames-per-sec N frames of any kind per connection (continuations,
+                           pongs too); excess closes with 1008
+                           [default: 50000; 0 = unlimited]
+    --max-bytes-per-sec N  bytes per connection; excess closes with 1008
+                           [default: 67108864; 0 = unlimited]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -140,6 +145,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-messages-per-sec") => {
                 config.max_messages_per_second = parser.value()?.parse()?
             }
+            Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
+            Long("max-bytes-per-sec") => config.max_bytes_per_second = parser.value()?.parse()?,
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
