@@ -80,12 +80,13 @@ fn now_ms() -> u32 {
     epoch.elapsed().as_millis() as u32
 }
 
-/// Message, frame and byte counts per window of at least one second. The clock is
-/// read only when a count passes its limit, so the hot path costs two adds
-/// and two compares: a window lasts from its start until a count first
-/// passes its limit, and only a peer that passed it in under a second is
-/// refused. (A window 49 days old is judged against a wrapped start, so
-/// once in a long while one may end a little early.)
+/// Message, frame and byte counts per window of at least one second. The
+/// clock is read only when a count passes its limit, so the hot path costs
+/// three adds and three compares: a window lasts from its start until a
+/// count first passes its limit, and only a peer that passed it in under a
+/// second is refused. (A window over 49 days old is judged against a
+/// wrapped start: its one crossing is wrongly refused if it falls in a
+/// one-second slot of the 49.7-day cycle, a chance of one in 4 million.)
 struct Window {
     start_ms: u32,
     counts: Counts,
