@@ -395,3 +395,93 @@ fn frames_sent_with_the_handshake_are_followed_from_their_start() {
     }
     assert_eq!(ids, vec![3, 4]);
 }
+
+/// `payload` as masked client frames: `parts` data frames (the first text,
+/// the rest continuations), with a ping after the first when there are
+/// several (control frames may come between fragments). Returned in two
+/// pieces: up to that ping, and the rest.
+fn fragmented(payload: &[u8], parts: usize) -> [Vec<u8>; 2] {
+    let size = payload.len().div_ceil(parts);
+    let mut pieces = [Vec::new(), Vec::new()];
+    for (i, part) in payload.chunks(size).enumerate() {
+        let mut frame = client_frame(if i == 0 { 1 } else { 0 }, part);
+        if i + 1 < parts {
+            frame[0] &= 0x7F; // not the last fragment: FIN off
+        }
+        pieces[usize::from(i > 0)].extend(frame);
+        if i == 0 && parts > 1 {
+            pieces[0].extend(client_frame(9, b"between"));
+        }
+    }
+    pieces
+}
+
+#[test]
+fn buffers_are_released_only_between_messages() {
+    // Large messages (which make the loop release its buffers when it next
+    // idles), small ones, and fragmented ones with a ping inside, sent in
+    // uneven chunks with pauses, so the server goes idle at arbitrary
+    // points: mid-header, mid-payload, between fragments (right after a
+    // large reply, too), between messages. A release anywhere but between
+    // messages would lose bytes, and the replies would stop matching.
+    const MESSAGES: i64 = 96;
+    let server = TestServer::start(Config::default());
+    let mut stream = raw_upgrade(server.addr);
+    let mut reader = stream.try_clone().expect("clone socket");
+    let mut messages = Vec::new();
+    let mut expected = Vec::new();
+    for id in 1..=MESSAGES {
+        let size = if id % 2 == 0 { 70_000 } else { 200 };
+        let shell = wsloop::encode(&Message::request(id, "")).len();
+        let text = wsloop::encode(&Message::request(id, "x".repeat(size - shell)));
+        // One to three fragments, so that every kind follows every kind.
+        messages.push(fragmented(text.as_bytes(), 1 + (id % 3) as usize));
+        expected.push(id);
+    }
+    let replies = thread::spawn(move || {
+        let mut ids = Vec::new();
+        while ids.len() < MESSAGES as usize {
+            match read_frame(&mut reader) {
+                Ok((first, payload)) if first & 0x0F == 0x1 => {
+                    let reply = wsloop::decode(&payload).expect("reply decodes");
+                    ids.push(reply.request_id);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        ids
+    });
+    let mut rng = fastrand::Rng::with_seed(11);
+    // Pacing, not synchronisation: a pause lets the server run dry there.
+    // False once the server has closed on us (the replies tell why).
+    let mut send = |piece: &[u8]| {
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rng.usize(1..=9000).min(rest.len()));
+            if stream.write_all(chunk).is_err() {
+                return false;
+            }
+            rest = tail;
+            if rng.bool() {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        true
+    };
+    for [first, rest] in &messages {
+        if !send(first) {
+            break;
+        }
+        if !rest.is_empty() {
+            // Idle between fragments, often right after a large reply: the
+            // one place a release would be easy to get wrong.
+            thread::sleep(Duration::from_millis(10));
+            if !send(rest) {
+                break;
+            }
+        }
+    }
+    let ids = replies.join().expect("reader thread");
+    assert_eq!(ids, expected);
+}
