@@ -75,6 +75,11 @@ SERVER OPTIONS:
                            take the client address from this proxy's
                            X-Forwarded-For (repeatable) [default: none]
     --public-metrics       /metrics without the token [default: behind it]
+    --max-frames-per-sec N frames of any kind per connection (continuations,
+                           pongs too); excess closes with 1008
+                           [default: 50000; 0 = unlimited]
+    --max-bytes-per-sec N  bytes per connection; excess closes with 1008
+                           [default: 67108864; 0 = unlimited]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -229,6 +234,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("public-metrics") => deployment.public_metrics = true,
             #[cfg(not(feature = "metrics"))]
             Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
+            Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
+            Long("max-bytes-per-sec") => config.max_bytes_per_second = parser.value()?.parse()?,
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,

@@ -50,10 +50,51 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Peer::request`](crate::Peer::request) waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most data messages one connection may send per second before it is
-/// closed with 1008: far above any interactive use, low enough that one
-/// flooding peer cannot monopolise a small server. 0 turns the check off.
+/// Most data messages (pings and pongs included) one connection may send
+/// per second before it is closed with 1008: far above any interactive use,
+/// low enough that one flooding peer cannot monopolise a small server.
+/// 0 turns the check off.
 pub const DEFAULT_MAX_MESSAGES_PER_SECOND: u32 = 10_000;
+
+/// Most frames of any kind (data, continuation, ping, pong) one connection
+/// may send per second before it is closed with 1008. Every frame costs a
+/// parse however small it is, and frames that complete no message are
+/// invisible to the message limit: endless empty continuations or pongs
+/// would otherwise spin a core. Five times the message limit leaves room
+/// for fragmented messages and control frames. 0 turns the check off.
+pub const DEFAULT_MAX_FRAMES_PER_SECOND: u32 = 50_000;
+
+/// Most bytes one connection may send per second before it is closed with
+/// 1008: 64 messages of the largest default size, far above interactive use,
+/// while a peer streaming 100 MB/s of anything is dropped within a second.
+/// 0 turns the check off.
+pub const DEFAULT_MAX_BYTES_PER_SECOND: u64 = 64 << 20;
+
+/// Most fragments one message may arrive in before the connection is closed
+/// with 1008. Fragments can be empty, so the size limit alone never bounds
+/// them; 1,024 carries the largest default message in 1 KiB fragments
+/// (Go's gorilla/websocket fragments at 4 KiB). 0 turns the check off.
+pub const DEFAULT_MAX_FRAGMENTS: u32 = 1024;
+
+/// Longest a fragmented message may stay unfinished before the connection
+/// is closed with 1008, even while the peer answers pings: a partial message
+/// holds its buffers, and pings alone would keep it past the idle timeout.
+/// Checked at each heartbeat, so it takes up to one heartbeat longer.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes one connection reads in one turn of the executor (since the socket
+/// last had nothing to give) before it yields to the other tasks. At
+/// loopback speed 32 KiB of the smallest frames parse in well under a
+/// millisecond, so a flooding peer cannot delay the others' replies by
+/// more; a 1 MiB message takes 32 turns, which costs nothing measurable.
+pub const READ_BUDGET_BYTES: usize = 32 * 1024;
+
+/// After a frame larger than this went through (either way), the connection
+/// rebuilds tungstenite's buffers small the next time it is idle at a
+/// message boundary: tungstenite keeps the capacity of the largest frame it
+/// read and wrote, forever. Above the write batch, so a pipelining peer's
+/// ordinary batches never trigger a rebuild.
+pub const RELEASE_THRESHOLD_BYTES: usize = 64 * 1024;
 
 /// Replies buffered past this many bytes are written out even before the
 /// loop flushes; it bounds the write buffer a pipelining peer can build up.
@@ -79,7 +120,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Memory per connection with these defaults: the read buffer
 /// ([`DEFAULT_READ_BUFFER_SIZE`], allocated at accept), tungstenite's write
 /// buffer (empty until the first send, then as large as the largest frame
-/// sent), the connection future itself (a few hundred bytes) and one shared
+/// sent, until the connection next idles after a frame over
+/// [`RELEASE_THRESHOLD_BYTES`]), the connection future itself (a few hundred bytes) and one shared
 /// [`Peer`](crate::Peer) record. The outbound queue allocates only while
 /// messages wait in it.
 #[derive(Debug, Clone)]
@@ -101,9 +143,21 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long one frame may take to be written ([`DEFAULT_WRITE_TIMEOUT`]).
     pub write_timeout: Duration,
-    /// Inbound data messages allowed per second
+    /// Inbound data messages, pings and pongs allowed per second
     /// ([`DEFAULT_MAX_MESSAGES_PER_SECOND`]; 0 = unlimited).
     pub max_messages_per_second: u32,
+    /// Inbound frames of any kind allowed per second
+    /// ([`DEFAULT_MAX_FRAMES_PER_SECOND`]; 0 = unlimited).
+    pub max_frames_per_second: u32,
+    /// Inbound bytes allowed per second ([`DEFAULT_MAX_BYTES_PER_SECOND`];
+    /// 0 = unlimited).
+    pub max_bytes_per_second: u64,
+    /// Fragments allowed in one inbound message ([`DEFAULT_MAX_FRAGMENTS`];
+    /// 0 = unlimited).
+    pub max_fragments: u32,
+    /// Longest a fragmented inbound message may stay unfinished
+    /// ([`DEFAULT_MESSAGE_TIMEOUT`]).
+    pub message_timeout: Duration,
 }
 
 impl Default for Config {
@@ -118,6 +172,10 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_messages_per_second: DEFAULT_MAX_MESSAGES_PER_SECOND,
+            max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
+            max_bytes_per_second: DEFAULT_MAX_BYTES_PER_SECOND,
+            max_fragments: DEFAULT_MAX_FRAGMENTS,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
         }
     }
 }
@@ -149,6 +207,19 @@ impl Config {
             return Err(Error::Config(
                 "max message size, outbound capacity and read buffer must be > 0".into(),
             ));
+        }
+        if self.message_timeout.is_zero() {
+            return Err(Error::Config("message timeout must be > 0".into()));
+        }
+        if self.max_bytes_per_second != 0
+            && self.max_bytes_per_second < self.max_message_size as u64
+        {
+            // Otherwise the largest allowed message could never arrive in
+            // under a second without breaking the byte limit.
+            return Err(Error::Config(format!(
+                "max bytes per second {} is below the max message size {}",
+                self.max_bytes_per_second, self.max_message_size
+            )));
         }
         Ok(())
     }

@@ -14,6 +14,12 @@
 //! a broken socket ends it. There is no code path that returns after one
 //! message. When it ends, the TCP stream is shut down (the `defer ws.Close()`
 //! of the original Go program).
+//!
+//! Under tungstenite sits the read guard (`guard.rs`): it bounds what one
+//! poll reads, counts every frame and byte the peer sends and caps the
+//! fragments of a message. It also tells the loop when everything read ends
+//! at a message boundary, which is when the loop may rebuild tungstenite
+//! around the same stream to shed buffers a large message grew.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,13 +33,14 @@ use std::{fmt, io};
 use async_channel::Sender;
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use async_tungstenite::tungstenite::{self, Message as Frame};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 use futures_sink::Sink;
 
-use crate::config::CLOSE_TIMEOUT;
+use crate::config::{CLOSE_TIMEOUT, READ_BUDGET_BYTES};
+use crate::guard::{Guarded, Limits, Violation};
 use crate::metrics::Metrics;
 use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::{human, timeout};
@@ -44,6 +51,12 @@ use crate::{codec, Config, Error, Message};
 /// replies into one write, small enough that one busy connection cannot
 /// keep the others waiting (the probe saw 120–170 ms stalls without it).
 const MAX_BATCH: usize = 64;
+
+/// Most bytes read and written by one batch before the loop flushes and
+/// yields, whatever the event count: 64 events of 1 MiB each would be 64 MiB
+/// of work in one turn. Two read budgets, so that small messages still batch
+/// fully (64 of ours are ~4 KiB) while large ones end a batch each.
+const MAX_BATCH_BYTES: usize = 2 * READ_BUDGET_BYTES;
 
 /// Close code for a normal, local close (RFC 6455 §7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -332,7 +345,9 @@ impl fmt::Display for Ended {
 /// One established WebSocket connection and its outbound queue, ready to
 /// [`run`](Connection::run). Works on any `futures-io` stream.
 pub struct Connection<S> {
-    ws: WebSocketStream<S>,
+    /// `None` only for the instant [`release_buffers`](Self::release_buffers)
+    /// swaps it for a fresh one.
+    ws: Option<WebSocketStream<Guarded<S>>>,
     peer: Peer,
     settings: LoopSettings,
     /// Whether the session ends with this connection (server side) or
@@ -369,11 +384,30 @@ fn coarse(deadline: Instant) -> Instant {
     epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
-/// Reads and drops everything until EOF or an error.
+/// Most bytes a closing connection discards while it waits for the peer to
+/// see its Close: the rest of one largest message. A peer still sending
+/// past that is flooding, and its socket is closed at once rather than read
+/// for [`CLOSE_TIMEOUT`] at loopback speed (~500 MB of work).
+const MAX_DISCARD_BYTES: usize = 1 << 20;
+
+/// Reads and drops everything until EOF, an error or [`MAX_DISCARD_BYTES`].
 async fn discard_input(stream: &mut (impl AsyncRead + Unpin)) {
     // On the heap: a stack array would live in every connection's future.
     let mut sink = vec![0u8; 1024];
-    while let Ok(1..) = stream.read(&mut sink).await {}
+    let (mut total, mut since_yield) = (0, 0);
+    while let Ok(n @ 1..) = stream.read(&mut sink).await {
+        total += n;
+        if total >= MAX_DISCARD_BYTES {
+            return;
+        }
+        // A peer sending faster than we discard would keep this read ready
+        // throughout: yield now and then, so the other tasks run.
+        since_yield += n;
+        if since_yield >= READ_BUDGET_BYTES {
+            since_yield = 0;
+            future::yield_now().await;
+        }
+    }
 }
 
 /// The part of [`Config`] the loop reads, kept per connection (the whole
@@ -382,48 +416,19 @@ struct LoopSettings {
     heartbeat: Duration,
     idle_timeout: Duration,
     write_timeout: Duration,
-    max_messages_per_second: u32,
+    /// The side we play, for rebuilding the reader
+    /// ([`Connection::release_buffers`]); tungstenite does not say.
+    role: Role,
 }
 
-impl From<&Config> for LoopSettings {
-    fn from(config: &Config) -> Self {
+impl LoopSettings {
+    fn new(config: &Config, role: Role) -> Self {
         LoopSettings {
             heartbeat: config.heartbeat,
             idle_timeout: config.idle_timeout(),
             write_timeout: config.write_timeout,
-            max_messages_per_second: config.max_messages_per_second,
+            role,
         }
-    }
-}
-
-/// Counts inbound data and ping frames per one-second window.
-struct RateLimit {
-    limit: u32,
-    window_start: Instant,
-    count: u32,
-}
-
-impl RateLimit {
-    fn new(limit: u32) -> Self {
-        RateLimit {
-            limit,
-            window_start: Instant::now(),
-            count: 0,
-        }
-    }
-
-    /// Counts `frame` (data or ping) at `now`; true past the limit.
-    fn exceeded(&mut self, now: Instant, frame: &Frame) -> bool {
-        // Pings count too: a ping flood costs as much as a message flood.
-        if self.limit == 0 || !matches!(frame, Frame::Text(_) | Frame::Binary(_) | Frame::Ping(_)) {
-            return false;
-        }
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        self.count > self.limit
     }
 }
 
@@ -437,24 +442,48 @@ enum Event {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
-    /// Wraps an established WebSocket (after the handshake). `addr` is the
-    /// remote address for logs and [`Peer::addr`].
-    pub fn new(ws: WebSocketStream<S>, addr: Option<SocketAddr>, config: &Config) -> Self {
+    /// Takes over a stream whose opening handshake is done. `leftover` is
+    /// what was read past the handshake (frames the peer sent right after
+    /// it; often empty), `role` the side we play, `addr` the remote address
+    /// for logs and [`Peer::addr`].
+    ///
+    /// The connection builds tungstenite itself, on top of its read guard:
+    /// that is why it takes the raw stream and not a `WebSocketStream`
+    /// (which could not be unwrapped without losing the bytes it buffered).
+    /// After tungstenite's own handshake (`accept_async`, `client_async`),
+    /// pass `ws.into_inner()` with no leftover, as long as the peer waits
+    /// for the handshake's answer before it sends (clients do).
+    pub fn new(
+        stream: S,
+        role: Role,
+        leftover: Vec<u8>,
+        addr: Option<SocketAddr>,
+        config: &Config,
+    ) -> impl Future<Output = Self> + Send {
         let session = Session::new(config.outbound_capacity, config.request_timeout);
-        let mut conn = Self::with_session(ws, addr, config, session);
-        conn.owns_session = true;
-        conn
+        let conn = Self::with_session(stream, role, leftover, addr, config, session);
+        async move {
+            let mut conn = conn.await;
+            conn.owns_session = true;
+            conn
+        }
     }
 
     /// Like [`new`](Self::new), but sends from (and routes replies into) an
     /// existing `session` that outlives this connection: what is queued and
     /// not yet sent when it drops stays queued for the next one.
     pub fn with_session(
-        ws: WebSocketStream<S>,
+        stream: S,
+        role: Role,
+        leftover: Vec<u8>,
         addr: Option<SocketAddr>,
         config: &Config,
         session: Session,
-    ) -> Self {
+    ) -> impl Future<Output = Self> + Send {
+        let guarded = Guarded::new(stream, Limits::from(config), &leftover);
+        let websocket = Some(config.websocket());
+        let ws = WebSocketStream::from_partially_read(guarded, leftover, role, websocket);
+        let settings = LoopSettings::new(config, role);
         let peer = Peer {
             inner: Arc::new(PeerInner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -466,12 +495,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 metrics: None,
             }),
         };
-        Connection {
-            ws,
-            peer,
-            settings: LoopSettings::from(config),
-            owns_session: false,
-            unflushed: false,
+        async move {
+            Connection {
+                ws: Some(ws.await),
+                peer,
+                settings,
+                owns_session: false,
+                unflushed: false,
+            }
         }
     }
 
@@ -482,6 +513,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             inner.metrics = Some(metrics);
         }
         self
+    }
+
+    /// The WebSocket; see the field for why it is an `Option`.
+    fn ws(&mut self) -> &mut WebSocketStream<Guarded<S>> {
+        self.ws
+            .as_mut()
+            .expect("the WebSocket is only absent inside release_buffers")
+    }
+
+    /// The read guard under tungstenite.
+    fn guard(&mut self) -> &mut Guarded<S> {
+        self.ws().get_mut()
     }
 
     /// The handle other tasks use to send to this peer or close it.
@@ -513,7 +556,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             // Always release the socket, however the loop ended.
             let lingering = matches!(result, Err(Error::Policy(_) | Error::WebSocket(_)));
-            Box::pin(release(self.ws.get_mut(), lingering)).await;
+            // Around the guard: a peer past its limits is still discarded.
+            Box::pin(release(self.guard().get_mut(), lingering)).await;
             result
         }
     }
@@ -528,7 +572,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // busy connections cost no timer syscalls per message.
         let mut timer = Timer::at(coarse(next_ping.min(last_seen + idle_timeout)));
         let mut outbound_first = false;
-        let mut rate = RateLimit::new(self.settings.max_messages_per_second);
 
         let mut batch = 0;
 
@@ -555,11 +598,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         }
                         Box::pin(self.drain()).await;
                         return Ok(Ended::PeerClosed(close));
-                    }
-                    if rate.exceeded(last_seen, &frame) {
-                        self.close(CLOSE_POLICY, "message rate limit exceeded", false)
-                            .await;
-                        return Err(Error::Policy("message rate limit exceeded".into()));
                     }
                     // Boxed: a message's handling state lives only while it
                     // is handled; inline it would enlarge every idle
@@ -603,6 +641,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Event::Tick => {
                     let now = Instant::now();
+                    if self.guard().message_stalled() {
+                        // Pings keep the connection alive; they must not
+                        // keep a half-sent message's buffers alive with it.
+                        let reason = "fragmented message unfinished for too long";
+                        self.close(CLOSE_POLICY, reason, false).await;
+                        return Err(Error::Policy(reason.into()));
+                    }
                     if now >= last_seen + idle_timeout {
                         let id = self.peer.id();
                         log::debug!("peer {id} silent for {}", human(idle_timeout));
@@ -636,12 +681,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         outbound_first: bool,
         batch: &mut usize,
     ) -> Result<Event, Error> {
-        if *batch >= MAX_BATCH {
-            // A long batch: flush and let other tasks run, so one busy
-            // connection cannot stall the rest.
+        if *batch >= MAX_BATCH || self.guard().moved() >= MAX_BATCH_BYTES {
+            // A long batch (in events or in bytes): flush and let other
+            // tasks run, so one busy connection cannot stall the rest.
             self.flush().await?;
             future::yield_now().await;
             *batch = 0;
+            self.guard().new_batch();
         }
         if let Some(event) = future::poll_once(self.next_event(timer, outbound_first)).await {
             *batch += 1;
@@ -649,7 +695,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         self.flush().await?;
         *batch = 0;
+        self.guard().new_batch();
+        if self.guard().worth_releasing() {
+            Box::pin(self.release_buffers()).await?;
+        }
+        if self.guard().take_budget_spent() {
+            // The guard stopped tungstenite on its read budget, not for
+            // want of data: really yield, rather than read on in this poll.
+            future::yield_now().await;
+        }
         Ok(self.next_event(timer, outbound_first).await)
+    }
+
+    /// Rebuilds tungstenite around the same stream, dropping the buffers a
+    /// large message grew (it keeps their capacity forever, with no way to
+    /// shrink them). Called only when the loop is idle and the guard has
+    /// seen everything read end at a message boundary, so tungstenite's read
+    /// side holds nothing; its write side is flushed first, or the rebuild
+    /// waits for another idle moment.
+    async fn release_buffers(&mut self) -> Result<(), Error> {
+        let ws = self.ws();
+        match future::poll_once(future::poll_fn(|cx| Pin::new(&mut *ws).poll_flush(cx))).await {
+            Some(Ok(())) => {}
+            Some(Err(err)) => return Err(err.into()),
+            None => return Ok(()),
+        }
+        let Some(ws) = self.ws.take() else {
+            return Ok(());
+        };
+        let websocket = *ws.get_config();
+        let mut stream = ws.into_inner();
+        stream.buffers_released();
+        let role = self.settings.role;
+        self.ws = Some(WebSocketStream::from_raw_socket(stream, role, Some(websocket)).await);
+        log::trace!("peer {}: buffers released", self.peer.id());
+        Ok(())
     }
 
     /// Waits for the first of: the heartbeat timer, an outbound message, an
@@ -668,7 +748,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         .poll_outgoing(cx)
                         .map(Event::Outbound)
                 } else {
-                    Pin::new(&mut self.ws)
+                    Pin::new(self.ws.as_mut().expect("present between rebuilds"))
                         .poll_next(cx)
                         .map(|frame| Event::Inbound(frame.map(|f| f.map_err(Box::new))))
                 };
@@ -727,12 +807,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// write timeout is treated as gone: a stuck write must not stall the
     /// loop forever.
     async fn send_frame(&mut self, frame: Frame) -> Result<(), Error> {
-        let ws = &mut self.ws;
+        let write_timeout = self.settings.write_timeout;
+        let ws = self.ws();
         let feed = async {
             future::poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await?;
             Pin::new(&mut *ws).start_send(frame)
         };
-        let result = timeout(self.settings.write_timeout, feed).await;
+        let result = timeout(write_timeout, feed).await;
         self.unflushed = true;
         match result {
             Some(result) => result.map_err(Error::from),
@@ -745,9 +826,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if !self.unflushed {
             return Ok(());
         }
-        let ws = &mut self.ws;
+        let write_timeout = self.settings.write_timeout;
+        let ws = self.ws();
         let flush = future::poll_fn(|cx| Pin::new(&mut *ws).poll_flush(cx));
-        let result = timeout(self.settings.write_timeout, flush).await;
+        let result = timeout(write_timeout, flush).await;
         self.unflushed = false;
         match result {
             Some(result) => result.map_err(Error::from),
@@ -768,7 +850,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             reason: reason.into(),
         };
         let close = async {
-            if self.ws.close(Some(frame)).await.is_ok() && await_reply {
+            if self.ws().close(Some(frame)).await.is_ok() && await_reply {
                 self.drain_unbounded().await;
             }
         };
@@ -781,13 +863,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     async fn drain_unbounded(&mut self) {
-        while let Some(Ok(_)) = self.ws.next().await {}
+        while let Some(Ok(_)) = self.ws().next().await {}
     }
 
     /// Turns a read error into the close code the peer deserves, sends it
     /// when the socket still works, and returns the error for the caller.
     async fn fail(&mut self, err: tungstenite::Error) -> Error {
         use tungstenite::error::Error as E;
+        if let Some(violation) = match &err {
+            E::Io(e) => Violation::of(e),
+            _ => None,
+        } {
+            // The guard refused the peer's bytes; tungstenite is still open
+            // for writing, so the peer learns why.
+            let reason = violation.reason();
+            log::debug!("peer {} closed: {reason}", self.peer.id());
+            self.close(CLOSE_POLICY, reason, false).await;
+            return Error::Policy(reason.into());
+        }
         let close = match &err {
             E::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
             E::Utf8(_) => Some((CLOSE_INVALID_DATA, "invalid UTF-8")),

@@ -65,6 +65,7 @@ mod error;
 mod fd_limit;
 #[cfg(feature = "trusted-proxy")]
 pub mod forwarded;
+mod guard;
 mod handshake;
 pub mod http;
 mod hub;
@@ -101,6 +102,9 @@ pub use time::{parse_duration, timeout, Timeout};
 /// One WebSocket frame (tungstenite's message type), as seen by
 /// [`Handler::on_frame`].
 pub use async_tungstenite::tungstenite::Message as Frame;
+
+/// Which side of a connection we play, as [`Connection::new`] takes it.
+pub use async_tungstenite::tungstenite::protocol::Role;
 
 /// The WebSocket protocol crate wsloop is built on, for callers that need
 /// its types (for example to build a [`Connection`] from their own stream).

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use async_channel::Sender;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
 use smol::Executor;
 
@@ -533,7 +532,7 @@ fn serve<S: Stream, H: Handler>(
         let _alive = alive;
         // In a block, so that what only the handshake needs is dead (and
         // its room in this future reused) while the connection runs.
-        let (ws, client, _ticket) = {
+        let (conn, client, _ticket) = {
             let budget = shared
                 .config
                 .handshake_timeout
@@ -545,13 +544,12 @@ fn serve<S: Stream, H: Handler>(
             let Some((leftover, client, ticket)) = handshake.await else {
                 return;
             };
-            let websocket = Some(shared.config.websocket());
-            let ws =
-                WebSocketStream::from_partially_read(stream, leftover, Role::Server, websocket);
-            let ws = Box::pin(ws);
-            (ws.await, client, ticket)
+            // The read guard goes under tungstenite, above TLS.
+            let conn =
+                Connection::new(stream, Role::Server, leftover, Some(client), &shared.config);
+            (Box::pin(conn).await, client, ticket)
         };
-        connected(ws, client, &shared, handler).await;
+        connected(conn, client, &shared, handler).await;
     }
 }
 
@@ -569,14 +567,14 @@ fn client_addr(addr: SocketAddr, request: &Request, shared: &Shared) -> SocketAd
 /// Registers an upgraded connection with the hub, and returns its loop
 /// followed by its removal from the hub.
 fn connected<S: Stream, H: Handler>(
-    ws: WebSocketStream<S>,
+    conn: Connection<S>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
 ) -> impl Future<Output = ()> + Send {
     let metrics = shared.hub.metrics.clone();
     metrics.upgraded();
-    let conn = Connection::new(ws, Some(addr), &shared.config).with_metrics(metrics);
+    let conn = conn.with_metrics(metrics);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");

@@ -456,7 +456,6 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 /// client.
 fn serve_frames(input: &[u8], chunk: usize) -> Vec<Frame> {
     let config = Config::default();
-    let ws_config = config.websocket();
     let output = Arc::new(Mutex::new(Vec::new()));
     let stream = Duplex {
         input: input.to_vec(),
@@ -464,8 +463,7 @@ fn serve_frames(input: &[u8], chunk: usize) -> Vec<Frame> {
         output: output.clone(),
     };
     smol::block_on(async {
-        let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await;
-        let conn = Connection::new(ws, None, &config);
+        let conn = Connection::new(stream, Role::Server, Vec::new(), None, &config).await;
         let seed = |_: &Peer, m: Message| Some(m.seed_reply());
         let ended = wsloop::timeout(Duration::from_secs(5), conn.run(seed)).await;
         assert!(ended.is_some(), "connection did not end on EOF");

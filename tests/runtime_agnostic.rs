@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_util::compat::TokioAsyncReadCompatExt;
-use wsloop::{Config, Connection, Ended, Message, Peer};
+use wsloop::{Config, Connection, Ended, Message, Peer, Role};
 
 #[test]
 fn server_and_client_connections_run_on_tokio() {
@@ -31,7 +31,17 @@ fn server_and_client_connections_run_on_tokio() {
                 let ws = async_tungstenite::accept_async(tcp.compat())
                     .await
                     .expect("upgrade");
-                let conn = Connection::new(ws, Some(peer_addr), &server_config);
+                // tungstenite's handshake read nothing past the request:
+                // the client waits for the 101 before it sends.
+                let stream = ws.into_inner();
+                let conn = Connection::new(
+                    stream,
+                    Role::Server,
+                    Vec::new(),
+                    Some(peer_addr),
+                    &server_config,
+                )
+                .await;
                 let seed = |_: &Peer, request: Message| Some(request.seed_reply());
                 conn.run(seed).await
             });
@@ -42,7 +52,15 @@ fn server_and_client_connections_run_on_tokio() {
                 async_tungstenite::client_async(format!("ws://{addr}/server"), tcp.compat())
                     .await
                     .expect("handshake");
-            let conn = Connection::new(ws, Some(addr), &config);
+            // Nor past the 101: the server sends nothing before a request.
+            let conn = Connection::new(
+                ws.into_inner(),
+                Role::Client,
+                Vec::new(),
+                Some(addr),
+                &config,
+            )
+            .await;
             let peer = conn.peer().clone();
             let client = tokio::spawn(conn.run(|_: &Peer, _: Message| None));
 

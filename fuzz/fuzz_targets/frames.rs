@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use libfuzzer_sys::fuzz_target;
-use wsloop::async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use wsloop::async_tungstenite::tungstenite::protocol::Role;
 use wsloop::async_tungstenite::tungstenite::{self, error::ProtocolError};
 use wsloop::async_tungstenite::WebSocketStream;
 use wsloop::{Config, Connection, Message, Peer};
@@ -70,11 +70,6 @@ impl AsyncWrite for Duplex {
     }
 }
 
-/// The tungstenite settings wsloop's server uses.
-fn websocket_config(config: &Config) -> WebSocketConfig {
-    config.websocket()
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&first, input)) = data.split_first() else {
         return;
@@ -97,10 +92,7 @@ fuzz_target!(|data: &[u8]| {
         output: output.clone(),
     };
     smol::block_on(async {
-        let ws =
-            WebSocketStream::from_raw_socket(stream, Role::Server, Some(websocket_config(&config)))
-                .await;
-        let conn = Connection::new(ws, None, &config);
+        let conn = Connection::new(stream, Role::Server, Vec::new(), None, &config).await;
         let handler = |_: &Peer, m: Message| Some(m.seed_reply());
         // The input is finite, so the loop must end long before this.
         // Ok or Err are both fine ends; only not ending is a bug.

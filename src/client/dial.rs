@@ -7,8 +7,6 @@
 use std::net::{SocketAddr, TcpStream};
 
 use async_io::Async;
-use async_tungstenite::tungstenite::protocol::Role;
-use async_tungstenite::WebSocketStream;
 
 #[cfg(feature = "proxy")]
 use super::proxy::ProxyServer;
@@ -63,9 +61,10 @@ impl Dialer {
         })
     }
 
-    /// Dials once, within the handshake timeout: returns the WebSocket and
-    /// the address actually dialled (the proxy's, through one).
-    pub async fn dial(&self) -> Result<(WebSocketStream<ClientStream>, SocketAddr), Error> {
+    /// Dials once, within the handshake timeout: returns the stream, the
+    /// bytes read past the server's 101 and the address actually dialled
+    /// (the proxy's, through one).
+    pub async fn dial(&self) -> Result<(ClientStream, Vec<u8>, SocketAddr), Error> {
         let attempt = async {
             let (addr, tcp) = self.tcp().await?;
             let tcp = self.tunnel(tcp).await?;
@@ -78,11 +77,7 @@ impl Dialer {
             let target = &self.target;
             let leftover =
                 handshake::client(&mut stream, &target.host_header, &target.path, &headers).await?;
-            let websocket = Some(self.config.websocket());
-            let ws =
-                WebSocketStream::from_partially_read(stream, leftover, Role::Client, websocket)
-                    .await;
-            Ok::<_, Error>((ws, addr))
+            Ok::<_, Error>((stream, leftover, addr))
         };
         timeout(self.config.handshake_timeout, attempt)
             .await

@@ -103,6 +103,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::Timer;
+use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
@@ -156,28 +157,25 @@ pub async fn connect_to(
         ..ClientOptions::new(address)
     };
     options.config.validate()?;
-    let (ws, addr) = Dialer::new(&options, Some(path))?.dial().await?;
-    Ok(Connection::new(ws, Some(addr), &options.config))
+    let (stream, leftover, addr) = Dialer::new(&options, Some(path))?.dial().await?;
+    Ok(Connection::new(stream, Role::Client, leftover, Some(addr), &options.config).await)
 }
 
 /// [`connect`] with everything [`ClientOptions`] says about the dial
 /// (token, headers, CA, proxy); its reconnect policy is not used.
 pub async fn connect_with(options: &ClientOptions) -> Result<ClientConnection, Error> {
     options.config.validate()?;
-    let (ws, addr) = Dialer::new(options, None)?.dial().await?;
-    Ok(Connection::new(ws, Some(addr), &options.config))
+    let (stream, leftover, addr) = Dialer::new(options, None)?.dial().await?;
+    Ok(Connection::new(stream, Role::Client, leftover, Some(addr), &options.config).await)
 }
 
 /// Dials for the reconnecting client: the connection sends from (and routes
 /// replies into) `session`, which outlives it.
 async fn dial_session(dialer: &Dialer, session: &Session) -> Result<ClientConnection, Error> {
-    let (ws, addr) = dialer.dial().await?;
-    Ok(Connection::with_session(
-        ws,
-        Some(addr),
-        &dialer.config,
-        session.clone(),
-    ))
+    let (stream, leftover, addr) = dialer.dial().await?;
+    let session = session.clone();
+    let config = &dialer.config;
+    Ok(Connection::with_session(stream, Role::Client, leftover, Some(addr), config, session).await)
 }
 
 /// When and how often [`Client`] reconnects.

@@ -16,7 +16,7 @@
 //! # use wsloop::{Config, Message, Peer, Server};
 //! use wsloop::tls::server::ServerTls;
 //!
-//! let ex = smol::Executor::new();
+//! let ex = std::sync::Arc::new(smol::Executor::new());
 //! smol::block_on(ex.run(async {
 //!     let tls = ServerTls::from_pem_files("cert.pem", "key.pem")?;
 //!     let server = Server::bind("0.0.0.0:8443", Config::default()).await?.with_tls(tls);
