@@ -56,46 +56,39 @@
 //! any executor.
 #![warn(missing_docs)]
 
-mod access;
 pub mod client;
-mod codec;
 mod config;
 mod connection;
 mod error;
-mod fd_limit;
-#[cfg(feature = "trusted-proxy")]
-pub mod forwarded;
-mod guard;
-mod handshake;
 pub mod http;
-mod hub;
-mod json_check;
 mod log_safe;
-mod message;
-pub mod metrics;
 pub mod server;
-mod session;
 mod tcp;
 mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod wire;
 
-pub use access::{
+#[cfg(feature = "trusted-proxy")]
+pub use http::forwarded;
+pub use server::metrics;
+
+pub use http::access::{
     AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
 };
-pub use codec::{decode, encode, DecodeError};
+pub use wire::codec::{decode, encode, DecodeError};
 pub use config::*;
 pub use connection::{
     Connection, Ended, Handler, Peer, SeedHandler, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
-pub use fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
-pub use hub::{Hub, HubStats};
-pub use message::Message;
+pub use server::fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
+pub use server::hub::{Hub, HubStats};
+pub use wire::message::Message;
 pub use metrics::Metrics;
 pub use server::Server;
-pub use session::{PendingReply, RequestError, SendError, Session};
+pub use connection::session::{PendingReply, RequestError, SendError, Session};
 pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
 

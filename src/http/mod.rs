@@ -5,6 +5,11 @@
 //! Every response closes the connection, so there is no keep-alive or
 //! pipelining to get wrong: one request head in, one response out.
 
+pub(crate) mod access;
+#[cfg(feature = "trusted-proxy")]
+pub mod forwarded;
+pub(crate) mod handshake;
+
 use std::fmt;
 use std::future::Future;
 use std::io;

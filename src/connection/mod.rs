@@ -21,6 +21,9 @@
 //! at a message boundary, which is when the loop may rebuild tungstenite
 //! around the same stream to shed buffers a large message grew.
 
+pub(crate) mod guard;
+pub(crate) mod session;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,11 +43,12 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, S
 use futures_sink::Sink;
 
 use crate::config::{CLOSE_TIMEOUT, READ_BUDGET_BYTES};
-use crate::guard::{Guarded, Limits, Violation};
-use crate::metrics::Metrics;
-use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
+use crate::connection::guard::{Guarded, Limits, Violation};
+use crate::server::metrics::Metrics;
+use crate::connection::session::{Outgoing, PendingReply, RequestError, SendError, Session};
 use crate::time::{human, timeout};
-use crate::{codec, Config, Error, Message};
+use crate::wire::codec;
+use crate::{Config, Error, Message};
 
 /// Most events one connection handles back to back before it flushes and
 /// yields to the executor: large enough to batch a pipelining peer's

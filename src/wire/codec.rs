@@ -101,7 +101,7 @@ pub(crate) mod nano {
     use nanoserde::DeJson;
 
     use super::{write_json_string, DecodeError};
-    use crate::json_check::{self, Field, Fields};
+    use super::json_check::{self, Field, Fields};
     use crate::Message;
 
     /// Encodes `msg` as one line of compact JSON, the seed's field order.
