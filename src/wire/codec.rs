@@ -20,6 +20,12 @@
 
 use std::fmt;
 
+// A sibling in `wire`, named from here so that `nano` below reaches it as
+// `super::json_check` both in the crate and in the fuzz target, which
+// compiles these files at its root.
+#[cfg(feature = "nanoserde")]
+use super::json_check;
+
 #[cfg(not(any(feature = "serde", feature = "nanoserde")))]
 compile_error!(
     "wsloop needs a message codec: enable the `serde` feature (the default) or `nanoserde` \
