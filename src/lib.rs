@@ -73,24 +73,24 @@ mod wire;
 pub use http::forwarded;
 pub use server::metrics;
 
-pub use http::access::{
-    AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
-};
-pub use wire::codec::{decode, encode, DecodeError};
 pub use config::*;
+pub use connection::session::{PendingReply, RequestError, SendError, Session};
 pub use connection::{
     Connection, Ended, Handler, Peer, SeedHandler, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
+pub use http::access::{
+    AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
+};
+pub use metrics::Metrics;
 pub use server::fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
 pub use server::hub::{Hub, HubStats};
-pub use wire::message::Message;
-pub use metrics::Metrics;
 pub use server::Server;
-pub use connection::session::{PendingReply, RequestError, SendError, Session};
 pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
+pub use wire::codec::{decode, encode, DecodeError};
+pub use wire::message::Message;
 
 /// One WebSocket frame (tungstenite's message type), as seen by
 /// [`Handler::on_frame`].

@@ -37,8 +37,8 @@ use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
 use smol::Executor;
 
-use crate::http::access::{AccessPolicy, Admission, Ticket};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+use crate::http::access::{AccessPolicy, Admission, Ticket};
 #[cfg(feature = "trusted-proxy")]
 use crate::http::forwarded::TrustedProxies;
 use crate::http::handshake;

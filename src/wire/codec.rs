@@ -106,8 +106,8 @@ fn write_json_string(out: &mut String, s: &str) {
 pub(crate) mod nano {
     use nanoserde::DeJson;
 
-    use super::{write_json_string, DecodeError};
     use super::json_check::{self, Field, Fields};
+    use super::{write_json_string, DecodeError};
     use crate::Message;
 
     /// Encodes `msg` as one line of compact JSON, the seed's field order.
