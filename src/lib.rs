@@ -21,19 +21,31 @@
 //!                  └──────────────────────────────────────────────────┘
 //! ```
 //!
-//! The layers, one file each, data flowing top to bottom:
+//! The layers, one folder each under `src/` and one file per concern, data
+//! flowing top to bottom:
 //!
-//! - [`message`](Message) — the wire format; `codec` — JSON to and from it.
-//! - [`Connection`] — the loop above, generic over any `futures-io` stream.
-//! - `http` — request and response heads, static files and the built-in page.
-//! - `handshake` — the WebSocket opening handshake, both sides.
+//! - `wire/` — the wire format ([`Message`]); `codec`, JSON to and from it;
+//!   `json_check`, the small codec's strict check.
+//! - `connection/` — the loop above ([`Connection`]: heartbeat, batching,
+//!   close), generic over any `futures-io` stream; `handler` ([`Handler`]),
+//!   `peer` ([`Peer`]), `session` (outbound queue, reply routing), `guard`
+//!   (the read guard under tungstenite).
+//! - [`http`] — `request` and `response` heads; `forwarded` (feature
+//!   `trusted-proxy`) finds the client behind a proxy; `access` checks
+//!   origin, Host and token and admits connections; `handshake` is the
+//!   WebSocket opening handshake, both sides; `static_files` serves `/`.
 //! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly;
-//!   `forwarded` (feature `trusted-proxy`) finds the client behind a proxy,
-//!   [`metrics`] counts for `/metrics`.
-//! - `tls` — rustls around the TCP stream, before the handshake (`wss://`),
+//!   `hub` knows every live peer, [`metrics`] counts for `/metrics`,
+//!   `fd_limit` raises the open-file limit.
+//! - `tls/` — rustls around the TCP stream, before the handshake (`wss://`),
 //!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
 //!   the connection up, and run the seed client's loop.
+//! - `bin/wsloop/` — the binary: `cli` (arguments and `--help`), `logger`
+//!   (how log lines are printed), `main`.
+//!
+//! Shared by all of them, at the top: `config` ([`Config`]), `error`
+//! ([`Error`]), `time`, `tcp` and `log_safe`.
 //!
 //! Embedding a server in a smol application takes a few lines; the handler
 //! is any closure from a request to an optional reply:
