@@ -21,19 +21,31 @@
 //!                  └──────────────────────────────────────────────────┘
 //! ```
 //!
-//! The layers, one file each, data flowing top to bottom:
+//! The layers, one folder each under `src/` and one file per concern, data
+//! flowing top to bottom:
 //!
-//! - [`message`](Message) — the wire format; `codec` — JSON to and from it.
-//! - [`Connection`] — the loop above, generic over any `futures-io` stream.
-//! - `http` — request and response heads, static files and the built-in page.
-//! - `handshake` — the WebSocket opening handshake, both sides.
+//! - `wire/` — the wire format ([`Message`]); `codec`, JSON to and from it;
+//!   `json_check`, the small codec's strict check.
+//! - `connection/` — the loop above ([`Connection`]: heartbeat, batching,
+//!   close), generic over any `futures-io` stream; `handler` ([`Handler`]),
+//!   `peer` ([`Peer`]), `session` (outbound queue, reply routing), `guard`
+//!   (the read guard under tungstenite).
+//! - [`http`] — `request` and `response` heads; `forwarded` (feature
+//!   `trusted-proxy`) finds the client behind a proxy; `access` checks
+//!   origin, Host and token and admits connections; `handshake` is the
+//!   WebSocket opening handshake, both sides; `static_files` serves `/`.
 //! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly;
-//!   `forwarded` (feature `trusted-proxy`) finds the client behind a proxy,
-//!   [`metrics`] counts for `/metrics`.
-//! - `tls` — rustls around the TCP stream, before the handshake (`wss://`),
+//!   `hub` knows every live peer, [`metrics`] counts for `/metrics`,
+//!   `fd_limit` raises the open-file limit.
+//! - `tls/` — rustls around the TCP stream, before the handshake (`wss://`),
 //!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
 //!   the connection up, and run the seed client's loop.
+//! - `bin/wsloop/` — the binary: `cli` (arguments and `--help`), `logger`
+//!   (how log lines are printed), `main`.
+//!
+//! Shared by all of them, at the top: `config` ([`Config`]), `error`
+//! ([`Error`]), `time`, `tcp` and `log_safe`.
 //!
 //! Embedding a server in a smol application takes a few lines; the handler
 //! is any closure from a request to an optional reply:
@@ -56,48 +68,41 @@
 //! any executor.
 #![warn(missing_docs)]
 
-mod access;
 pub mod client;
-mod codec;
 mod config;
 mod connection;
 mod error;
-mod fd_limit;
-#[cfg(feature = "trusted-proxy")]
-pub mod forwarded;
-mod guard;
-mod handshake;
 pub mod http;
-mod hub;
-mod json_check;
 mod log_safe;
-mod message;
-pub mod metrics;
 pub mod server;
-mod session;
 mod tcp;
 mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod wire;
 
-pub use access::{
-    AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
-};
-pub use codec::{decode, encode, DecodeError};
+#[cfg(feature = "trusted-proxy")]
+pub use http::forwarded;
+pub use server::metrics;
+
 pub use config::*;
+pub use connection::session::{PendingReply, RequestError, SendError, Session};
 pub use connection::{
     Connection, Ended, Handler, Peer, SeedHandler, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
-pub use fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
-pub use hub::{Hub, HubStats};
-pub use message::Message;
+pub use http::access::{
+    AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
+};
 pub use metrics::Metrics;
+pub use server::fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
+pub use server::hub::{Hub, HubStats};
 pub use server::Server;
-pub use session::{PendingReply, RequestError, SendError, Session};
 pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
+pub use wire::codec::{decode, encode, DecodeError};
+pub use wire::message::Message;
 
 /// One WebSocket frame (tungstenite's message type), as seen by
 /// [`Handler::on_frame`].

@@ -267,7 +267,7 @@ fn new_connections_are_accepted_promptly_under_large_message_load() {
     // executor threads). With accept as its own task the wait is what one
     // poll of a busy connection takes (about 4 s each for the accept and
     // the handshake task, in a debug build, while a connection's poll may
-    // handle 64 MiB); bounding those polls by bytes (src/connection.rs)
+    // handle 64 MiB); bounding those polls by bytes (src/connection/)
     // brings it under a second. Generous for a noisy 2-core machine.
     const BOUND: Duration = Duration::from_secs(20);
     let (mut server, addr) = start_server("server", &["server", "-q"]);

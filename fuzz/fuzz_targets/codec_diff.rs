@@ -5,11 +5,11 @@
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../src/codec.rs"]
+#[path = "../../src/wire/codec.rs"]
 mod codec;
-#[path = "../../src/json_check.rs"]
+#[path = "../../src/wire/json_check.rs"]
 mod json_check;
-#[path = "../../src/message.rs"]
+#[path = "../../src/wire/message.rs"]
 mod message;
 
 // The paths those files name (`crate::Message`, `crate::DecodeError`).

@@ -12,7 +12,7 @@ use async_io::Async;
 use super::proxy::ProxyServer;
 use super::url::Target;
 use super::{ClientOptions, ClientStream};
-use crate::handshake;
+use crate::http::handshake;
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]

@@ -108,7 +108,7 @@ use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 use smol::{Executor, Task};
 
-use crate::session::{PendingReply, RequestError, SendError, Session};
+use crate::connection::session::{PendingReply, RequestError, SendError, Session};
 use crate::time::human;
 use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
 use dial::Dialer;

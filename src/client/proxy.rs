@@ -13,7 +13,7 @@
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::url::Target;
-use crate::handshake::base64;
+use crate::http::handshake::base64;
 use crate::http::{percent_decode, read_response_head, HeadError};
 use crate::Error;
 

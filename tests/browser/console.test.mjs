@@ -1,4 +1,4 @@
-// End-to-end test of the built-in console page (src/builtin/index.html) in a
+// End-to-end test of the built-in console page (src/http/builtin/index.html) in a
 // real browser: Debian's /usr/bin/chromium driven by playwright-core (no
 // browser download). Run by scripts/browser-test, which builds the binary.
 //

@@ -20,17 +20,29 @@
 //! fragments of a message. It also tells the loop when everything read ends
 //! at a message boundary, which is when the loop may rebuild tungstenite
 //! around the same stream to shed buffers a large message grew.
+//!
+//! The rest of the layer sits next to this file: `handler.rs` (the
+//! [`Handler`] the application plugs in), `peer.rs` (the [`Peer`] handle any
+//! task holds), `session.rs` (the outbound queue and the routing of replies
+//! to our own requests) and `guard.rs` (the read guard).
+
+pub(crate) mod guard;
+mod handler;
+mod peer;
+pub(crate) mod session;
+
+pub use handler::{Handler, SeedHandler};
+pub use peer::Peer;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use std::{fmt, io};
 
-use async_channel::Sender;
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -40,11 +52,12 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, S
 use futures_sink::Sink;
 
 use crate::config::{CLOSE_TIMEOUT, READ_BUDGET_BYTES};
-use crate::guard::{Guarded, Limits, Violation};
-use crate::metrics::Metrics;
-use crate::session::{Outgoing, PendingReply, RequestError, SendError, Session};
+use crate::connection::guard::{Guarded, Limits, Violation};
+use crate::connection::session::{Outgoing, Session};
+use crate::server::metrics::Metrics;
 use crate::time::{human, timeout};
-use crate::{codec, Config, Error, Message};
+use crate::wire::codec;
+use crate::{Config, Error, Message};
 
 /// Most events one connection handles back to back before it flushes and
 /// yields to the executor: large enough to batch a pipelining peer's
@@ -70,245 +83,6 @@ pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code for a message over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// What the application does with each inbound message.
-///
-/// The connection loop awaits [`Handler::on_message`] before it reads the
-/// next frame, so replies go out in request order. Work that takes long
-/// should be spawned elsewhere and answered later through [`Peer::send`].
-///
-/// Any `Fn(&Peer, Message) -> Option<Message>` closure is a handler:
-///
-/// ```
-/// use wsloop::{Message, Peer};
-/// let seed = |_: &Peer, request: Message| Some(request.seed_reply());
-/// # fn is_handler(_: impl wsloop::Handler) {}
-/// # is_handler(seed);
-/// ```
-///
-/// An [`async_channel::Sender<Message>`] is a handler too: it forwards every
-/// inbound message into the channel (waiting while it is full) and replies
-/// nothing. That is the client's "reader task feeds a channel" pattern.
-pub trait Handler: Send + Sync + 'static {
-    /// Handles one decoded message; `Some(reply)` is sent back to the peer.
-    fn on_message(
-        &self,
-        peer: &Peer,
-        message: Message,
-    ) -> impl Future<Output = Option<Message>> + Send;
-
-    /// Called once when a connection is established, before its loop
-    /// starts; keep the [`Peer`] to push to it later. Does nothing by default.
-    fn on_connect(&self, peer: &Peer) {
-        let _ = peer;
-    }
-
-    /// Handles one raw data frame (text or binary); `Some(frame)` is sent
-    /// back. The default decodes the JSON message, calls
-    /// [`on_message`](Handler::on_message) and encodes its reply; a
-    /// malformed message gets an error reply (with the fault's position) and
-    /// the connection lives on. Override it only to speak something other
-    /// than the JSON protocol (the echo example does).
-    fn on_frame(&self, peer: &Peer, frame: Frame) -> impl Future<Output = Option<Frame>> + Send {
-        async move {
-            // Text and binary frames carry the same JSON.
-            let bytes: &[u8] = match &frame {
-                Frame::Text(text) => text.as_bytes(),
-                Frame::Binary(bytes) => bytes,
-                _ => return None,
-            };
-            log::trace!("{peer} -> {}", crate::log_safe::body(bytes));
-            let reply = match codec::decode(bytes) {
-                Ok(message) => {
-                    // Replies complete our own outstanding requests; only
-                    // requests reach the handler.
-                    let request = peer.session().route(message, peer)?;
-                    self.on_message(peer, request).await
-                }
-                Err(err) => {
-                    crate::log_safe::malformed(peer, &err);
-                    let id = err.request_id.unwrap_or(0);
-                    Some(Message::error_reply(id, err.to_string()))
-                }
-            };
-            reply.map(|reply| {
-                let text = codec::encode(&reply);
-                log::trace!("{peer} <- {}", crate::log_safe::body(text.as_bytes()));
-                Frame::text(text)
-            })
-        }
-    }
-}
-
-impl<F> Handler for F
-where
-    F: Fn(&Peer, Message) -> Option<Message> + Send + Sync + 'static,
-{
-    fn on_message(
-        &self,
-        peer: &Peer,
-        message: Message,
-    ) -> impl Future<Output = Option<Message>> + Send {
-        future::ready(self(peer, message))
-    }
-}
-
-impl Handler for Sender<Message> {
-    async fn on_message(&self, _peer: &Peer, message: Message) -> Option<Message> {
-        // A closed channel means nobody listens any more; drop the message.
-        let _ = self.send(message).await;
-        None
-    }
-}
-
-/// The original program's handler, on either side: answers every message
-/// with [`Message::seed_reply`]. Built with [`SeedHandler::forwarding`], it
-/// also passes each message it answered on to a channel (the seed client
-/// prints the commands the server pushes that way).
-///
-/// The `wsloop` binary uses this one type for its server and its client, so
-/// it carries one copy of the connection loop, which is generic over its
-/// handler, instead of two.
-#[derive(Debug, Clone, Default)]
-pub struct SeedHandler {
-    forward: Option<Sender<Message>>,
-}
-
-impl SeedHandler {
-    /// Answers like the seed and forwards each message into `channel`
-    /// (waiting while it is full).
-    pub fn forwarding(channel: Sender<Message>) -> Self {
-        SeedHandler {
-            forward: Some(channel),
-        }
-    }
-}
-
-impl Handler for SeedHandler {
-    async fn on_message(&self, _peer: &Peer, message: Message) -> Option<Message> {
-        let reply = message.seed_reply();
-        if let Some(forward) = &self.forward {
-            // A closed channel means nobody listens any more; still answer.
-            let _ = forward.send(message).await;
-        }
-        Some(reply)
-    }
-}
-
-impl<H: Handler> Handler for Arc<H> {
-    fn on_message(
-        &self,
-        peer: &Peer,
-        message: Message,
-    ) -> impl Future<Output = Option<Message>> + Send {
-        (**self).on_message(peer, message)
-    }
-
-    fn on_frame(&self, peer: &Peer, frame: Frame) -> impl Future<Output = Option<Frame>> + Send {
-        (**self).on_frame(peer, frame)
-    }
-
-    fn on_connect(&self, peer: &Peer) {
-        (**self).on_connect(peer)
-    }
-}
-
-/// A cloneable handle to one live connection: any task may use it to send
-/// to that peer or to close it. It owns nothing of the socket itself.
-#[derive(Clone)]
-pub struct Peer {
-    inner: Arc<PeerInner>,
-}
-
-struct PeerInner {
-    id: u64,
-    addr: Option<SocketAddr>,
-    connected_at: SystemTime,
-    session: Session,
-    received: AtomicU64,
-    sent: AtomicU64,
-    /// Where payload bytes are counted (a server's `/metrics`), if
-    /// anywhere. Here rather than in the connection's future: this record
-    /// is allocated anyway, the future is what idle connections cost.
-    metrics: Option<Arc<Metrics>>,
-}
-
-/// Source of connection ids, unique within the process.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-impl Peer {
-    /// Unique id of this connection within the process.
-    pub fn id(&self) -> u64 {
-        self.inner.id
-    }
-
-    /// The remote address, when the stream has one. Behind a trusted proxy
-    /// (`Server::with_trusted_proxies`) it is the client's address the proxy
-    /// forwarded, with port 0.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.inner.addr
-    }
-
-    /// When the connection was established.
-    pub fn connected_at(&self) -> SystemTime {
-        self.inner.connected_at
-    }
-
-    /// Messages received from the peer so far.
-    pub fn received(&self) -> u64 {
-        self.inner.received.load(Ordering::Relaxed)
-    }
-
-    /// Messages sent to the peer so far (replies and queued messages).
-    pub fn sent(&self) -> u64 {
-        self.inner.sent.load(Ordering::Relaxed)
-    }
-
-    /// Queues `message` for the peer without waiting.
-    ///
-    /// The queue is bounded by [`Config::outbound_capacity`]; when it is full
-    /// the message comes back in [`SendError::Full`] and the caller decides
-    /// (retry, drop, or [`close`](Self::close) the slow peer).
-    pub fn send(&self, message: Message) -> Result<(), SendError> {
-        self.inner.session.send(message)
-    }
-
-    /// Sends `command` to the peer under a fresh `requestID` and waits for
-    /// its reply, at most [`Config::request_timeout`].
-    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
-        self.inner.session.request(command).await
-    }
-
-    /// Queues a request now; await [`PendingReply::wait`] for the reply.
-    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
-        self.inner.session.start_request(command)
-    }
-
-    /// Asks the connection to close with `code` (for example
-    /// [`CLOSE_NORMAL`]) once the messages already queued are sent.
-    pub fn close(&self, code: u16) {
-        self.inner.session.close(code);
-    }
-
-    /// Whether the connection has ended.
-    pub fn is_closed(&self) -> bool {
-        self.inner.session.is_shut()
-    }
-
-    /// The queue and outstanding requests behind this connection.
-    pub fn session(&self) -> &Session {
-        &self.inner.session
-    }
-}
-
-impl fmt::Debug for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Peer")
-            .field("id", &self.inner.id)
-            .field("addr", &self.inner.addr)
-            .finish_non_exhaustive()
-    }
-}
 
 /// How a connection ended normally. Failures are [`Error`]s instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,17 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let websocket = Some(config.websocket());
         let ws = WebSocketStream::from_partially_read(guarded, leftover, role, websocket);
         let settings = LoopSettings::new(config, role);
-        let peer = Peer {
-            inner: Arc::new(PeerInner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                addr,
-                connected_at: SystemTime::now(),
-                session,
-                received: AtomicU64::new(0),
-                sent: AtomicU64::new(0),
-                metrics: None,
-            }),
-        };
+        let peer = Peer::new(addr, session);
         async move {
             Connection {
                 ws: Some(ws.await),

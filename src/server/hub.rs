@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[cfg(feature = "metrics")]
 use std::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::server::metrics::Metrics;
 use crate::{Message, Peer, PendingReply, RequestError, SendError, CLOSE_POLICY};
 
 /// Live connections of one server, by [`Peer::id`].

@@ -20,6 +20,12 @@
 
 use std::fmt;
 
+// A sibling in `wire`, named from here so that `nano` below reaches it as
+// `super::json_check` both in the crate and in the fuzz target, which
+// compiles these files at its root.
+#[cfg(feature = "nanoserde")]
+use super::json_check;
+
 #[cfg(not(any(feature = "serde", feature = "nanoserde")))]
 compile_error!(
     "wsloop needs a message codec: enable the `serde` feature (the default) or `nanoserde` \
@@ -100,8 +106,8 @@ fn write_json_string(out: &mut String, s: &str) {
 pub(crate) mod nano {
     use nanoserde::DeJson;
 
+    use super::json_check::{self, Field, Fields};
     use super::{write_json_string, DecodeError};
-    use crate::json_check::{self, Field, Fields};
     use crate::Message;
 
     /// Encodes `msg` as one line of compact JSON, the seed's field order.

@@ -244,7 +244,7 @@ impl<'a> Scan<'a> {
             None => return Err(self.peek_fault("EOF while parsing a value")),
             Some(b'{') => self.object(mode)?,
             // Where serde_json's `peek_invalid_type` puts it: at the `[`.
-            Some(b'[') => return Err(self.peek_fault(crate::codec::NOT_AN_OBJECT)),
+            Some(b'[') => return Err(self.peek_fault(super::codec::NOT_AN_OBJECT)),
             Some(_) => return Err(self.invalid_type("struct Message")),
         };
         if self.ws().is_some() {

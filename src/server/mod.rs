@@ -19,6 +19,10 @@
 //! # Ok::<(), wsloop::Error>(())
 //! ```
 
+pub(crate) mod fd_limit;
+pub(crate) mod hub;
+pub mod metrics;
+
 use std::future::Future;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -33,16 +37,16 @@ use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
 use smol::Executor;
 
-use crate::access::{AccessPolicy, Admission, Ticket};
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+use crate::http::access::{AccessPolicy, Admission, Ticket};
 #[cfg(feature = "trusted-proxy")]
-use crate::forwarded::TrustedProxies;
-use crate::handshake;
+use crate::http::forwarded::TrustedProxies;
+use crate::http::handshake;
 use crate::http::{
     read_request_head, reason_phrase, write_error, write_response, HeadError, Request, StaticFiles,
     WriteTimeout,
 };
-use crate::metrics::Refusal;
+use crate::server::metrics::Refusal;
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]

@@ -22,7 +22,7 @@ use async_channel::{Receiver, Sender};
 
 use crate::log_safe::{log_limited, LogLimit};
 #[cfg(feature = "metrics")]
-use crate::metrics::Metrics;
+use crate::server::metrics::Metrics;
 use crate::time::timeout;
 use crate::{Message, Peer};
 

@@ -1,0 +1,126 @@
+//! [`Peer`]: the cloneable handle to one live connection, and the record
+//! behind it (id, address, counters, its [`Session`]). Any task may hold one;
+//! the connection loop in `connection/mod.rs` is what acts on it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::session::{PendingReply, RequestError, SendError, Session};
+use crate::server::metrics::Metrics;
+use crate::Message;
+
+/// A cloneable handle to one live connection: any task may use it to send
+/// to that peer or to close it. It owns nothing of the socket itself.
+#[derive(Clone)]
+pub struct Peer {
+    pub(super) inner: Arc<PeerInner>,
+}
+
+/// The record behind every handle; the loop updates its counters.
+pub(super) struct PeerInner {
+    pub(super) id: u64,
+    pub(super) addr: Option<SocketAddr>,
+    pub(super) connected_at: SystemTime,
+    pub(super) session: Session,
+    pub(super) received: AtomicU64,
+    pub(super) sent: AtomicU64,
+    /// Where payload bytes are counted (a server's `/metrics`), if
+    /// anywhere. Here rather than in the connection's future: this record
+    /// is allocated anyway, the future is what idle connections cost.
+    pub(super) metrics: Option<Arc<Metrics>>,
+}
+
+/// Source of connection ids, unique within the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Peer {
+    /// A fresh handle for a new connection over `session`, with the next id.
+    pub(super) fn new(addr: Option<SocketAddr>, session: Session) -> Peer {
+        Peer {
+            inner: Arc::new(PeerInner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                addr,
+                connected_at: SystemTime::now(),
+                session,
+                received: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+                metrics: None,
+            }),
+        }
+    }
+
+    /// Unique id of this connection within the process.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The remote address, when the stream has one. Behind a trusted proxy
+    /// (`Server::with_trusted_proxies`) it is the client's address the proxy
+    /// forwarded, with port 0.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.inner.addr
+    }
+
+    /// When the connection was established.
+    pub fn connected_at(&self) -> SystemTime {
+        self.inner.connected_at
+    }
+
+    /// Messages received from the peer so far.
+    pub fn received(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
+    }
+
+    /// Messages sent to the peer so far (replies and queued messages).
+    pub fn sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// Queues `message` for the peer without waiting.
+    ///
+    /// The queue is bounded by [`Config::outbound_capacity`](crate::Config::outbound_capacity); when it is full
+    /// the message comes back in [`SendError::Full`] and the caller decides
+    /// (retry, drop, or [`close`](Self::close) the slow peer).
+    pub fn send(&self, message: Message) -> Result<(), SendError> {
+        self.inner.session.send(message)
+    }
+
+    /// Sends `command` to the peer under a fresh `requestID` and waits for
+    /// its reply, at most [`Config::request_timeout`](crate::Config::request_timeout).
+    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
+        self.inner.session.request(command).await
+    }
+
+    /// Queues a request now; await [`PendingReply::wait`] for the reply.
+    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        self.inner.session.start_request(command)
+    }
+
+    /// Asks the connection to close with `code` (for example
+    /// [`CLOSE_NORMAL`](crate::CLOSE_NORMAL)) once the messages already queued are sent.
+    pub fn close(&self, code: u16) {
+        self.inner.session.close(code);
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.session.is_shut()
+    }
+
+    /// The queue and outstanding requests behind this connection.
+    pub fn session(&self) -> &Session {
+        &self.inner.session
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
