@@ -1,6 +1,7 @@
 //! A load generator for any server that speaks wsloop's wire protocol
 //! (JSON text frames `{"requestID":N,"command":"..."}` answered with the same
-//! `requestID` and `"success":true`) at `ws://ADDRESS/server`.
+//! `requestID` and `"success":true`) at `ws://ADDRESS/server`, or at
+//! `wss://ADDRESS/server` with `--ca FILE` (feature `tls`).
 //!
 //! ```text
 //! cargo run --release -- server -q &                      # something to load
@@ -44,6 +45,12 @@
 //!   (`-a 127.0.0.1:P,127.0.0.2:P`): connections go round-robin over them.
 //! - Each connection needs a file descriptor on both sides: raise the limit
 //!   first (`ulimit -n`, `prlimit --nofile`); the generator checks it.
+//! - `--ca FILE` speaks TLS (rustls with the `ring` provider, through the
+//!   futures-rustls that wsloop's `tls` feature already brings, so the
+//!   generator stays on smol and adds no crate). The server's certificate
+//!   must be signed by that CA and name the target's IP address (the
+//!   targets are addresses, so that is what is verified). The frames are the
+//!   same; rustls encrypts each batch's single write into one record.
 
 use std::io::{self, Cursor, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -57,7 +64,9 @@ use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+#[cfg(feature = "tls")]
+use futures_rustls::rustls;
 use smol::{Executor, Task};
 
 const USAGE: &str = "\
@@ -72,6 +81,9 @@ OPTIONS:
     -a, --address LIST     target HOST:PORT, or several separated by commas
                            (connections go round-robin)  [127.0.0.1:8080]
         --path PATH        WebSocket endpoint path  [/server]
+        --ca FILE          wss:// (TLS), trusting the CA certificate(s) in
+                           FILE (PEM); the server's certificate must name
+                           the target's IP address  [plain ws://]
     -c, --connections C    connections  [throughput 64, rate 32, idle 1000]
     -d, --depth D          requests in flight per connection (throughput)  [8]
     -r, --rate R           requests per second over all connections (rate)
@@ -112,6 +124,8 @@ struct Options {
     warmup: Duration,
     threads: usize,
     connect_parallel: usize,
+    /// `--ca FILE`: dial `wss://`, trusting this CA.
+    ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -175,7 +189,7 @@ async fn run(ex: &Executor<'_>, options: &Options) -> bool {
 /// One client connection after the handshake. It owns the socket and two
 /// buffers: inbound bytes not yet parsed, outbound frames not yet written.
 struct Conn {
-    stream: Async<TcpStream>,
+    stream: Wire,
     rbuf: Vec<u8>,
     filled: usize,
     wbuf: Vec<u8>,
@@ -216,20 +230,129 @@ impl From<io::Error> for Fault {
     }
 }
 
+/// The socket under the frames: TCP, or TLS over it (`--ca`).
+enum Wire {
+    Plain(Async<TcpStream>),
+    /// Boxed: rustls's client state is a few hundred bytes of struct.
+    #[cfg(feature = "tls")]
+    Tls(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Wire::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Wire::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Wire::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => std::pin::Pin::new(s).poll_close(cx),
+            #[cfg(feature = "tls")]
+            Wire::Tls(s) => std::pin::Pin::new(&mut **s).poll_close(cx),
+        }
+    }
+}
+
+/// What `--ca` builds once for every connection: a rustls client that
+/// trusts only that CA.
+#[cfg(feature = "tls")]
+type Tls = futures_rustls::TlsConnector;
+#[cfg(not(feature = "tls"))]
+type Tls = ();
+
+/// The TLS client for `--ca FILE`, or an error saying why not.
+#[cfg(feature = "tls")]
+fn tls_connector(ca: &std::path::Path) -> Result<Tls, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(futures_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_connector(_: &std::path::Path) -> Result<Tls, String> {
+    Err("--ca needs the `tls` feature (the default build has it)".into())
+}
+
 impl Conn {
-    /// Dials `addr`, sets TCP_NODELAY (request/reply traffic), and runs a
-    /// normal WebSocket handshake with async-tungstenite. After it, the
-    /// socket is taken back: the server sends nothing before our first
-    /// request, so no frame is left behind in tungstenite's buffer.
+    /// Dials `addr`, sets TCP_NODELAY (request/reply traffic), runs the TLS
+    /// handshake when `tls` is given, then a normal WebSocket handshake with
+    /// async-tungstenite. After it, the stream is taken back: the server
+    /// sends nothing before our first request, so no frame is left behind
+    /// in tungstenite's buffer.
     async fn open(
         addr: SocketAddr,
         path: &str,
         index: usize,
         buffer: usize,
+        tls: Option<&Tls>,
     ) -> Result<Conn, Fault> {
-        let stream = Async::<TcpStream>::connect(addr).await?;
-        stream.get_ref().set_nodelay(true)?;
-        let url = format!("ws://{addr}{path}");
+        let tcp = Async::<TcpStream>::connect(addr).await?;
+        tcp.get_ref().set_nodelay(true)?;
+        let (stream, scheme) = match tls {
+            None => (Wire::Plain(tcp), "ws"),
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| Fault::Protocol(format!("TLS handshake failed: {e}")))?;
+                (Wire::Tls(Box::new(stream)), "wss")
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(()) => (Wire::Plain(tcp), "ws"),
+        };
+        let url = format!("{scheme}://{addr}{path}");
         // A small read buffer: tungstenite zero-fills it, and 10,000
         // handshakes at its 128 KiB default would cost seconds.
         let config = WebSocketConfig::default().read_buffer_size(4096);
@@ -300,10 +423,12 @@ impl Conn {
         }
     }
 
-    /// Writes every queued frame with one `write_all` (one syscall, usually).
+    /// Writes every queued frame with one `write_all` (one syscall, usually;
+    /// one TLS record and its flush over TLS).
     async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
-            (&self.stream).write_all(&self.wbuf).await?;
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -317,7 +442,7 @@ impl Conn {
             // A frame larger than the buffer: grow it.
             self.rbuf.resize(self.rbuf.len() * 2, 0);
         }
-        let n = (&self.stream).read(&mut self.rbuf[self.filled..]).await?;
+        let n = self.stream.read(&mut self.rbuf[self.filled..]).await?;
         if n == 0 {
             return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into()));
         }
@@ -376,11 +501,12 @@ impl Conn {
         id == expected && success
     }
 
-    /// Sends a Close frame and a TCP shutdown, ignoring failures.
+    /// Sends a Close frame and a TCP shutdown (after TLS's close_notify),
+    /// ignoring failures.
     async fn close(mut self) {
         self.queue_frame(OpCode::Control(Control::Close), &1000u16.to_be_bytes());
         let _ = self.flush().await;
-        let _ = self.stream.get_ref().shutdown(std::net::Shutdown::Write);
+        let _ = self.stream.close().await;
     }
 }
 
@@ -415,14 +541,23 @@ async fn open_all(ex: &Executor<'_>, options: &Options) -> (Vec<Conn>, usize) {
         let _ = give.try_send(());
     }
     let idle = options.mode == Mode::Idle;
+    let tls = match options.ca.as_deref().map(tls_connector) {
+        None => None,
+        Some(Ok(tls)) => Some(Arc::new(tls)),
+        Some(Err(err)) => {
+            eprintln!("loadgen: {err}");
+            return (Vec::new(), options.connections);
+        }
+    };
     let tasks: Vec<Task<Result<Conn, Fault>>> = (0..options.connections)
         .map(|i| {
             let addr = options.targets[i % options.targets.len()];
             let path = options.path.clone();
             let (give, take) = (give.clone(), take.clone());
+            let tls = tls.clone();
             ex.spawn(async move {
                 let _ = take.recv().await;
-                let conn = Conn::open(addr, &path, i, buffer).await;
+                let conn = Conn::open(addr, &path, i, buffer, tls.as_deref()).await;
                 // Idle mode proves each connection alive with one request.
                 let conn = match conn {
                     Ok(conn) if idle => prove_alive(conn).await,
@@ -837,6 +972,7 @@ fn parse_args() -> Result<Options, String> {
         warmup: Duration::from_secs(1),
         threads: 1,
         connect_parallel: 128,
+        ca: None,
     };
     let duration = |v: std::ffi::OsString| -> Result<Duration, String> {
         let text = v
@@ -880,6 +1016,7 @@ fn parse_args() -> Result<Options, String> {
             Long("warmup") => {
                 options.warmup = duration(parser.value().map_err(|e| e.to_string())?)?
             }
+            Long("ca") => options.ca = Some(parser.value().map_err(|e| e.to_string())?.into()),
             Long("threads") => {
                 options.threads = number(parser.value().map_err(|e| e.to_string())?)?.max(1)
             }

@@ -7,10 +7,17 @@
 // stdin and checks the page's answer, checks the status panel, SIGKILLs and
 // restarts the server and checks the page reconnects by itself and works
 // again, and opens the page with ?token= against a token-protected server.
+// Then over TLS: a CA and a leaf for 127.0.0.1 made here with `openssl`, the
+// server started with --cert/--key, the CA trusted by Chromium (added to an
+// NSS database under a temporary HOME with `certutil` from libnss3-tools;
+// without certutil, the leaf's key pinned with Chromium's
+// --ignore-certificate-errors-spki-list), and the page opened at
+// https://127.0.0.1:PORT/ must connect over wss:// and round-trip a command.
 // A screenshot goes to target/console.png. Prints `N passed, M failed` last.
 
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync, mkdirSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { createHash, X509Certificate } from "node:crypto";
+import { mkdtempSync, rmSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -29,6 +36,8 @@ const results = []; // [name, ok, detail]
 const servers = new Set();
 let context = null;
 let profile = null;
+/** The TLS case's files: CA, leaf, NSS database (removed at exit). */
+let certDir = null;
 
 function elapsed() {
   return ((Date.now() - started) / 1000).toFixed(1) + "s";
@@ -80,11 +89,12 @@ async function until(what, pred, ms = WAIT_MS) {
   }
 }
 
-/** Starts `wsloop server --console` on `port`; resolves once it listens. */
-async function startServer(port, env = {}) {
+/** Starts `wsloop server --console` on `port` (plus `extra` arguments);
+ * resolves once it listens. */
+async function startServer(port, env = {}, extra = []) {
   const childEnv = { ...process.env, ...env };
   if (!("WSLOOP_TOKEN" in env)) delete childEnv.WSLOOP_TOKEN;
-  const child = spawn(BIN, ["server", "--address", `127.0.0.1:${port}`, "--console"], {
+  const child = spawn(BIN, ["server", "--address", `127.0.0.1:${port}`, "--console", ...extra], {
     stdio: ["pipe", "pipe", "pipe"],
     env: childEnv,
   });
@@ -127,6 +137,41 @@ async function cleanup() {
   }
   if (context) await context.close().catch(() => {});
   if (profile) rmSync(profile, { recursive: true, force: true });
+  if (certDir) rmSync(certDir, { recursive: true, force: true });
+}
+
+/** A test CA and a leaf for 127.0.0.1/localhost signed by it (ECDSA P-256,
+ * valid 2 days), made with the `openssl` command in `dir`. Also makes the
+ * trust Chromium needs: an NSS database with the CA under `dir/home` when
+ * `certutil` is installed. Returns the paths, the leaf's SPKI hash and how
+ * the CA is trusted. */
+function makeCerts(dir) {
+  const run = (cmd, args) => execFileSync(cmd, args, { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  run("openssl", ["req", "-x509", ...ec, "-days", "2", "-subj", "/CN=wsloop browser-test CA",
+    "-keyout", "ca.key", "-out", "ca.pem",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+  run("openssl", ["req", ...ec, "-subj", "/CN=localhost", "-keyout", "leaf.key", "-out", "leaf.csr"]);
+  writeFileSync(join(dir, "leaf.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  run("openssl", ["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+    "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "leaf.pem"]);
+  // The base64 SHA-256 of the leaf's SubjectPublicKeyInfo, the form
+  // --ignore-certificate-errors-spki-list takes.
+  const leaf = new X509Certificate(readFileSync(join(dir, "leaf.pem")));
+  const spki = createHash("sha256")
+    .update(leaf.publicKey.export({ type: "spki", format: "der" }))
+    .digest("base64");
+  // Chromium on Linux trusts what $HOME/.pki/nssdb trusts, as a user's
+  // `certutil -A` would: the CA itself, not just this leaf.
+  const home = join(dir, "home");
+  let trust = "spki-pin";
+  try {
+    mkdirSync(join(home, ".pki/nssdb"), { recursive: true });
+    run("certutil", ["-N", "-d", `sql:${home}/.pki/nssdb`, "--empty-password"]);
+    run("certutil", ["-A", "-d", `sql:${home}/.pki/nssdb`, "-n", "wsloop test CA", "-t", "C,,", "-i", "ca.pem"]);
+    trust = "nss";
+  } catch {}
+  return { cert: join(dir, "leaf.pem"), key: join(dir, "leaf.key"), home, spki, trust };
 }
 
 function summary() {
@@ -164,13 +209,20 @@ async function expectReply(page, id, cmd) {
   return `#${id}, RTT ${rtt}`;
 }
 
-/** Debian's chromium with a fresh profile directory, headless, as root. */
-function launch() {
-  return chromium.launchPersistentContext(profile, {
+/** Debian's chromium with a fresh profile directory, headless, as root;
+ * `tls` (from makeCerts) makes it trust the test CA. */
+function launch(dir = profile, tls = null) {
+  const extra = [];
+  const options = {};
+  if (tls && tls.trust === "nss") options.env = { ...process.env, HOME: tls.home };
+  if (tls && tls.trust !== "nss") extra.push(`--ignore-certificate-errors-spki-list=${tls.spki}`);
+  return chromium.launchPersistentContext(dir, {
+    ...options,
     executablePath: CHROMIUM,
     headless: true,
     viewport: { width: 1100, height: 720 },
     args: [
+      ...extra,
       "--headless",
       "--no-sandbox",
       "--disable-gpu",
@@ -331,6 +383,34 @@ async function main() {
     return `${r}; Disconnect shows "${closed}", Connect reopens; refused without the token`;
   });
 
+  await check("https:// with the test CA trusted: the page connects over wss:// and round-trips", async () => {
+    certDir = mkdtempSync(join(tmpdir(), "wsloop-browser-tls-"));
+    const tls = makeCerts(certDir);
+    const sport = await freePort();
+    await startServer(sport, {}, ["--cert", tls.cert, "--key", tls.key]);
+    // A browser of its own: the trust store is read at start.
+    const tlsContext = await launch(join(certDir, "profile"), tls);
+    try {
+      const spage = tlsContext.pages()[0] || (await tlsContext.newPage());
+      spage.setDefaultTimeout(WAIT_MS);
+      spage.on("pageerror", (err) => pageErrors.push(String(err)));
+      const sockets = [];
+      spage.on("websocket", (ws) => sockets.push(ws.url()));
+      const resp = await spage.goto(`https://127.0.0.1:${sport}/`, { timeout: WAIT_MS });
+      if (resp.status() !== 200) throw new Error(`GET / over https answered ${resp.status()}`);
+      const security = await resp.securityDetails();
+      await spage.waitForSelector('#state[data-state="open"]', { timeout: WAIT_MS });
+      const want = `wss://127.0.0.1:${sport}/server`;
+      if (!sockets.some((u) => u.startsWith(want))) throw new Error(`WebSocket URLs ${JSON.stringify(sockets)}, want ${want}`);
+      const id = await sendFromPage(spage, "over TLS");
+      const r = await expectReply(spage, id, "over TLS");
+      const proto = security ? security.protocol : "?";
+      return `${proto}, CA trusted via ${tls.trust}; ${sockets[0]}; ${r}`;
+    } finally {
+      await tlsContext.close().catch(() => {});
+    }
+  });
+
   await check("no uncaught errors in the page", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("; "));
   });
@@ -344,6 +424,7 @@ process.on("exit", () => {
     } catch {}
   }
   if (profile) rmSync(profile, { recursive: true, force: true });
+  if (certDir) rmSync(certDir, { recursive: true, force: true });
 });
 process.stdout.on("error", () => {}); // e.g. piped into `head`
 

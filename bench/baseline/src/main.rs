@@ -16,12 +16,25 @@
 //!
 //! It prints `baseline listening on ADDR` once bound (port 0 picks a free
 //! port; the benchmark script reads the address from that line).
+//!
+//! `--tls CERT KEY` (PEM files) serves `wss://` instead, through
+//! tokio-rustls with rustls's `ring` provider and its default settings (the
+//! builder a tokio user copies from tokio-rustls' example), ALPN
+//! `http/1.1` as wsloop offers it.
+
+use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::WebSocketStream;
 
 /// A request or reply of the wire protocol (the seed's JSON shape).
 #[derive(Deserialize, Serialize, Default)]
@@ -40,15 +53,27 @@ struct Wire {
 fn main() -> std::io::Result<()> {
     let mut address = "127.0.0.1:9001".to_string();
     let mut threads = None;
+    let mut tls = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--address" => address = args.next().expect("--address needs HOST:PORT"),
             "--threads" => {
-                threads = Some(args.next().and_then(|n| n.parse().ok()).expect("--threads N"))
+                threads = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .expect("--threads N"),
+                )
+            }
+            "--tls" => {
+                let cert = args.next().expect("--tls CERT KEY");
+                let key = args.next().expect("--tls CERT KEY");
+                tls = Some(acceptor(&cert, &key));
             }
             "-h" | "--help" => {
-                println!("wsloop-baseline [--address 127.0.0.1:9001] [--threads N]");
+                println!(
+                    "wsloop-baseline [--address 127.0.0.1:9001] [--threads N] [--tls CERT KEY]"
+                );
                 return Ok(());
             }
             other => panic!("unknown argument {other:?} (try --help)"),
@@ -60,28 +85,75 @@ fn main() -> std::io::Result<()> {
     if let Some(n) = threads {
         runtime.worker_threads(n);
     }
-    runtime.enable_all().build()?.block_on(serve(&address))
+    runtime.enable_all().build()?.block_on(serve(&address, tls))
 }
 
-async fn serve(address: &str) -> std::io::Result<()> {
+/// The TLS acceptor for `--tls CERT KEY`: rustls defaults, ring provider.
+fn acceptor(cert: &str, key: &str) -> TlsAcceptor {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .unwrap_or_else(|e| panic!("certificate {cert}: {e}"));
+    let key = PrivateKeyDer::from_pem_file(key).unwrap_or_else(|e| panic!("key {key}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .unwrap_or_else(|e| panic!("TLS configuration: {e}"));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
+}
+
+async fn serve(address: &str, tls: Option<TlsAcceptor>) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await?;
     println!("baseline listening on {}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            if let Err(err) = connection(stream).await {
-                eprintln!("baseline: connection ended: {err}");
-            }
-        });
+        // Two spawns, not one future with a match inside: a task is sized
+        // for its largest state, and the plain server's tasks must not
+        // carry room for rustls's connection state.
+        match tls.clone() {
+            None => tokio::spawn(async move { report(connection(stream).await) }),
+            Some(tls) => tokio::spawn(async move { report(tls_connection(tls, stream).await) }),
+        };
     }
+}
+
+/// How a connection ended, when it was not a normal close.
+fn report(result: Result<(), Error>) {
+    if let Err(err) = result {
+        eprintln!("baseline: connection ended: {err}");
+    }
+}
+
+/// The TLS handshake, then the same loop as over plain TCP.
+async fn tls_connection(tls: TlsAcceptor, stream: TcpStream) -> Result<(), Error> {
+    stream.set_nodelay(true)?;
+    let stream = tls.accept(stream).await?;
+    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config())).await?;
+    answer(&mut ws).await
 }
 
 /// One task per connection: handshake, then answer every request until the
 /// peer closes.
-async fn connection(stream: TcpStream) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn connection(stream: TcpStream) -> Result<(), Error> {
     stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
+    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config())).await?;
+    answer(&mut ws).await
+}
+
+/// tungstenite's settings: the 4 KiB read buffer (see the header).
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
+
+/// Answers every request until the peer closes. It borrows the stream: a
+/// stream moved into a nested future is laid out twice in the task (10 KiB
+/// more per idle connection here, measured), which would make the baseline a
+/// straw man again.
+async fn answer<S>(ws: &mut WebSocketStream<S>) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     while let Some(msg) = ws.next().await {
         let parsed = match msg? {
             Message::Text(text) => serde_json::from_str::<Wire>(&text),
