@@ -584,17 +584,19 @@ fn connected<S: Stream, H: Handler>(
     log::info!("client {id} connected from {addr}");
     handler.on_connect(conn.peer());
     let hub = shared.hub.clone();
+    let peer = conn.peer().clone();
     // `Finish` rather than an async block, which would hold the
     // connection's future twice (as a captured value and as the awaitee).
     Finish {
-        fut: conn.run(handler),
+        fut: conn.run(handler.clone()),
         then: Some(move |ended: Result<Ended, Error>| {
             hub.metrics.ended(&ended);
-            match ended {
+            match &ended {
                 Ok(ended) => log::info!("client {id} ({addr}) disconnected: {ended}"),
                 Err(err) => log::warn!("client {id} ({addr}) dropped: {err}"),
             }
             hub.remove(id);
+            handler.on_disconnect(&peer, &ended);
         }),
     }
 }
