@@ -281,7 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Names the connection's peer and installs its reply-routing hook
     /// (see [`ReplyRoute`](peer::ReplyRoute)); before [`run`](Self::run).
-    #[cfg_attr(not(feature = "forwarder"), allow(dead_code))]
+    #[cfg(feature = "forwarder")]
     pub(crate) fn with_name(mut self, name: Box<str>, route: Arc<dyn peer::ReplyRoute>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.peer.inner) {
             inner.named = Some(Box::new(peer::Named { name, route }));

@@ -33,11 +33,13 @@ pub(super) struct PeerInner {
     pub(super) metrics: Option<Arc<Metrics>>,
     /// The client's name and who takes its replies, for a named client
     /// (`/server?client=NAME` under the forwarder); boxed, so an anonymous
-    /// connection pays one pointer for it.
+    /// connection pays one pointer for it. Feature `forwarder` only.
+    #[cfg(feature = "forwarder")]
     pub(super) named: Option<Box<Named>>,
 }
 
 /// What a named connection carries besides the rest of its record.
+#[cfg(feature = "forwarder")]
 pub(super) struct Named {
     pub(super) name: Box<str>,
     pub(super) route: Arc<dyn ReplyRoute>,
@@ -71,6 +73,7 @@ impl Peer {
                 received: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 metrics: None,
+                #[cfg(feature = "forwarder")]
                 named: None,
             }),
         }
@@ -88,12 +91,17 @@ impl Peer {
         self.inner.addr
     }
 
-    /// The client's name, for a named connection (`/server?client=NAME`).
+    /// The client's name, for a named connection (`/server?client=NAME`;
+    /// always `None` in a build without the `forwarder` feature).
     pub fn name(&self) -> Option<&str> {
-        self.inner.named.as_ref().map(|named| &*named.name)
+        #[cfg(feature = "forwarder")]
+        return self.inner.named.as_ref().map(|named| &*named.name);
+        #[cfg(not(feature = "forwarder"))]
+        None
     }
 
     /// The reply-routing hook of a named connection, if any.
+    #[cfg(feature = "forwarder")]
     pub(crate) fn reply_route(&self) -> Option<&dyn ReplyRoute> {
         self.inner.named.as_ref().map(|named| &*named.route)
     }

@@ -327,6 +327,8 @@ impl Session {
         // sees every message without a command, so that a reply reporting
         // failure (`success:false`, no `error`) reaches it too; it takes
         // only those answering its own requestIDs.
+        // (Only the forwarder installs one: the small build skips the check.)
+        #[cfg(feature = "forwarder")]
         let message = match peer.reply_route() {
             Some(route) if message.command.is_empty() => route.take_reply(peer, message)?,
             _ => message,
