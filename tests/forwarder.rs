@@ -114,6 +114,13 @@ fn replied_in_time(waiting: std::thread::JoinHandle<(u16, Value)>) -> Value {
     body
 }
 
+/// The requestID in an API answer.
+fn id_of(body: &Value) -> i64 {
+    body["requestID"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no requestID in {body}"))
+}
+
 /// The record of `name`'s command `id`.
 fn record(addr: SocketAddr, name: &str, id: i64) -> Value {
     let (status, body) = api(
@@ -183,24 +190,25 @@ fn a_command_for_an_offline_device_is_delivered_once_when_it_connects() {
     let (status, body) = send(addr, "dev-1", "reboot", "");
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "queued");
-    assert_eq!(body["requestID"], 1);
+    // Without --state, ids start at the server's start time (see MemoryStore).
+    let id = id_of(&body);
     bounded(20, async {
         let mut ws = device(addr, "dev-1", "t1").await;
         let command = next_command(&mut ws).await;
         assert_eq!(
             (command.request_id, command.command.as_str()),
-            (1, "reboot")
+            (id, "reboot")
         );
         reply(&mut ws, &command).await;
         // Connected now: the next command goes out at once ("sent"), and
         // it is the next thing the device sees, so #1 was not sent twice.
         let waiting = send_waiting(addr, "dev-1", "status");
         let second = next_command(&mut ws).await;
-        assert_eq!(second.request_id, 2);
+        assert_eq!(second.request_id, id + 1);
         reply(&mut ws, &second).await;
         replied_in_time(waiting);
     });
-    let first = record(addr, "dev-1", 1);
+    let first = record(addr, "dev-1", id);
     assert_eq!(first["status"], "replied", "{first}");
     assert_eq!(
         first["reply"]["someOtherThing"],
@@ -249,12 +257,13 @@ fn kill_9_between_acknowledgement_and_delivery_loses_and_doubles_nothing() {
 fn wait_gives_up_with_202_and_a_late_reply_still_completes_the_record() {
     let dir = scratch("late");
     let (_server, addr) = server(&dir, "dev-1 t1\n", &["--request-timeout", "1s"]);
-    bounded(30, async {
+    let id = bounded(30, async {
         let mut ws = device(addr, "dev-1", "t1").await;
         let (status, body) = send(addr, "dev-1", "slow", "?wait=1500ms");
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["status"], "sent");
         let command = next_command(&mut ws).await;
+        assert_eq!(command.request_id, id_of(&body));
         // Past the waiting caller and the session's request timeout.
         async_io::Timer::after(Duration::from_millis(1200)).await;
         reply(&mut ws, &command).await;
@@ -263,15 +272,16 @@ fn wait_gives_up_with_202_and_a_late_reply_still_completes_the_record() {
         let second = next_command(&mut ws).await;
         reply(&mut ws, &second).await;
         replied_in_time(waiting);
+        command.request_id
     });
-    assert_eq!(record(addr, "dev-1", 1)["status"], "replied");
+    assert_eq!(record(addr, "dev-1", id)["status"], "replied");
 }
 
 #[test]
 fn a_reply_marked_interrupted_ends_interrupted() {
     let dir = scratch("interrupted");
     let (_server, addr) = server(&dir, "dev-1 t1\n", &[]);
-    bounded(20, async {
+    let id = bounded(20, async {
         let mut ws = device(addr, "dev-1", "t1").await;
         let (status, _) = send(addr, "dev-1", "upgrade", "");
         assert_eq!(status, 202);
@@ -285,8 +295,9 @@ fn a_reply_marked_interrupted_ends_interrupted() {
         let second = next_command(&mut ws).await;
         reply(&mut ws, &second).await;
         replied_in_time(waiting);
+        command.request_id
     });
-    assert_eq!(record(addr, "dev-1", 1)["status"], "interrupted");
+    assert_eq!(record(addr, "dev-1", id)["status"], "interrupted");
 }
 
 /// Sends a text frame (the tests' devices answer by hand sometimes).
@@ -314,7 +325,7 @@ impl SendText for Ws {
 fn a_newer_connection_takes_the_name_and_its_unanswered_commands() {
     let dir = scratch("replace");
     let (_server, addr) = server(&dir, "dev-1 t1\n", &[]);
-    bounded(20, async {
+    let id = bounded(20, async {
         let mut old = device(addr, "dev-1", "t1").await;
         let (status, _) = send(addr, "dev-1", "job", "");
         assert_eq!(status, 202);
@@ -329,8 +340,9 @@ fn a_newer_connection_takes_the_name_and_its_unanswered_commands() {
         let second = next_command(&mut new).await;
         reply(&mut new, &second).await;
         replied_in_time(waiting);
+        moved.request_id
     });
-    assert_eq!(record(addr, "dev-1", 1)["status"], "replied");
+    assert_eq!(record(addr, "dev-1", id)["status"], "replied");
 }
 
 #[test]
@@ -417,22 +429,22 @@ fn the_api_refuses_bad_input_with_4xx_and_a_reason() {
         404
     );
     // Two fit in the queue, the third is refused.
-    assert_eq!(send(addr, "dev-1", "a", "").0, 202);
-    assert_eq!(send(addr, "dev-1", "b", "").0, 202);
+    let (status, a) = send(addr, "dev-1", "a", "");
+    assert_eq!(status, 202);
+    let (status, b) = send(addr, "dev-1", "b", "");
+    assert_eq!(status, 202);
     assert_eq!(error(send(addr, "dev-1", "c", "")), 429);
     // A queued command can be cancelled, once.
-    let (status, cancelled) = api(addr, "DELETE", &format!("{commands}/1"), None);
+    let first = format!("{commands}/{}", id_of(&a));
+    let (status, cancelled) = api(addr, "DELETE", &first, None);
     assert_eq!((status, &cancelled["status"]), (200, &json!("cancelled")));
-    assert_eq!(
-        error(api(addr, "DELETE", &format!("{commands}/1"), None)),
-        409
-    );
+    assert_eq!(error(api(addr, "DELETE", &first, None)), 409);
     // A sent one cannot.
     bounded(20, async {
         let mut ws = device(addr, "dev-1", "t1").await;
         let command = next_command(&mut ws).await;
-        assert_eq!(command.request_id, 2);
-        let target = format!("{commands}/2");
+        assert_eq!(command.request_id, id_of(&b));
+        let target = format!("{commands}/{}", id_of(&b));
         assert_eq!(error(api(addr, "DELETE", &target, None)), 409);
         reply(&mut ws, &command).await;
     });
@@ -476,9 +488,9 @@ fn the_api_is_off_without_an_operator_token_and_broadcast_reaches_named_clients(
 fn a_command_past_its_time_to_live_ends_expired() {
     let dir = scratch("ttl");
     let (_server, addr) = server(&dir, "dev-1 t1\n", &["--command-ttl", "1s"]);
-    let (status, _) = send(addr, "dev-1", "late", "");
+    let (status, body) = send(addr, "dev-1", "late", "");
     assert_eq!(status, 202);
     common::wait_until(10, "the command to expire", || {
-        record(addr, "dev-1", 1)["status"] == "expired"
+        record(addr, "dev-1", id_of(&body))["status"] == "expired"
     });
 }

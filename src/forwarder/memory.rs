@@ -2,6 +2,13 @@
 //! client's reconnects but not across restarts. Final records are kept up
 //! to [`KEEP_FINAL`] per client, oldest dropped first, so a long-lived
 //! server does not grow without bound.
+//!
+//! requestIDs still never repeat across restarts: each store's counters
+//! start at its creation time in milliseconds × [`IDS_PER_MS`], so a
+//! restarted server's ids are above any its predecessor handed out (unless
+//! that one issued more than 1,000 commands to one client per millisecond
+//! of its life, or the clock went back). A device that remembers the
+//! requestIDs it ran therefore never mistakes a new command for an old one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -13,10 +20,27 @@ use super::store::{NewCommand, Store, StoreError, StoreFuture};
 /// answers 404). Pending ones are bounded by `--max-queued` instead.
 pub const KEEP_FINAL: usize = 1_000;
 
+/// requestIDs a store may hand out per millisecond of its life before its
+/// successor's could meet them; ids stay below 2^53 (exact in JavaScript)
+/// until the year 2255.
+pub const IDS_PER_MS: i64 = 1_000;
+
 /// The in-memory [`Store`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Where every client's counter starts (see the module docs).
+    base: i64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let now = i64::try_from(super::record::now_ms()).unwrap_or(0);
+        MemoryStore {
+            state: Mutex::default(),
+            base: now.saturating_mul(IDS_PER_MS),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +72,10 @@ impl Store for MemoryStore {
         if pending >= new.max_queued {
             return Box::pin(std::future::ready(Err(StoreError::Full(new.max_queued))));
         }
-        let counter = state.counters.entry(new.client.clone()).or_insert(0);
+        let counter = state
+            .counters
+            .entry(new.client.clone())
+            .or_insert(self.base);
         *counter += 1;
         let record = Record {
             request_id: *counter,
@@ -123,4 +150,36 @@ fn forget_old_finals(records: &mut BTreeMap<i64, Record>) {
         extra -= usize::from(drop);
         !drop
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(client: &str) -> NewCommand {
+        NewCommand {
+            client: client.into(),
+            command: "x".into(),
+            now: 0,
+            expires_at: u64::MAX,
+            max_queued: 2,
+        }
+    }
+
+    #[test]
+    fn ids_climb_from_the_start_time_and_the_queue_is_bounded() {
+        let first = MemoryStore::new();
+        let a = smol::block_on(first.enqueue(command("a"))).map(|r| r.request_id);
+        let b = smol::block_on(first.enqueue(command("a"))).map(|r| r.request_id);
+        assert_eq!(b, a.clone().map(|a| a + 1));
+        assert_eq!(
+            smol::block_on(first.enqueue(command("a"))).err(),
+            Some(StoreError::Full(2))
+        );
+        // A successor (a restarted server) starts above.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = MemoryStore::new();
+        let c = smol::block_on(second.enqueue(command("a"))).map(|r| r.request_id);
+        assert!(c.clone().ok() > b.clone().ok(), "{c:?} after {b:?}");
+    }
 }
