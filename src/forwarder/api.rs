@@ -236,14 +236,12 @@ fn accepted(record: &Record) -> Answer {
 }
 
 fn submit_error(err: SubmitError) -> Answer {
-    match err {
-        SubmitError::UnknownClient => Answer::error(404, "no such client"),
-        SubmitError::Full(max) => Answer::error(
-            429,
-            format!("the client's queue is full ({max} commands not yet final)"),
-        ),
-        SubmitError::Store(why) => Answer::error(503, format!("command store failed: {why}")),
-    }
+    let status = match err {
+        SubmitError::UnknownClient => 404,
+        SubmitError::Full(_) => 429,
+        SubmitError::Store(_) => 503,
+    };
+    Answer::error(status, err.to_string())
 }
 
 fn record_json(record: &Record) -> serde_json::Value {

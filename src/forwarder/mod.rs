@@ -176,6 +176,23 @@ pub enum SubmitError {
     Store(String),
 }
 
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::UnknownClient => f.write_str("no such client"),
+            SubmitError::Full(max) => {
+                write!(
+                    f,
+                    "the client's queue is full ({max} commands not yet final)"
+                )
+            }
+            SubmitError::Store(why) => write!(f, "command store failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
 /// Why a command was not cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelError {

@@ -46,6 +46,7 @@ use crate::http::{
     read_request_head, reason_phrase, write_error, write_response, HeadError, Request, StaticFiles,
     WriteTimeout,
 };
+use crate::log_safe::quote;
 use crate::server::metrics::Refusal;
 use crate::tcp::Tcp;
 use crate::time::timeout;
@@ -631,7 +632,10 @@ fn connected<S: Stream, H: Handler>(
     let conn = conn.with_metrics(metrics);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
-    log::info!("client {id} connected from {addr}");
+    match conn.peer().name() {
+        Some(name) => log::info!("client {id} {:?} connected from {addr}", quote(name)),
+        None => log::info!("client {id} connected from {addr}"),
+    }
     #[cfg(feature = "forwarder")]
     let forwarder = shared.forwarder.clone();
     #[cfg(feature = "forwarder")]

@@ -49,7 +49,9 @@ SERVER OPTIONS:
     --www DIR              serve files from DIR at / [default: a built-in page]
     --queue N              pushed messages that may wait per client [default: 64]
     --console              read commands from stdin and push each to every
-                           client, printing their replies
+                           client, printing their replies; `@NAME command`
+                           sends to the named client NAME alone (queued if
+                           it is offline)
     --allow-origin URL     also accept upgrades from this browser origin
                            (repeatable), e.g. https://example.com
     --allow-any-origin     turn the origin check off (logged as a warning)

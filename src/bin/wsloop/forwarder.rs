@@ -71,7 +71,7 @@ pub fn console_send(ex: &Executor<'static>, forwarder: &Forwarder, line: &str) {
                     println!("client {name} #{id} {}: {reply}", done.status.as_str());
                 }
             }
-            Err(err) => println!("console: {name}: {err:?}"),
+            Err(err) => println!("console: {name}: {err}"),
         }
     })
     .detach();
