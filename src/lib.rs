@@ -37,6 +37,8 @@
 //! - [`server`] — accept, route, upgrade at `/server`, shut down cleanly;
 //!   `hub` knows every live peer, [`metrics`] counts for `/metrics`,
 //!   `fd_limit` raises the open-file limit.
+//! - [`forwarder`] (feature `forwarder`) — named clients' durable command
+//!   queues, records and delivery, and the operator API under `/api/`.
 //! - `tls/` — rustls around the TCP stream, before the handshake (`wss://`),
 //!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
@@ -72,6 +74,8 @@ pub mod client;
 mod config;
 mod connection;
 mod error;
+#[cfg(feature = "forwarder")]
+pub mod forwarder;
 pub mod http;
 mod log_safe;
 pub mod server;
@@ -88,8 +92,8 @@ pub use server::metrics;
 pub use config::*;
 pub use connection::session::{PendingReply, RequestError, SendError, Session};
 pub use connection::{
-    Connection, Ended, Handler, Peer, SeedHandler, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
-    CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+    Connection, Ended, Handler, Peer, ReplyRoute, SeedHandler, CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
 };
 pub use error::Error;
 pub use http::access::{

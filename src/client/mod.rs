@@ -448,7 +448,12 @@ impl<H: Handler> Supervisor<H> {
     async fn run(self, first: ClientConnection) -> Result<(), Error> {
         let mut conn = first;
         loop {
+            // The hooks bracket every connection, the first and each
+            // reconnect alike.
+            let peer = conn.peer().clone();
+            self.handler.on_connect(&peer);
             let ended = conn.run(self.handler.clone()).await;
+            self.handler.on_disconnect(&peer, &ended);
             if let Ok(Ended::Closed(_)) = ended {
                 return Ok(()); // we closed it: Client::close
             }

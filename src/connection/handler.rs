@@ -12,7 +12,7 @@ use futures_lite::future;
 
 use super::Peer;
 use crate::wire::codec;
-use crate::Message;
+use crate::{Ended, Error, Message};
 
 /// What the application does with each inbound message.
 ///
@@ -42,8 +42,19 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called once when a connection is established, before its loop
     /// starts; keep the [`Peer`] to push to it later. Does nothing by default.
+    ///
+    /// Called on both sides: by the server for each accepted connection,
+    /// by the client for each connection it (re)establishes.
     fn on_connect(&self, peer: &Peer) {
         let _ = peer;
+    }
+
+    /// Called exactly once when a connection's loop has ended, on both
+    /// sides, with how it ended (`Ok` a normal end, `Err` a failure); for
+    /// every [`on_connect`](Handler::on_connect) there is one call. The
+    /// [`Peer`] is already closed. Does nothing by default.
+    fn on_disconnect(&self, peer: &Peer, how_it_ended: &Result<Ended, Error>) {
+        let _ = (peer, how_it_ended);
     }
 
     /// Handles one raw data frame (text or binary); `Some(frame)` is sent
@@ -153,5 +164,9 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_connect(&self, peer: &Peer) {
         (**self).on_connect(peer)
+    }
+
+    fn on_disconnect(&self, peer: &Peer, how_it_ended: &Result<Ended, Error>) {
+        (**self).on_disconnect(peer, how_it_ended)
     }
 }

@@ -32,7 +32,7 @@ mod peer;
 pub(crate) mod session;
 
 pub use handler::{Handler, SeedHandler};
-pub use peer::Peer;
+pub use peer::{Peer, ReplyRoute};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -275,6 +275,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.peer.inner) {
             inner.metrics = Some(metrics);
+        }
+        self
+    }
+
+    /// Names the connection's peer and installs its reply-routing hook
+    /// (see [`ReplyRoute`](peer::ReplyRoute)); before [`run`](Self::run).
+    #[cfg(feature = "forwarder")]
+    pub(crate) fn with_name(mut self, name: Box<str>, route: Arc<dyn peer::ReplyRoute>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.peer.inner) {
+            inner.named = Some(Box::new(peer::Named { name, route }));
         }
         self
     }

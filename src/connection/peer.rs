@@ -31,6 +31,31 @@ pub(super) struct PeerInner {
     /// anywhere. Here rather than in the connection's future: this record
     /// is allocated anyway, the future is what idle connections cost.
     pub(super) metrics: Option<Arc<Metrics>>,
+    /// The client's name and who takes its replies, for a named client
+    /// (`/server?client=NAME` under the forwarder); boxed, so an anonymous
+    /// connection pays one pointer for it. Feature `forwarder` only.
+    #[cfg(feature = "forwarder")]
+    pub(super) named: Option<Box<Named>>,
+}
+
+/// What a named connection carries besides the rest of its record.
+#[cfg(feature = "forwarder")]
+pub(super) struct Named {
+    pub(super) name: Box<str>,
+    pub(super) route: Arc<dyn ReplyRoute>,
+}
+
+/// The explicit reply-routing hook: on a connection that has one, every
+/// inbound reply is offered to [`take_reply`](ReplyRoute::take_reply)
+/// *before* the session's table of outstanding requests (whose entries
+/// give up after [`Config::request_timeout`](crate::Config::request_timeout)
+/// and drop late replies). The forwarder installs it on named connections
+/// so that a reply to one of its commands completes the command's record
+/// however late it comes.
+pub trait ReplyRoute: Send + Sync + 'static {
+    /// Takes `reply` (returns `None`) when it answers one of the hook's
+    /// own commands; gives it back otherwise, for the session to route.
+    fn take_reply(&self, peer: &Peer, reply: Message) -> Option<Message>;
 }
 
 /// Source of connection ids, unique within the process.
@@ -48,6 +73,8 @@ impl Peer {
                 received: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 metrics: None,
+                #[cfg(feature = "forwarder")]
+                named: None,
             }),
         }
     }
@@ -62,6 +89,21 @@ impl Peer {
     /// forwarded, with port 0.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.inner.addr
+    }
+
+    /// The client's name, for a named connection (`/server?client=NAME`;
+    /// always `None` in a build without the `forwarder` feature).
+    pub fn name(&self) -> Option<&str> {
+        #[cfg(feature = "forwarder")]
+        return self.inner.named.as_ref().map(|named| &*named.name);
+        #[cfg(not(feature = "forwarder"))]
+        None
+    }
+
+    /// The reply-routing hook of a named connection, if any.
+    #[cfg(feature = "forwarder")]
+    pub(crate) fn reply_route(&self) -> Option<&dyn ReplyRoute> {
+        self.inner.named.as_ref().map(|named| &*named.route)
     }
 
     /// When the connection was established.
@@ -121,6 +163,7 @@ impl fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("id", &self.inner.id)
             .field("addr", &self.inner.addr)
+            .field("name", &self.name())
             .finish_non_exhaustive()
     }
 }

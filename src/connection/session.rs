@@ -322,6 +322,17 @@ impl Session {
     /// Routes an inbound message from `peer`. Returns it back when it is a request for
     /// the handler; consumes it when it is a reply (matched or dropped).
     pub(crate) fn route(&self, message: Message, peer: &Peer) -> Option<Message> {
+        // The connection's own reply hook (the forwarder's, on a named
+        // client) comes first: its replies are never timed out here. It
+        // sees every message without a command, so that a reply reporting
+        // failure (`success:false`, no `error`) reaches it too; it takes
+        // only those answering its own requestIDs.
+        // (Only the forwarder installs one: the small build skips the check.)
+        #[cfg(feature = "forwarder")]
+        let message = match peer.reply_route() {
+            Some(route) if message.command.is_empty() => route.take_reply(peer, message)?,
+            _ => message,
+        };
         let is_reply = message.command.is_empty() && (message.success || !message.error.is_empty());
         if !is_reply {
             return Some(message);

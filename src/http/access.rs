@@ -169,18 +169,7 @@ impl AccessPolicy {
         let Some(expected) = &self.token else {
             return true;
         };
-        // The auth scheme is case-insensitive (RFC 9110, 11.1).
-        let bearer = request
-            .header("Authorization")
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-            .map(|(_, token)| token.trim());
-        let query = request
-            .query()
-            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")))
-            .and_then(percent_decode);
-        let bearer = bearer.map(|b| b.as_bytes().to_vec());
-        [bearer, query]
+        presented_tokens(request)
             .into_iter()
             .flatten()
             .any(|given| constant_time_eq(&given, expected.as_bytes()))
@@ -243,7 +232,32 @@ fn normalize_host(host: &str, scheme: &str) -> String {
 
 /// Compares without an early exit, so the time taken does not reveal how
 /// much of a guessed token was right. (The length may still show.)
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+/// The tokens a request presents: its `Authorization: Bearer` one and its
+/// `?token=` one (percent-decoded), either or both absent.
+pub(crate) fn presented_tokens(request: &Request) -> [Option<Vec<u8>>; 2] {
+    [bearer_token(request), query_param(request, "token")]
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer_token(request: &Request) -> Option<Vec<u8>> {
+    // The auth scheme is case-insensitive (RFC 9110, 11.1).
+    request
+        .header("Authorization")
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, token)| token.trim().as_bytes().to_vec())
+}
+
+/// The first `name=` parameter of the query, percent-decoded.
+pub(crate) fn query_param(request: &Request, name: &str) -> Option<Vec<u8>> {
+    request
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .and_then(percent_decode)
+}
+
+pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = given.len() ^ expected.len();
     for (i, &byte) in expected.iter().enumerate() {
         diff |= usize::from(byte ^ given.get(i).copied().unwrap_or(0));

@@ -7,12 +7,16 @@
 //! - `access` — the origin, Host and token checks, and connection admission;
 //! - `handshake` — the WebSocket opening handshake, both sides;
 //! - `static_files` — a directory or the built-in page at `/`;
+//! - `body` (feature `forwarder`) — a request's body, by Content-Length,
+//!   bounded in size (the operator API's JSON);
 //! - `response` — writing responses and errors, bounded in time.
 //!
 //! Every response closes the connection, so there is no keep-alive or
 //! pipelining to get wrong: one request head in, one response out.
 
 pub(crate) mod access;
+#[cfg(feature = "forwarder")]
+pub(crate) mod body;
 #[cfg(feature = "trusted-proxy")]
 pub mod forwarded;
 pub(crate) mod handshake;

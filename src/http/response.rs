@@ -123,6 +123,18 @@ impl<'a, W: AsyncWrite + Unpin> WriteTimeout<'a, W> {
     }
 }
 
+/// Reads pass straight through (a request body is read under the
+/// caller's own time bound, not the write timeout).
+impl<W: futures_lite::io::AsyncRead + Unpin> futures_lite::io::AsyncRead for WriteTimeout<'_, W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_read(cx, buf)
+    }
+}
+
 impl<W: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<'_, W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -149,6 +161,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        #[cfg(feature = "forwarder")]
+        202 => "Accepted",
         301 => "Moved Permanently",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -156,8 +170,16 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        #[cfg(feature = "forwarder")]
+        409 => "Conflict",
+        #[cfg(feature = "forwarder")]
+        411 => "Length Required",
+        #[cfg(feature = "forwarder")]
+        413 => "Content Too Large",
         421 => "Misdirected Request",
         426 => "Upgrade Required",
+        #[cfg(feature = "forwarder")]
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",

@@ -46,6 +46,7 @@ use crate::http::{
     read_request_head, reason_phrase, write_error, write_response, HeadError, Request, StaticFiles,
     WriteTimeout,
 };
+use crate::log_safe::quote;
 use crate::server::metrics::Refusal;
 use crate::tcp::Tcp;
 use crate::time::timeout;
@@ -131,6 +132,9 @@ struct Shared {
     public_metrics: bool,
     #[cfg(feature = "tls")]
     tls: Option<ServerTls>,
+    /// Named clients' commands and the operator API.
+    #[cfg(feature = "forwarder")]
+    forwarder: Option<crate::forwarder::Forwarder>,
 }
 
 impl Server {
@@ -158,6 +162,8 @@ impl Server {
                 public_metrics: false,
                 #[cfg(feature = "tls")]
                 tls: None,
+                #[cfg(feature = "forwarder")]
+                forwarder: None,
             }),
         })
     }
@@ -209,6 +215,17 @@ impl Server {
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.proxies = proxies;
+        }
+        self
+    }
+
+    /// Runs `forwarder` for named clients (`/server?client=NAME`) and
+    /// serves its operator API under `/api/`. Spawn its
+    /// [`run`](crate::forwarder::Forwarder::run) task beside the server.
+    #[cfg(feature = "forwarder")]
+    pub fn with_forwarder(mut self, forwarder: crate::forwarder::Forwarder) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.forwarder = Some(forwarder);
         }
         self
     }
@@ -390,6 +407,28 @@ impl Shared {
         self.admission.admit(peer.ip(), &self.access).map(Some)
     }
 
+    /// The client name an upgrade claims, checked by the forwarder
+    /// (`Err((status, why))` refuses it); always `None` without one.
+    fn client_name(&self, request: &Request) -> Result<Option<Box<str>>, (u16, String)> {
+        #[cfg(feature = "forwarder")]
+        if let Some(forwarder) = &self.forwarder {
+            return forwarder.check_name(request);
+        }
+        let _ = request;
+        Ok(None)
+    }
+
+    /// Whether this upgrade must pass the shared token check: named
+    /// clients whose own token proved their name need not.
+    fn needs_shared_token(&self, named: bool) -> bool {
+        #[cfg(feature = "forwarder")]
+        if let Some(forwarder) = &self.forwarder {
+            return forwarder.needs_shared_token(named);
+        }
+        let _ = named;
+        true
+    }
+
     /// Whether `path` is where WebSocket upgrades are accepted.
     fn is_endpoint(&self, path: &str) -> bool {
         self.endpoint
@@ -545,16 +584,28 @@ fn serve<S: Stream, H: Handler>(
             // it ends, so the long-lived connection future stays small.
             let handshake = Box::pin(handshake(&mut stream, addr, &shared, early, budget));
             // The ticket holds the connection's slot until the end.
-            let Some((leftover, client, ticket)) = handshake.await else {
+            let Some((leftover, client, ticket, name)) = handshake.await else {
                 return;
             };
             // The read guard goes under tungstenite, above TLS.
             let conn =
                 Connection::new(stream, Role::Server, leftover, Some(client), &shared.config);
-            (Box::pin(conn).await, client, ticket)
+            (named(Box::pin(conn).await, name, &shared), client, ticket)
         };
         connected(conn, client, &shared, handler).await;
     }
+}
+
+/// Names a connection that claimed a name on its upgrade, and hands its
+/// replies to the forwarder first (see [`ReplyRoute`](crate::ReplyRoute)).
+fn named<S: Stream>(conn: Connection<S>, name: Option<Box<str>>, shared: &Shared) -> Connection<S> {
+    #[cfg(feature = "forwarder")]
+    if let (Some(name), Some(forwarder)) = (name, &shared.forwarder) {
+        return conn.with_name(name, forwarder.route());
+    }
+    #[cfg(not(feature = "forwarder"))]
+    let _ = (name, shared);
+    conn
 }
 
 /// The client's address: the peer's, or the one a trusted proxy forwarded.
@@ -581,20 +632,35 @@ fn connected<S: Stream, H: Handler>(
     let conn = conn.with_metrics(metrics);
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
-    log::info!("client {id} connected from {addr}");
+    match conn.peer().name() {
+        Some(name) => log::info!("client {id} {:?} connected from {addr}", quote(name)),
+        None => log::info!("client {id} connected from {addr}"),
+    }
+    #[cfg(feature = "forwarder")]
+    let forwarder = shared.forwarder.clone();
+    #[cfg(feature = "forwarder")]
+    if let Some(forwarder) = &forwarder {
+        forwarder.connected(conn.peer());
+    }
     handler.on_connect(conn.peer());
     let hub = shared.hub.clone();
+    let peer = conn.peer().clone();
     // `Finish` rather than an async block, which would hold the
     // connection's future twice (as a captured value and as the awaitee).
     Finish {
-        fut: conn.run(handler),
+        fut: conn.run(handler.clone()),
         then: Some(move |ended: Result<Ended, Error>| {
             hub.metrics.ended(&ended);
-            match ended {
+            match &ended {
                 Ok(ended) => log::info!("client {id} ({addr}) disconnected: {ended}"),
                 Err(err) => log::warn!("client {id} ({addr}) dropped: {err}"),
             }
             hub.remove(id);
+            #[cfg(feature = "forwarder")]
+            if let Some(forwarder) = &forwarder {
+                forwarder.disconnected(&peer);
+            }
+            handler.on_disconnect(&peer, &ended);
         }),
     }
 }
@@ -623,8 +689,8 @@ impl<F: Future, C: FnOnce(F::Output)> Future for Finish<F, C> {
 }
 
 /// Reads the request head and answers it. Returns the bytes read past the
-/// head, the client's address and its connection slot when the connection
-/// was upgraded to WebSocket; `None` when it was answered as plain HTTP (or
+/// head, the client's address, its connection slot and the name it claimed
+/// (if any) when the connection was upgraded to WebSocket; `None` when it was answered as plain HTTP (or
 /// the peer failed) and should be closed. `early` is the slot taken at
 /// accept ([`Shared::admit`]); `budget` what is left of the handshake time.
 async fn handshake<S: Stream>(
@@ -633,7 +699,7 @@ async fn handshake<S: Stream>(
     shared: &Shared,
     early: Option<Ticket>,
     budget: Duration,
-) -> Option<(Vec<u8>, SocketAddr, Ticket)> {
+) -> Option<(Vec<u8>, SocketAddr, Ticket, Option<Box<str>>)> {
     let metrics = &shared.hub.metrics;
     // Only a build that can serve TLS looks for TLS clients on a plain
     // port (its 400 names --cert); the small build reads at once.
@@ -689,9 +755,19 @@ async fn handshake<S: Stream>(
         metrics.refused(Refusal::BadRequest);
         return refuse(stream, client, 421, &why).await;
     }
+    // The operator API, when a forwarder runs (else `/api/` is just a path).
+    #[cfg(feature = "forwarder")]
+    if let Some(forwarder) = &shared.forwarder {
+        if crate::forwarder::api::is_api(request.path()) {
+            let budget = shared.config.handshake_timeout;
+            crate::forwarder::api::serve(stream, client, &request, leftover, forwarder, budget)
+                .await;
+            return None;
+        }
+    }
     if request.wants_upgrade() {
         let upgraded = upgrade(stream, client, &request, shared, tls).await;
-        return upgraded.map(|()| (leftover, client, ticket));
+        return upgraded.map(|name| (leftover, client, ticket, name));
     }
     let answer = match request.method.as_str() {
         _ if shared.is_endpoint(request.path()) => {
@@ -775,7 +851,8 @@ async fn unauthorized<T, W: AsyncWrite + Unpin>(stream: &mut W, client: SocketAd
 }
 
 /// Validates a WebSocket upgrade request and, when it is good, writes the
-/// 101 response. `None` when it was refused (the refusal is already sent).
+/// 101 response and returns the client name it claimed (checked against
+/// `--tokens`). `None` when it was refused (the refusal is already sent).
 /// `tls` says whether this connection is TLS: a same-host origin must use
 /// its scheme.
 async fn upgrade<W: AsyncWrite + Unpin>(
@@ -784,7 +861,7 @@ async fn upgrade<W: AsyncWrite + Unpin>(
     request: &Request,
     shared: &Shared,
     tls: bool,
-) -> Option<()> {
+) -> Option<Option<Box<str>>> {
     let metrics = &shared.hub.metrics;
     if !shared.is_endpoint(request.path()) {
         metrics.refused(Refusal::BadRequest);
@@ -807,7 +884,19 @@ async fn upgrade<W: AsyncWrite + Unpin>(
         metrics.refused(Refusal::Origin);
         return refuse(stream, client, 403, &why).await;
     }
-    if !shared.access.check_token(request) {
+    let name = match shared.client_name(request) {
+        Ok(name) => name,
+        Err((status, why)) => {
+            let refusal = if status == 400 {
+                Refusal::BadRequest
+            } else {
+                Refusal::Token
+            };
+            metrics.refused(refusal);
+            return refuse(stream, client, status, &why).await;
+        }
+    };
+    if shared.needs_shared_token(name.is_some()) && !shared.access.check_token(request) {
         metrics.refused(Refusal::Token);
         return unauthorized(stream, client).await;
     }
@@ -817,7 +906,7 @@ async fn upgrade<W: AsyncWrite + Unpin>(
         stream.flush().await
     };
     match timeout(CLOSE_TIMEOUT, written).await {
-        Some(Ok(())) => Some(()),
+        Some(Ok(())) => Some(name),
         _ => None,
     }
 }

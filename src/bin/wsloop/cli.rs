@@ -49,7 +49,9 @@ SERVER OPTIONS:
     --www DIR              serve files from DIR at / [default: a built-in page]
     --queue N              pushed messages that may wait per client [default: 64]
     --console              read commands from stdin and push each to every
-                           client, printing their replies
+                           client, printing their replies; `@NAME command`
+                           sends to the named client NAME alone (queued if
+                           it is offline)
     --allow-origin URL     also accept upgrades from this browser origin
                            (repeatable), e.g. https://example.com
     --allow-any-origin     turn the origin check off (logged as a warning)
@@ -80,6 +82,20 @@ SERVER OPTIONS:
                            [default: 50000; 0 = unlimited]
     --max-bytes-per-sec N  bytes per connection; excess closes with 1008
                            [default: 67108864; 0 = unlimited]
+    --state DIR            keep named clients' queued commands, their records
+                           and requestID counters in DIR/wsloop.redb: an
+                           acknowledged command survives kill -9 and restarts
+                           [default: in memory, kept across reconnects only]
+    --tokens FILE          per-client tokens, one `NAME TOKEN` a line (#
+                           comments): /server?client=NAME must present NAME's
+                           token (Bearer or ?token=) [default: names unchecked]
+    --operator-token-file FILE
+                           enable the operator API under /api/ (JSON, with
+                           Authorization: Bearer <this token>) [default: off]
+    --max-queued N         commands per named client not yet final; past it
+                           the API answers 429 [default: 1000]
+    --command-ttl DURATION a command not final by then ends `expired`
+                           [default: 24h]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -165,6 +181,34 @@ pub struct Deployment {
     pub trusted_proxies: Vec<String>,
     /// `--public-metrics`.
     pub public_metrics: bool,
+    /// The forwarder's options.
+    #[cfg(feature = "forwarder")]
+    pub forwarder: ForwarderArgs,
+}
+
+/// `--state`, `--tokens`, `--operator-token-file`, `--max-queued`,
+/// `--command-ttl`, as given (files are read at start).
+#[cfg(feature = "forwarder")]
+#[derive(Debug)]
+pub struct ForwarderArgs {
+    pub state: Option<PathBuf>,
+    pub tokens: Option<PathBuf>,
+    pub operator_token_file: Option<PathBuf>,
+    pub max_queued: usize,
+    pub command_ttl: Duration,
+}
+
+#[cfg(feature = "forwarder")]
+impl Default for ForwarderArgs {
+    fn default() -> Self {
+        ForwarderArgs {
+            state: None,
+            tokens: None,
+            operator_token_file: None,
+            max_queued: wsloop::forwarder::DEFAULT_MAX_QUEUED,
+            command_ttl: wsloop::forwarder::DEFAULT_COMMAND_TTL,
+        }
+    }
 }
 
 /// Parses `args` (without the program name).
@@ -234,6 +278,22 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("public-metrics") => deployment.public_metrics = true,
             #[cfg(not(feature = "metrics"))]
             Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
+            #[cfg(feature = "forwarder")]
+            Long("state") => deployment.forwarder.state = Some(PathBuf::from(parser.value()?)),
+            #[cfg(feature = "forwarder")]
+            Long("tokens") => deployment.forwarder.tokens = Some(PathBuf::from(parser.value()?)),
+            #[cfg(feature = "forwarder")]
+            Long("operator-token-file") => {
+                deployment.forwarder.operator_token_file = Some(PathBuf::from(parser.value()?))
+            }
+            #[cfg(feature = "forwarder")]
+            Long("max-queued") => deployment.forwarder.max_queued = parser.value()?.parse()?,
+            #[cfg(feature = "forwarder")]
+            Long("command-ttl") => deployment.forwarder.command_ttl = duration(&mut parser)?,
+            #[cfg(not(feature = "forwarder"))]
+            Long("state" | "tokens" | "operator-token-file" | "max-queued" | "command-ttl") => {
+                return Err(missing_feature("the forwarder options", "forwarder"))
+            }
             Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
             Long("max-bytes-per-sec") => config.max_bytes_per_second = parser.value()?.parse()?,
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
@@ -373,13 +433,14 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 
 /// The Cargo features `wsloop --version` names when this build has them
 /// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 6] = [
+pub const FEATURES: [(&str, bool); 7] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
     ("static-files", cfg!(feature = "static-files")),
     ("signals", cfg!(feature = "signals")),
     ("json-logs", cfg!(feature = "json-logs")),
+    ("forwarder", cfg!(feature = "forwarder")),
 ];
 
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {

@@ -10,6 +10,8 @@
 //! how logs are printed).
 
 mod cli;
+#[cfg(feature = "forwarder")]
+mod forwarder;
 mod logger;
 
 use std::process::ExitCode;
@@ -108,6 +110,12 @@ fn run_server(
             .with_static_files(files)
             .with_access(access);
         let server = deploy(server, deployment)?;
+        #[cfg(feature = "forwarder")]
+        let forwarder = forwarder::open(&deployment.forwarder).await?;
+        #[cfg(feature = "forwarder")]
+        ex.spawn(forwarder.run()).detach();
+        #[cfg(feature = "forwarder")]
+        let server = server.with_forwarder(forwarder.clone());
         let scheme = if deployment.tls.is_some() {
             "https"
         } else {
@@ -122,8 +130,11 @@ fn run_server(
         let _ = console;
         #[cfg(feature = "console")]
         if console {
-            ex.spawn(broadcast_stdin(Arc::clone(&ex), server.hub()))
-                .detach();
+            #[cfg(feature = "forwarder")]
+            let task = broadcast_stdin(Arc::clone(&ex), server.hub(), forwarder);
+            #[cfg(not(feature = "forwarder"))]
+            let task = broadcast_stdin(Arc::clone(&ex), server.hub());
+            ex.spawn(task).detach();
         }
         // The seed's reply, for every request on every connection.
         server
@@ -197,9 +208,15 @@ fn static_files(_: Option<std::path::PathBuf>) -> Result<StaticFiles, Error> {
 }
 
 /// The `--console`: reads stdin lines and pushes each to every connected
-/// client as a command, printing each client's reply as it arrives.
+/// client as a command, printing each client's reply as it arrives; a
+/// line `@NAME command` goes to the named client NAME alone, through the
+/// forwarder (queued if it is offline).
 #[cfg(feature = "console")]
-async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<wsloop::Hub>) {
+async fn broadcast_stdin(
+    ex: Arc<Executor<'static>>,
+    hub: Arc<wsloop::Hub>,
+    #[cfg(feature = "forwarder")] forwarder: wsloop::forwarder::Forwarder,
+) {
     use futures_lite::{AsyncBufReadExt, StreamExt};
     let stdin = futures_lite::io::BufReader::new(smol::Unblock::new(std::io::stdin()));
     let mut lines = stdin.lines();
@@ -207,6 +224,11 @@ async fn broadcast_stdin(ex: Arc<Executor<'static>>, hub: Arc<wsloop::Hub>) {
     while let Some(Ok(line)) = lines.next().await {
         let command = line.trim();
         if command.is_empty() {
+            continue;
+        }
+        #[cfg(feature = "forwarder")]
+        if let Some(named) = command.strip_prefix('@') {
+            forwarder::console_send(&ex, &forwarder, named);
             continue;
         }
         let pending = hub.broadcast_request(command);

@@ -1,0 +1,78 @@
+//! The binary's forwarder: builds it from `--state`, `--tokens`,
+//! `--operator-token-file`, `--max-queued` and `--command-ttl`, and the
+//! console's `@NAME command`.
+
+use smol::Executor;
+use wsloop::forwarder::{parse_tokens, Forwarder, ForwarderOptions, MemoryStore, RedbStore, Store};
+use wsloop::Error;
+
+use crate::cli::ForwarderArgs;
+
+/// Opens the store (redb under `--state`, else memory) and the forwarder.
+pub async fn open(args: &ForwarderArgs) -> Result<Forwarder, Error> {
+    let store: Box<dyn Store> = match &args.state {
+        Some(dir) => Box::new(
+            RedbStore::open(dir)
+                .map_err(|e| Error::Config(format!("--state {}: {e}", dir.display())))?,
+        ),
+        None => Box::new(MemoryStore::new()),
+    };
+    let tokens = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_tokens(&text))
+            .map_err(|e| Error::Config(format!("--tokens {}: {e}", path.display())))?,
+        None => Default::default(),
+    };
+    let operator_token = match &args.operator_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!("--operator-token-file {}: {e}", path.display()))
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(Error::Config("the operator token is empty".into()));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let options = ForwarderOptions {
+        max_queued: args.max_queued,
+        command_ttl: args.command_ttl,
+        tokens,
+        operator_token,
+    };
+    Forwarder::open(store, options)
+        .await
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The console's `@NAME command`: queues it for NAME and prints its
+/// acknowledgement, then its final record when it comes.
+#[cfg(feature = "console")]
+pub fn console_send(ex: &Executor<'static>, forwarder: &Forwarder, line: &str) {
+    let Some((name, command)) = line.split_once(char::is_whitespace) else {
+        println!("console: @NAME command");
+        return;
+    };
+    let (name, command) = (name.to_string(), command.trim().to_string());
+    let forwarder = forwarder.clone();
+    ex.spawn(async move {
+        match forwarder.submit(&name, &command, true).await {
+            Ok((record, waiter)) => {
+                let id = record.request_id;
+                println!("console: {name} #{id} {}", record.status.as_str());
+                if let Some(Ok(done)) = match waiter {
+                    Some(waiter) => Some(waiter.recv().await),
+                    None => None,
+                } {
+                    let reply = done.reply.map(|r| r.some_other_thing).unwrap_or_default();
+                    println!("client {name} #{id} {}: {reply}", done.status.as_str());
+                }
+            }
+            Err(err) => println!("console: {name}: {err}"),
+        }
+    })
+    .detach();
+}
