@@ -106,6 +106,32 @@ CLIENT OPTIONS:
                            http://[USER:PASSWORD@]HOST[:PORT] [default: from
                            https_proxy (wss://) or http_proxy (ws://), minus
                            the hosts in no_proxy; none if unset]
+    --id NAME              name this device (1-64 of A-Z a-z 0-9 . _ -): dials
+                           with ?client=NAME; its --token-file is its own
+                           [default: anonymous]
+
+DEVICE OPTIONS (client; not in the small build):
+    --exec PROGRAM [ARG...]
+                           everything after --exec: run PROGRAM for each
+                           pushed command, the command on stdin and in
+                           $WSLOOP_COMMAND (up to 32 KiB), $WSLOOP_REQUEST_ID,
+                           $WSLOOP_CLIENT (the --id); reply success = exit
+                           status 0, someOtherThing = the first 4 KiB of
+                           stdout (then why and the last 1 KiB of stderr
+                           when it failed). With --exec the client sends no
+                           requests of its own unless --interval, --count
+                           or --stdin is given [default: answer as the
+                           original client does]
+    --exec-timeout DURATION
+                           kill the program's process group after this and
+                           reply success:false [default: 60s]
+    --exec-concurrency N   programs running at once; 1 keeps the order
+                           [default: 1]
+    --state DIR            with --id: keep the record of started commands
+                           and replies in DIR/device.redb, so a restart never
+                           runs a command twice (a command that was running
+                           is answered interrupted) [default: in memory,
+                           across reconnects only; the last 10000 kept]
 
 CLIENT EXIT STATUS:
     0 all replies arrived (--count/--stdin); 1 the server stayed unreachable
@@ -150,9 +176,23 @@ pub enum Command {
     },
     Client {
         options: ClientOptions,
+        /// `--exec` and its options.
+        #[cfg(feature = "exec")]
+        device: Option<wsloop::client::DeviceOptions>,
         verbosity: Verbosity,
         log_format: LogFormat,
     },
+}
+
+/// The device options as given, checked against each other at the end.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "exec"), allow(dead_code))]
+struct DeviceArgs {
+    exec: Vec<OsString>,
+    timeout: Option<Duration>,
+    concurrency: Option<usize>,
+    /// Whether the seed's own requests were asked for (`--interval`, ...).
+    requests: bool,
 }
 
 /// How the server faces the internet: TLS, proxies in front, metrics.
@@ -188,6 +228,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut ca: Option<PathBuf> = None;
     let mut proxy: Option<String> = None;
     let mut deployment = Deployment::default();
+    let mut device = DeviceArgs::default();
+    let mut state: Option<PathBuf> = None;
+    let mut id: Option<String> = None;
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
 
@@ -202,9 +245,30 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-message-size") => config.max_message_size = parser.value()?.parse()?,
             Long("handshake-timeout") => config.handshake_timeout = duration(&mut parser)?,
             Long("queue") => config.outbound_capacity = parser.value()?.parse()?,
-            Long("interval") => client.interval = duration(&mut parser)?,
-            Long("count") => client.count = Some(parser.value()?.parse()?),
-            Long("stdin") => client.stdin = true,
+            Long("interval") => {
+                client.interval = duration(&mut parser)?;
+                device.requests = true;
+            }
+            Long("count") => {
+                client.count = Some(parser.value()?.parse()?);
+                device.requests = true;
+            }
+            Long("stdin") => {
+                client.stdin = true;
+                device.requests = true;
+            }
+            Long("id") => id = Some(parser.value()?.string()?),
+            Long("state") => state = Some(PathBuf::from(parser.value()?)),
+            #[cfg(feature = "exec")]
+            Long("exec") => device.exec = exec_argv(&mut parser)?,
+            #[cfg(feature = "exec")]
+            Long("exec-timeout") => device.timeout = Some(duration(&mut parser)?),
+            #[cfg(feature = "exec")]
+            Long("exec-concurrency") => device.concurrency = Some(parser.value()?.parse()?),
+            #[cfg(not(feature = "exec"))]
+            Long("exec" | "exec-timeout" | "exec-concurrency") => {
+                return Err(missing_feature("--exec", "exec"))
+            }
             Long("console") => console = true,
             Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
             Long("allow-any-origin") => access.allow_any_origin = true,
@@ -279,6 +343,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     };
     let token = read_token(token_file)?;
     match mode.as_deref() {
+        Some("server") if state.is_some() || id.is_some() => {
+            Err("--id and --state are client options".into())
+        }
         Some("server") => Ok(Command::Server {
             address,
             www,
@@ -298,6 +365,15 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 token,
                 ..client
             };
+            if let Some(id) = id {
+                options = options.with_id(&id).map_err(|e| format!("--id: {e}"))?;
+            }
+            #[cfg(feature = "exec")]
+            let device = device_options(device, state)?;
+            #[cfg(not(feature = "exec"))]
+            if state.is_some() {
+                return Err(missing_feature("--state", "exec"));
+            }
             for header in headers {
                 options = with_header(options, &header)?;
             }
@@ -311,6 +387,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             }
             Ok(Command::Client {
                 options,
+                #[cfg(feature = "exec")]
+                device,
                 verbosity,
                 log_format,
             })
@@ -328,6 +406,49 @@ fn with_header(options: ClientOptions, header: &str) -> Result<ClientOptions, le
     options
         .header(name, value.trim())
         .map_err(|e| format!("--header {header:?}: {e}").into())
+}
+
+/// `--exec`'s program and arguments: everything after it.
+#[cfg(feature = "exec")]
+fn exec_argv(parser: &mut lexopt::Parser) -> Result<Vec<OsString>, lexopt::Error> {
+    let mut argv: Vec<OsString> = parser.raw_args()?.collect();
+    // `--exec -- PROGRAM` is the same as `--exec PROGRAM`.
+    if argv.first().is_some_and(|first| first == "--") {
+        argv.remove(0);
+    }
+    if argv.is_empty() {
+        return Err("--exec needs a program (and its arguments after it)".into());
+    }
+    Ok(argv)
+}
+
+/// The device's options when `--exec` was given; its sub-options and
+/// `--state` are refused without it rather than ignored.
+#[cfg(feature = "exec")]
+fn device_options(
+    args: DeviceArgs,
+    state: Option<PathBuf>,
+) -> Result<Option<wsloop::client::DeviceOptions>, lexopt::Error> {
+    if args.exec.is_empty() {
+        if args.timeout.is_some() || args.concurrency.is_some() || state.is_some() {
+            return Err("--exec-timeout, --exec-concurrency and --state need --exec".into());
+        }
+        return Ok(None);
+    }
+    let mut device = wsloop::client::DeviceOptions::new(args.exec);
+    if let Some(timeout) = args.timeout.filter(|t| !t.is_zero()) {
+        device.timeout = timeout;
+    } else if args.timeout.is_some() {
+        return Err("--exec-timeout must be greater than zero".into());
+    }
+    match args.concurrency {
+        Some(0) => return Err("--exec-concurrency must be at least 1".into()),
+        Some(n) => device.concurrency = n,
+        None => {}
+    }
+    device.state = state;
+    device.requests = args.requests;
+    Ok(Some(device))
 }
 
 /// The error for an option whose Cargo feature this build left out.
@@ -373,13 +494,14 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 
 /// The Cargo features `wsloop --version` names when this build has them
 /// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 6] = [
+pub const FEATURES: [(&str, bool); 7] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
     ("static-files", cfg!(feature = "static-files")),
     ("signals", cfg!(feature = "signals")),
     ("json-logs", cfg!(feature = "json-logs")),
+    ("exec", cfg!(feature = "exec")),
 ];
 
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
