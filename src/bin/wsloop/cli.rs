@@ -110,7 +110,12 @@ CLIENT OPTIONS:
                            with ?client=NAME; its --token-file is its own
                            [default: anonymous]
 
-DEVICE OPTIONS (client; not in the small build):
+";
+
+/// `--help`'s device section (feature `exec`; the small build leaves the
+/// text out with the options).
+#[cfg(feature = "exec")]
+pub const DEVICE_USAGE: &str = "DEVICE OPTIONS (client):
     --exec PROGRAM [ARG...]
                            everything after --exec: run PROGRAM for each
                            pushed command, the command on stdin and in
@@ -120,8 +125,10 @@ DEVICE OPTIONS (client; not in the small build):
                            stdout (then why and the last 1 KiB of stderr
                            when it failed). With --exec the client sends no
                            requests of its own unless --interval, --count
-                           or --stdin is given [default: answer as the
-                           original client does]
+                           or --stdin is given. With --id, a requestID
+                           that comes again gets its stored reply, never a
+                           second run [default: answer as the original
+                           client does]
     --exec-timeout DURATION
                            kill the program's process group after this and
                            reply success:false [default: 60s]
@@ -133,6 +140,14 @@ DEVICE OPTIONS (client; not in the small build):
                            is answered interrupted) [default: in memory,
                            across reconnects only; the last 10000 kept]
 
+";
+
+/// `--help`'s device section: none in this build.
+#[cfg(not(feature = "exec"))]
+pub const DEVICE_USAGE: &str = "";
+
+/// The end of `--help`.
+pub const USAGE_END: &str = "\
 CLIENT EXIT STATUS:
     0 all replies arrived (--count/--stdin); 1 the server stayed unreachable
     or a reply failed; 2 a bad option, or a refusal that retrying cannot mend

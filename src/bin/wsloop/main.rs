@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{}", cli::USAGE);
+            print!("{}{}{}", cli::USAGE, cli::DEVICE_USAGE, cli::USAGE_END);
             return ExitCode::SUCCESS;
         }
         Command::Version => {
