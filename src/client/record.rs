@@ -215,11 +215,12 @@ impl Record {
         entries.floor = entries.floor.max(floor);
     }
 
-    /// The oldest finished commands past [`REMEMBERED_COMMANDS`] (counting
-    /// the one finishing now), and the floor once they are gone.
+    /// The oldest finished commands past [`REMEMBERED_COMMANDS`] (the one
+    /// finishing now is in the map already: [`start`](Self::start) put it
+    /// there), and the floor once they are gone.
     fn to_forget(&self) -> (Vec<i64>, Option<i64>) {
         let entries = self.lock();
-        let excess = (entries.map.len() + 1).saturating_sub(REMEMBERED_COMMANDS);
+        let excess = entries.map.len().saturating_sub(REMEMBERED_COMMANDS);
         let evict: Vec<i64> = entries
             .map
             .iter()
@@ -391,5 +392,40 @@ mod tests {
             Verdict::Answer(refused) => assert!(!refused.success, "{refused:?}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_are_forgotten_and_then_refused() {
+        let record = Arc::new(Record::in_memory());
+        let total = REMEMBERED_COMMANDS as i64 + 5;
+        smol::block_on(async {
+            for id in 1..=total {
+                let request = Message::request(id, "go");
+                assert!(matches!(record.admit(&request), Verdict::Run));
+                record.start(&request).await.expect("in memory");
+                record.finish(&request, &request.seed_reply()).await;
+            }
+        });
+        assert_eq!(record.lock().map.len(), REMEMBERED_COMMANDS);
+        // Forgotten: refused rather than run again.
+        match record.admit(&Message::request(5, "go")) {
+            Verdict::Answer(refused) => assert!(refused.some_other_thing.starts_with("not run:")),
+            other => panic!("{other:?}"),
+        }
+        // Still remembered: its reply.
+        match record.admit(&Message::request(6, "go")) {
+            Verdict::Answer(reply) => assert!(reply.success),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_state_dir_belongs_to_one_device() {
+        let dir = std::env::temp_dir().join(format!("wsloop-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(Record::open(&dir, "one").expect("a new record"));
+        let other = Record::open(&dir, "two").err().map(|e| e.to_string());
+        assert!(other.is_some_and(|e| e.contains("\"one\"")), "refused");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
