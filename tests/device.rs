@@ -379,3 +379,38 @@ fn a_stopped_device_answers_once_after_sigcont() {
         assert_eq!(lines(&runs), ["1", "2"]);
     });
 }
+
+#[test]
+fn concurrency_two_runs_two_at_once() {
+    let dir = temp_dir("concurrency");
+    let log = dir.0.join("log");
+    // Each waits (bounded) until the other has started: only two running
+    // at once can both finish early.
+    let program = script(
+        &dir.0,
+        "pair.sh",
+        &format!(
+            "echo start >> {log}\ni=0\nwhile [ $(grep -c start {log}) -lt 2 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done\necho waited $i",
+            log = log.display()
+        ),
+    );
+    bounded(30, async {
+        let (listener, addr) = listen().await;
+        let _device = device(
+            &addr,
+            &["--id", "pair", "--exec-concurrency", "2"],
+            &program,
+        );
+        let (mut ws, _) = accept(&listener).await;
+        push(&mut ws, 1, "a").await;
+        push(&mut ws, 2, "b").await;
+        for _ in 0..2 {
+            let reply = next_message(&mut ws).await;
+            assert!(reply.success, "{reply:?}");
+            assert_ne!(
+                reply.some_other_thing, "waited 100\n",
+                "ran one after the other"
+            );
+        }
+    });
+}

@@ -619,6 +619,42 @@ mod tests {
     }
 
     #[test]
+    fn a_device_names_itself_and_takes_everything_after_exec() {
+        let line = "client --id pump-7 --exec-timeout 2s --exec-concurrency 3 --state st \
+                    --exec ./run.sh -q --count 1";
+        let parsed = parse_str(line);
+        #[cfg(feature = "exec")]
+        match parsed {
+            Ok(Command::Client {
+                options, device, ..
+            }) => {
+                assert_eq!(options.id.as_deref(), Some("pump-7"));
+                let device = device.expect("--exec given");
+                assert_eq!(device.exec, ["./run.sh", "-q", "--count", "1"]);
+                assert_eq!(device.timeout, Duration::from_secs(2));
+                assert_eq!(device.concurrency, 3);
+                assert_eq!(device.state, Some(PathBuf::from("st")));
+                assert!(!device.requests, "a device only answers by default");
+            }
+            other => panic!("{other:?}"),
+        }
+        #[cfg(not(feature = "exec"))]
+        assert!(parsed.is_err(), "--exec is refused without the feature");
+        for bad in [
+            "client --id bad/name",
+            "client --id",
+            "client --exec",
+            "client --exec-timeout 1s",
+            "client --id a --exec-concurrency 0 --exec x",
+            "server --id a",
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad}");
+        }
+        let long = format!("client --id {}", "a".repeat(65));
+        assert!(parse_str(&long).is_err(), "65 characters");
+    }
+
+    #[test]
     #[cfg(all(feature = "tls", feature = "trusted-proxy", feature = "metrics"))]
     fn deployment_options_parse() {
         let line = "server --cert c.pem --key k.pem --trusted-proxy 127.0.0.1 \
