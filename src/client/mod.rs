@@ -18,6 +18,11 @@
 //!   [`Client::request`] resolves when the reply with its `requestID` comes.
 //! - [`run`] is the seed client on top of it: a select loop over a timer (or
 //!   stdin lines), the replies coming back, and commands the server pushes.
+//! - `run_device` (feature `exec`) is the client as a device: each pushed
+//!   command runs a program (`exec.rs`), one at a time by default, and a
+//!   named device ([`ClientOptions::id`], `?client=NAME` on the upgrade)
+//!   runs each `requestID` at most once, kept in redb with `--state`
+//!   (`record.rs`); `device.rs` ties them to the connection.
 //!
 //! A server that cannot be reached (at start, or after a drop) is retried
 //! with the [`Reconnect`] backoff; a refusal that will stand (401, 403,
