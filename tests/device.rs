@@ -322,14 +322,15 @@ fn a_device_killed_mid_run_answers_interrupted_after_its_restart() {
         assert!(replied.success, "{replied:?}");
         push(&mut ws, 2, "hang").await;
         wait_until(10, "command 2 to start", || lines(&runs).len() == 2);
-        // kill -9: nothing of the device runs after this.
+        // kill -9: nothing of the device runs after this, but its program
+        // does (ended here whatever happens, once the test is over).
         drop(device1);
-        // (Its program survives a SIGKILLed device; end it here.)
-        for pid in lines(&pids) {
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{pid}")])
-                .status();
-        }
+        let _cleanup = KillGroups(lines(&pids));
+        let program_pid = lines(&pids).pop().expect("command 2 noted its pid");
+        assert!(
+            !gone(&program_pid),
+            "a SIGKILLed device cannot end its program"
+        );
 
         let _device2 = device(&addr, &args, &program);
         let (mut ws, _) = accept(&listener).await;
@@ -349,7 +350,24 @@ fn a_device_killed_mid_run_answers_interrupted_after_its_restart() {
         push(&mut ws, 2, "hang").await;
         assert_eq!(next_message(&mut ws).await, reply);
         assert_eq!(lines(&runs), ["1", "2"], "nothing ran twice");
+        // The restart ended what the killed device had left running.
+        wait_until(5, "the leftover program to be killed", || {
+            gone(&program_pid)
+        });
     });
+}
+
+/// Kills the process groups led by these pids when dropped.
+struct KillGroups(Vec<String>);
+
+impl Drop for KillGroups {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
 }
 
 #[test]

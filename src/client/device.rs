@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender};
 use futures_lite::future;
 
-use super::exec::{Program, DEFAULT_EXEC_TIMEOUT};
+use super::exec::{kill_leftovers, Program, DEFAULT_EXEC_TIMEOUT};
 use super::record::{Record, Verdict};
 use super::{run_with, ClientOptions, Event, Summary, PUSH_QUEUE};
 use crate::{Error, Handler, Message, Peer, Session};
@@ -31,6 +31,9 @@ pub const DEFAULT_EXEC_CONCURRENCY: usize = 1;
 /// New commands that may wait for a free slot; past it the connection
 /// stops reading (the server's own queue holds the rest).
 const QUEUED_COMMANDS: usize = 1024;
+
+/// In `--state DIR`: the notes naming running process groups.
+const RUNNING_DIR: &str = "running";
 
 /// What a device runs, and how ([`run_device`]).
 #[derive(Debug, Clone)]
@@ -132,6 +135,7 @@ pub async fn run_device(
         argv: device.exec.clone(),
         timeout: device.timeout,
         client: options.id.clone().unwrap_or_default(),
+        running: device.state.as_ref().map(|dir| dir.join(RUNNING_DIR)),
     };
     let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
     let (jobs_tx, jobs) = async_channel::bounded(QUEUED_COMMANDS);
@@ -162,7 +166,13 @@ async fn open_record(
         (Some(_), None) => Ok(Some(Arc::new(Record::in_memory()))),
         (Some(id), Some(dir)) => {
             let (dir, id) = (dir.clone(), id.clone());
-            let record = smol::unblock(move || Record::open(&dir, &id)).await?;
+            let record = smol::unblock(move || {
+                let record = Record::open(&dir, &id)?;
+                // Once the record is ours (not another device's, not in use).
+                kill_leftovers(&dir.join(RUNNING_DIR), &id);
+                Ok::<_, Error>(record)
+            })
+            .await?;
             Ok(Some(Arc::new(record)))
         }
     }

@@ -10,8 +10,14 @@
 //! left in the background lives on), and when the run is dropped (the
 //! client exits). Processes are spawned and awaited with async-process,
 //! so a running program never holds an executor thread.
+//!
+//! A device killed with SIGKILL cannot kill anything. With `--state`, each
+//! running group is named in `DIR/running/<requestID>` while it runs, and
+//! the next start kills the groups left there ([`kill_leftovers`]) —
+//! after checking that they are still that command's processes.
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -45,6 +51,8 @@ pub(crate) struct Program {
     pub timeout: Duration,
     /// `WSLOOP_CLIENT`: the device's `--id`, empty when anonymous.
     pub client: String,
+    /// `--state DIR/running`: where running groups are named.
+    pub running: Option<PathBuf>,
 }
 
 /// How a run ended, before it becomes a reply.
@@ -66,7 +74,11 @@ impl Program {
             }
         };
         // Killed with everything it started, however this run ends.
-        let group = Group(child.id());
+        let mut group = Group {
+            pgid: child.id(),
+            note: None,
+        };
+        group.note = self.note_running(request.request_id, child.id()).await;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let outcome = self
             .talk(&mut child, &request.command, &mut out, &mut err)
@@ -164,12 +176,95 @@ impl Program {
 }
 
 /// Kills a program's process group when dropped.
-struct Group(u32);
+struct Group {
+    pgid: u32,
+    /// Its `DIR/running/<requestID>` file, removed with it.
+    note: Option<PathBuf>,
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
-        kill_group(self.0);
+        kill_group(self.pgid);
+        if let Some(note) = &self.note {
+            // One unlink of a small file (no sync): not worth a thread.
+            let _ = std::fs::remove_file(note);
+        }
     }
+}
+
+impl Program {
+    /// With `--state`, names the running group `pgid` in
+    /// `DIR/running/<id>` so that a restart after SIGKILL can end it.
+    async fn note_running(&self, id: i64, pgid: u32) -> Option<PathBuf> {
+        let note = self.running.as_ref()?.join(id.to_string());
+        let path = note.clone();
+        let written = smol::unblock(move || {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            std::fs::write(&path, pgid.to_string())
+        })
+        .await;
+        match written {
+            Ok(()) => Some(note),
+            Err(e) => {
+                log::warn!("requestID {id}: cannot note its process group: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// At start: kills the process groups a SIGKILLed run of this device left
+/// in `running` (`DIR/running`), each only if one of its processes still
+/// carries that command's `WSLOOP_REQUEST_ID` and `WSLOOP_CLIENT` (a
+/// recycled group id is left alone), and removes the notes. Blocking.
+pub(crate) fn kill_leftovers(running: &Path, client: &str) {
+    let Ok(notes) = std::fs::read_dir(running) else {
+        return;
+    };
+    for note in notes.flatten() {
+        let path = note.path();
+        let id = note.file_name().to_string_lossy().into_owned();
+        let pgid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        if let Some(pgid) = pgid.filter(|&pgid| ours(pgid, &id, client)) {
+            log::warn!("requestID {id}: its program outlived a killed device; killing its process group {pgid}");
+            kill_group(pgid);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Whether some process in group `pgid` has this command's environment.
+#[cfg(target_os = "linux")]
+fn ours(pgid: u32, id: &str, client: &str) -> bool {
+    let wanted = [
+        format!("WSLOOP_REQUEST_ID={id}"),
+        format!("WSLOOP_CLIENT={client}"),
+    ];
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let dir = entry.path();
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces, so
+        // count from the last ')'.
+        let in_group = std::fs::read_to_string(dir.join("stat")).is_ok_and(|stat| {
+            let fields = stat.rsplit(')').next().unwrap_or("");
+            fields.split_whitespace().nth(2) == Some(pgid.to_string().as_str())
+        });
+        in_group
+            && std::fs::read(dir.join("environ")).is_ok_and(|environ| {
+                let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+                wanted.iter().all(|w| vars.contains(&w.as_bytes()))
+            })
+    })
+}
+
+/// Elsewhere there is no `/proc` to check with: leave it.
+#[cfg(not(target_os = "linux"))]
+fn ours(_: u32, _: &str, _: &str) -> bool {
+    false
 }
 
 /// SIGKILL to the process group `pgid` (the program's pid: it leads the

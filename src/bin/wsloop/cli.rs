@@ -137,8 +137,10 @@ pub const DEVICE_USAGE: &str = "DEVICE OPTIONS (client):
     --state DIR            with --id: keep the record of started commands
                            and replies in DIR/device.redb, so a restart never
                            runs a command twice (a command that was running
-                           is answered interrupted) [default: in memory,
-                           across reconnects only; the last 10000 kept]
+                           is answered interrupted, and a program a SIGKILLed
+                           device left running is killed) [default: in
+                           memory, across reconnects only; the last 10000
+                           kept]
 
 ";
 
