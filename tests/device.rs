@@ -432,3 +432,29 @@ fn concurrency_two_runs_two_at_once() {
         }
     });
 }
+
+#[test]
+fn sigterm_closes_the_device_and_kills_its_running_program() {
+    let dir = temp_dir("sigterm");
+    let grandchild = dir.0.join("grandchild");
+    let program = script(
+        &dir.0,
+        "hang.sh",
+        &format!("sleep 300 &\necho $! > {}\nwait", grandchild.display()),
+    );
+    bounded(30, async {
+        let (listener, addr) = listen().await;
+        let mut device = device(&addr, &["--id", "term"], &program);
+        let (mut ws, _) = accept(&listener).await;
+        push(&mut ws, 1, "hang").await;
+        wait_until(10, "the program to start", || {
+            !lines(&grandchild).is_empty()
+        });
+        device.sigterm();
+        assert_eq!(common::next_close_code(&mut ws).await, Some(1000));
+        let finished = device.finish(10);
+        assert!(finished.status.success(), "{finished:?}");
+        let pid = lines(&grandchild).concat();
+        wait_until(5, "the grandchild sleep to be killed", || gone(&pid));
+    });
+}

@@ -119,12 +119,15 @@ impl Handler for Device {
 }
 
 /// Runs the device: [`run`](super::run)'s client, whose pushed commands
-/// each run `device.exec`; returns when the client stops. Running
-/// programs' process groups are killed if this future is dropped.
+/// each run `device.exec`; returns when the client stops, or closes it
+/// (Close 1000) when `stop` completes (the binary's SIGINT/SIGTERM).
+/// Running programs' process groups are killed on return, and if this
+/// future is dropped.
 pub async fn run_device(
     ex: &smol::Executor<'_>,
     options: &ClientOptions,
     device: &DeviceOptions,
+    stop: impl std::future::Future<Output = ()>,
     report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
     if device.exec.is_empty() {
@@ -148,7 +151,7 @@ pub async fn run_device(
         work(jobs, record, program, device.concurrency.max(1)).await;
         future::pending().await
     };
-    let client = run_with(ex, options, handler, pushes, device.requests, report);
+    let client = run_with(ex, options, handler, pushes, device.requests, stop, report);
     future::or(client, workers).await
 }
 

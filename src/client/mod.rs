@@ -627,6 +627,8 @@ enum Wake {
     Pushed(Message),
     Send(Option<String>),
     Stopped,
+    /// The caller's `stop` completed.
+    Stop,
 }
 
 /// Runs the seed client: connect, then send a request every
@@ -643,20 +645,33 @@ pub async fn run(
 ) -> Result<Summary, Error> {
     let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
     let handler = SeedHandler::forwarding(pushes_tx);
-    run_with(ex, options, handler, pushes, true, report).await
+    run_with(
+        ex,
+        options,
+        handler,
+        pushes,
+        true,
+        future::pending(),
+        report,
+    )
+    .await
 }
 
 /// [`run`] with any `handler` that passes the commands it takes on to
 /// `pushes`; without `requests` the client sends none of its own and
-/// runs until it stops.
+/// runs until it stops. When `stop` completes, the client closes (Close
+/// 1000) and the summary so far is returned.
 pub(crate) async fn run_with(
     ex: &Executor<'_>,
     options: &ClientOptions,
     handler: impl Handler,
     pushes: async_channel::Receiver<Message>,
     requests: bool,
+    stop: impl std::future::Future<Output = ()>,
     mut report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
+    // Polled by every turn of the loop below, so pinned once here.
+    let mut stop = std::pin::pin!(stop);
     let client = Client::connect(ex, options.clone(), handler).await?;
     if let Some(addr) = client.addr() {
         report(Event::Connected(addr));
@@ -685,10 +700,16 @@ pub(crate) async fn run_with(
             ),
             future::or(
                 async { Wake::Send(commands.next(summary.sent).await) },
-                async {
-                    client.stopped().await;
-                    Wake::Stopped
-                },
+                future::or(
+                    async {
+                        client.stopped().await;
+                        Wake::Stopped
+                    },
+                    async {
+                        (&mut stop).await;
+                        Wake::Stop
+                    },
+                ),
             ),
         )
         .await;
@@ -726,6 +747,7 @@ pub(crate) async fn run_with(
                 .detach();
             }
             Wake::Send(None) => commands.finished = true,
+            Wake::Stop => break,
             Wake::Stopped => {
                 // The supervisor gave up; `close` returns why.
                 client.close().await?;

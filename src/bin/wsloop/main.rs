@@ -269,13 +269,9 @@ fn run_device(
 ) -> Result<(), ClientFailure> {
     let ex = Executor::new();
     let mut report = reporter(options, verbosity);
-    let summary = smol::block_on(ex.run(futures_lite::future::or(
-        client::run_device(&ex, options, device, &mut report),
-        async {
-            shutdown_signal().await;
-            Ok(client::Summary::default())
-        },
-    )));
+    let stop = shutdown_signal();
+    let summary =
+        smol::block_on(ex.run(client::run_device(&ex, options, device, stop, &mut report)));
     judge(summary)
 }
 
