@@ -42,7 +42,9 @@
 //! - `tls/` — rustls around the TCP stream, before the handshake (`wss://`),
 //!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
-//!   the connection up, and run the seed client's loop.
+//!   the connection up, and run the seed client's loop; with feature
+//!   `exec`, the device that runs a program per command (`device`, `exec`)
+//!   at most once (`record`).
 //! - `bin/wsloop/` — the binary: `cli` (arguments and `--help`), `logger`
 //!   (how log lines are printed), `main`.
 //!

@@ -40,6 +40,12 @@ impl Dialer {
         if let Some(path) = path {
             target.path = path.to_string();
         }
+        if let Some(id) = &options.id {
+            // The server takes the device's name from the query.
+            super::check_id(id)?;
+            let join = if target.path.contains('?') { '&' } else { '?' };
+            target.path = format!("{}{join}client={id}", target.path);
+        }
         #[cfg(not(feature = "tls"))]
         if target.tls {
             return Err(Error::Config(

@@ -18,6 +18,11 @@
 //!   [`Client::request`] resolves when the reply with its `requestID` comes.
 //! - [`run`] is the seed client on top of it: a select loop over a timer (or
 //!   stdin lines), the replies coming back, and commands the server pushes.
+//! - `run_device` (feature `exec`) is the client as a device: each pushed
+//!   command runs a program (`exec.rs`), one at a time by default, and a
+//!   named device ([`ClientOptions::id`], `?client=NAME` on the upgrade)
+//!   runs each `requestID` at most once, kept in redb with `--state`
+//!   (`record.rs`); `device.rs` ties them to the connection.
 //!
 //! A server that cannot be reached (at start, or after a drop) is retried
 //! with the [`Reconnect`] backoff; a refusal that will stand (401, 403,
@@ -90,9 +95,15 @@
 //! # Ok::<(), wsloop::Error>(())
 //! ```
 
+#[cfg(feature = "exec")]
+mod device;
 mod dial;
+#[cfg(feature = "exec")]
+mod exec;
 #[cfg(feature = "proxy")]
 mod proxy;
+#[cfg(feature = "exec")]
+mod record;
 mod stream;
 mod url;
 
@@ -113,8 +124,14 @@ use crate::time::human;
 use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
 use dial::Dialer;
 
+#[cfg(feature = "exec")]
+pub use device::{run_device, DeviceOptions, DEFAULT_EXEC_CONCURRENCY};
+#[cfg(feature = "exec")]
+pub use exec::{DEFAULT_EXEC_TIMEOUT, STDERR_TAIL, STDOUT_CAP};
 #[cfg(feature = "proxy")]
 pub use proxy::Proxy;
+#[cfg(feature = "exec")]
+pub use record::{interrupted_reply, REMEMBERED_COMMANDS};
 pub use stream::ClientStream;
 pub use url::Target;
 
@@ -228,6 +245,10 @@ pub struct ClientOptions {
     pub reconnect: Reconnect,
     /// Shared secret sent as `Authorization: Bearer` (see [`AccessPolicy`](crate::AccessPolicy)).
     pub token: Option<String>,
+    /// The device's name, asked for as `?client=NAME` on the upgrade (set
+    /// it with [`with_id`](Self::with_id), which checks it); `None`:
+    /// anonymous.
+    pub id: Option<String>,
     /// More handshake headers (auth, routing); add them with
     /// [`header`](Self::header), which checks them. An `Origin` here
     /// replaces the default one.
@@ -256,6 +277,7 @@ impl ClientOptions {
             config: Config::default(),
             reconnect: Reconnect::default(),
             token: None,
+            id: None,
             headers: Vec::new(),
             #[cfg(feature = "tls")]
             ca: None,
@@ -274,6 +296,14 @@ impl ClientOptions {
     pub fn header(mut self, name: &str, value: &str) -> Result<Self, Error> {
         check_header(name, value)?;
         self.headers.push((name.to_string(), value.to_string()));
+        Ok(self)
+    }
+
+    /// Names the device `id` (1 to [`MAX_ID_LEN`] characters of
+    /// `A-Za-z0-9._-`): it dials with `?client=ID` added to the query.
+    pub fn with_id(mut self, id: &str) -> Result<Self, Error> {
+        check_id(id)?;
+        self.id = Some(id.to_string());
         Ok(self)
     }
 
@@ -296,6 +326,21 @@ const RESERVED_HEADERS: [&str; 6] = [
     "Transfer-Encoding",
     "Proxy-Authorization",
 ];
+
+/// The longest device name (`--id`), as the server accepts it.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Checks a device name: 1 to [`MAX_ID_LEN`] of `A-Za-z0-9._-`, so it
+/// goes into the query as it is, with nothing to escape.
+pub fn check_id(id: &str) -> Result<(), Error> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(allowed) {
+        return Err(Error::Config(format!(
+            "client id {id:?}: 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    Ok(())
+}
 
 /// Checks one caller-given handshake header (see [`ClientOptions::header`]).
 pub(crate) fn check_header(name: &str, value: &str) -> Result<(), Error> {
@@ -587,6 +632,8 @@ enum Wake {
     Pushed(Message),
     Send(Option<String>),
     Stopped,
+    /// The caller's `stop` completed.
+    Stop,
 }
 
 /// Runs the seed client: connect, then send a request every
@@ -599,17 +646,45 @@ enum Wake {
 pub async fn run(
     ex: &Executor<'_>,
     options: &ClientOptions,
-    mut report: impl FnMut(Event<'_>),
+    report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
     let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
-    let client = Client::connect(ex, options.clone(), SeedHandler::forwarding(pushes_tx)).await?;
+    let handler = SeedHandler::forwarding(pushes_tx);
+    run_with(
+        ex,
+        options,
+        handler,
+        pushes,
+        true,
+        future::pending(),
+        report,
+    )
+    .await
+}
+
+/// [`run`] with any `handler` that passes the commands it takes on to
+/// `pushes`; without `requests` the client sends none of its own and
+/// runs until it stops. When `stop` completes, the client closes (Close
+/// 1000) and the summary so far is returned.
+pub(crate) async fn run_with(
+    ex: &Executor<'_>,
+    options: &ClientOptions,
+    handler: impl Handler,
+    pushes: async_channel::Receiver<Message>,
+    requests: bool,
+    stop: impl std::future::Future<Output = ()>,
+    mut report: impl FnMut(Event<'_>),
+) -> Result<Summary, Error> {
+    // Polled by every turn of the loop below, so pinned once here.
+    let mut stop = std::pin::pin!(stop);
+    let client = Client::connect(ex, options.clone(), handler).await?;
     if let Some(addr) = client.addr() {
         report(Event::Connected(addr));
     }
     // Each request's wait runs in its own task and reports here, so replies
     // are printed as they arrive, in whatever order.
     let (outcomes_tx, outcomes) = async_channel::unbounded();
-    let mut commands = Commands::new(options);
+    let mut commands = Commands::new(options, requests);
     let mut summary = Summary::default();
     // Done after `count` outcomes, or once input has ended and every
     // request sent has its outcome.
@@ -630,10 +705,16 @@ pub async fn run(
             ),
             future::or(
                 async { Wake::Send(commands.next(summary.sent).await) },
-                async {
-                    client.stopped().await;
-                    Wake::Stopped
-                },
+                future::or(
+                    async {
+                        client.stopped().await;
+                        Wake::Stopped
+                    },
+                    async {
+                        (&mut stop).await;
+                        Wake::Stop
+                    },
+                ),
             ),
         )
         .await;
@@ -671,6 +752,7 @@ pub async fn run(
                 .detach();
             }
             Wake::Send(None) => commands.finished = true,
+            Wake::Stop => break,
             Wake::Stopped => {
                 // The supervisor gave up; `close` returns why.
                 client.close().await?;
@@ -690,8 +772,11 @@ struct Commands {
 }
 
 impl Commands {
-    fn new(options: &ClientOptions) -> Self {
-        let (timer, lines) = if options.stdin {
+    /// Commands from `options`' source; none at all without `requests`.
+    fn new(options: &ClientOptions, requests: bool) -> Self {
+        let (timer, lines) = if !requests {
+            (None, None)
+        } else if options.stdin {
             let stdin = BufReader::new(smol::Unblock::new(std::io::stdin()));
             (None, Some(stdin.lines()))
         } else {
@@ -714,7 +799,10 @@ impl Commands {
             timer.next().await;
             return Some(format!("Eject the hot dog {}.", sent + 1));
         }
-        let lines = self.lines.as_mut()?;
+        // No source (a device that only answers): nothing, ever.
+        let Some(lines) = self.lines.as_mut() else {
+            return future::pending().await;
+        };
         loop {
             match lines.next().await {
                 // Blank lines are not commands.

@@ -122,7 +122,50 @@ CLIENT OPTIONS:
                            http://[USER:PASSWORD@]HOST[:PORT] [default: from
                            https_proxy (wss://) or http_proxy (ws://), minus
                            the hosts in no_proxy; none if unset]
+    --id NAME              name this device (1-64 of A-Z a-z 0-9 . _ -): dials
+                           with ?client=NAME; its --token-file is its own
+                           [default: anonymous]
 
+";
+
+/// `--help`'s device section (feature `exec`; the small build leaves the
+/// text out with the options).
+#[cfg(feature = "exec")]
+pub const DEVICE_USAGE: &str = "DEVICE OPTIONS (client):
+    --exec PROGRAM [ARG...]
+                           everything after --exec: run PROGRAM for each
+                           pushed command, the command on stdin and in
+                           $WSLOOP_COMMAND (up to 32 KiB), $WSLOOP_REQUEST_ID,
+                           $WSLOOP_CLIENT (the --id); reply success = exit
+                           status 0, someOtherThing = the first 4 KiB of
+                           stdout (then why and the last 1 KiB of stderr
+                           when it failed). With --exec the client sends no
+                           requests of its own unless --interval, --count
+                           or --stdin is given. With --id, a requestID
+                           that comes again gets its stored reply, never a
+                           second run [default: answer as the original
+                           client does]
+    --exec-timeout DURATION
+                           kill the program's process group after this and
+                           reply success:false [default: 60s]
+    --exec-concurrency N   programs running at once; 1 keeps the order
+                           [default: 1]
+    --state DIR            with --id: keep the record of started commands
+                           and replies in DIR/device.redb, so a restart never
+                           runs a command twice (a command that was running
+                           is answered interrupted, and a program a SIGKILLed
+                           device left running is killed) [default: in
+                           memory, across reconnects only; the last 10000
+                           kept]
+
+";
+
+/// `--help`'s device section: none in this build.
+#[cfg(not(feature = "exec"))]
+pub const DEVICE_USAGE: &str = "";
+
+/// The end of `--help`.
+pub const USAGE_END: &str = "\
 CLIENT EXIT STATUS:
     0 all replies arrived (--count/--stdin); 1 the server stayed unreachable
     or a reply failed; 2 a bad option, or a refusal that retrying cannot mend
@@ -166,9 +209,23 @@ pub enum Command {
     },
     Client {
         options: ClientOptions,
+        /// `--exec` and its options.
+        #[cfg(feature = "exec")]
+        device: Option<wsloop::client::DeviceOptions>,
         verbosity: Verbosity,
         log_format: LogFormat,
     },
+}
+
+/// The device options as given, checked against each other at the end.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "exec"), allow(dead_code))]
+struct DeviceArgs {
+    exec: Vec<OsString>,
+    timeout: Option<Duration>,
+    concurrency: Option<usize>,
+    /// Whether the seed's own requests were asked for (`--interval`, ...).
+    requests: bool,
 }
 
 /// How the server faces the internet: TLS, proxies in front, metrics.
@@ -232,6 +289,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut ca: Option<PathBuf> = None;
     let mut proxy: Option<String> = None;
     let mut deployment = Deployment::default();
+    let mut device = DeviceArgs::default();
+    let mut state: Option<PathBuf> = None;
+    let mut id: Option<String> = None;
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
 
@@ -246,9 +306,30 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-message-size") => config.max_message_size = parser.value()?.parse()?,
             Long("handshake-timeout") => config.handshake_timeout = duration(&mut parser)?,
             Long("queue") => config.outbound_capacity = parser.value()?.parse()?,
-            Long("interval") => client.interval = duration(&mut parser)?,
-            Long("count") => client.count = Some(parser.value()?.parse()?),
-            Long("stdin") => client.stdin = true,
+            Long("interval") => {
+                client.interval = duration(&mut parser)?;
+                device.requests = true;
+            }
+            Long("count") => {
+                client.count = Some(parser.value()?.parse()?);
+                device.requests = true;
+            }
+            Long("stdin") => {
+                client.stdin = true;
+                device.requests = true;
+            }
+            Long("id") => id = Some(parser.value()?.string()?),
+            Long("state") => state = Some(PathBuf::from(parser.value()?)),
+            #[cfg(feature = "exec")]
+            Long("exec") => device.exec = exec_argv(&mut parser)?,
+            #[cfg(feature = "exec")]
+            Long("exec-timeout") => device.timeout = Some(duration(&mut parser)?),
+            #[cfg(feature = "exec")]
+            Long("exec-concurrency") => device.concurrency = Some(parser.value()?.parse()?),
+            #[cfg(not(feature = "exec"))]
+            Long("exec" | "exec-timeout" | "exec-concurrency") => {
+                return Err(missing_feature("--exec", "exec"))
+            }
             Long("console") => console = true,
             Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
             Long("allow-any-origin") => access.allow_any_origin = true,
@@ -279,8 +360,6 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             #[cfg(not(feature = "metrics"))]
             Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
             #[cfg(feature = "forwarder")]
-            Long("state") => deployment.forwarder.state = Some(PathBuf::from(parser.value()?)),
-            #[cfg(feature = "forwarder")]
             Long("tokens") => deployment.forwarder.tokens = Some(PathBuf::from(parser.value()?)),
             #[cfg(feature = "forwarder")]
             Long("operator-token-file") => {
@@ -291,7 +370,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             #[cfg(feature = "forwarder")]
             Long("command-ttl") => deployment.forwarder.command_ttl = duration(&mut parser)?,
             #[cfg(not(feature = "forwarder"))]
-            Long("state" | "tokens" | "operator-token-file" | "max-queued" | "command-ttl") => {
+            Long("tokens" | "operator-token-file" | "max-queued" | "command-ttl") => {
                 return Err(missing_feature("the forwarder options", "forwarder"))
             }
             Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
@@ -339,16 +418,29 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     };
     let token = read_token(token_file)?;
     match mode.as_deref() {
-        Some("server") => Ok(Command::Server {
-            address,
-            www,
-            config,
-            access: AccessPolicy { token, ..access },
-            console,
-            verbosity,
-            log_format,
-            deployment,
-        }),
+        Some("server") if id.is_some() => Err("--id is a client option".into()),
+        Some("server") => {
+            // `--state` is the forwarder's store on a server (the device's
+            // record on a client).
+            #[cfg(feature = "forwarder")]
+            {
+                deployment.forwarder.state = state;
+            }
+            #[cfg(not(feature = "forwarder"))]
+            if state.is_some() {
+                return Err(missing_feature("--state", "forwarder"));
+            }
+            Ok(Command::Server {
+                address,
+                www,
+                config,
+                access: AccessPolicy { token, ..access },
+                console,
+                verbosity,
+                log_format,
+                deployment,
+            })
+        }
         Some("client") => {
             // A bad address is a usage error now, not a failed dial later.
             Target::parse(&address).map_err(|e| lexopt::Error::Custom(e.to_string().into()))?;
@@ -358,6 +450,15 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 token,
                 ..client
             };
+            if let Some(id) = id {
+                options = options.with_id(&id).map_err(|e| format!("--id: {e}"))?;
+            }
+            #[cfg(feature = "exec")]
+            let device = device_options(device, state)?;
+            #[cfg(not(feature = "exec"))]
+            if state.is_some() {
+                return Err(missing_feature("--state", "exec"));
+            }
             for header in headers {
                 options = with_header(options, &header)?;
             }
@@ -371,6 +472,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             }
             Ok(Command::Client {
                 options,
+                #[cfg(feature = "exec")]
+                device,
                 verbosity,
                 log_format,
             })
@@ -388,6 +491,49 @@ fn with_header(options: ClientOptions, header: &str) -> Result<ClientOptions, le
     options
         .header(name, value.trim())
         .map_err(|e| format!("--header {header:?}: {e}").into())
+}
+
+/// `--exec`'s program and arguments: everything after it.
+#[cfg(feature = "exec")]
+fn exec_argv(parser: &mut lexopt::Parser) -> Result<Vec<OsString>, lexopt::Error> {
+    let mut argv: Vec<OsString> = parser.raw_args()?.collect();
+    // `--exec -- PROGRAM` is the same as `--exec PROGRAM`.
+    if argv.first().is_some_and(|first| first == "--") {
+        argv.remove(0);
+    }
+    if argv.is_empty() {
+        return Err("--exec needs a program (and its arguments after it)".into());
+    }
+    Ok(argv)
+}
+
+/// The device's options when `--exec` was given; its sub-options and
+/// `--state` are refused without it rather than ignored.
+#[cfg(feature = "exec")]
+fn device_options(
+    args: DeviceArgs,
+    state: Option<PathBuf>,
+) -> Result<Option<wsloop::client::DeviceOptions>, lexopt::Error> {
+    if args.exec.is_empty() {
+        if args.timeout.is_some() || args.concurrency.is_some() || state.is_some() {
+            return Err("--exec-timeout, --exec-concurrency and --state need --exec".into());
+        }
+        return Ok(None);
+    }
+    let mut device = wsloop::client::DeviceOptions::new(args.exec);
+    if let Some(timeout) = args.timeout.filter(|t| !t.is_zero()) {
+        device.timeout = timeout;
+    } else if args.timeout.is_some() {
+        return Err("--exec-timeout must be greater than zero".into());
+    }
+    match args.concurrency {
+        Some(0) => return Err("--exec-concurrency must be at least 1".into()),
+        Some(n) => device.concurrency = n,
+        None => {}
+    }
+    device.state = state;
+    device.requests = args.requests;
+    Ok(Some(device))
 }
 
 /// The error for an option whose Cargo feature this build left out.
@@ -433,7 +579,7 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 
 /// The Cargo features `wsloop --version` names when this build has them
 /// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 7] = [
+pub const FEATURES: [(&str, bool); 8] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
@@ -441,6 +587,7 @@ pub const FEATURES: [(&str, bool); 7] = [
     ("signals", cfg!(feature = "signals")),
     ("json-logs", cfg!(feature = "json-logs")),
     ("forwarder", cfg!(feature = "forwarder")),
+    ("exec", cfg!(feature = "exec")),
 ];
 
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
@@ -540,6 +687,42 @@ mod tests {
             let args = ["client", "--header", bad];
             assert!(parse(args.map(OsString::from)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_device_names_itself_and_takes_everything_after_exec() {
+        let line = "client --id pump-7 --exec-timeout 2s --exec-concurrency 3 --state st \
+                    --exec ./run.sh -q --count 1";
+        let parsed = parse_str(line);
+        #[cfg(feature = "exec")]
+        match parsed {
+            Ok(Command::Client {
+                options, device, ..
+            }) => {
+                assert_eq!(options.id.as_deref(), Some("pump-7"));
+                let device = device.expect("--exec given");
+                assert_eq!(device.exec, ["./run.sh", "-q", "--count", "1"]);
+                assert_eq!(device.timeout, Duration::from_secs(2));
+                assert_eq!(device.concurrency, 3);
+                assert_eq!(device.state, Some(PathBuf::from("st")));
+                assert!(!device.requests, "a device only answers by default");
+            }
+            other => panic!("{other:?}"),
+        }
+        #[cfg(not(feature = "exec"))]
+        assert!(parsed.is_err(), "--exec is refused without the feature");
+        for bad in [
+            "client --id bad/name",
+            "client --id",
+            "client --exec",
+            "client --exec-timeout 1s",
+            "client --id a --exec-concurrency 0 --exec x",
+            "server --id a",
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad}");
+        }
+        let long = format!("client --id {}", "a".repeat(65));
+        assert!(parse_str(&long).is_err(), "65 characters");
     }
 
     #[test]

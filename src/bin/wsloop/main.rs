@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{}", cli::USAGE);
+            print!("{}{}{}", cli::USAGE, cli::DEVICE_USAGE, cli::USAGE_END);
             return ExitCode::SUCCESS;
         }
         Command::Version => {
@@ -62,11 +62,20 @@ fn main() -> ExitCode {
         }
         Command::Client {
             options,
+            #[cfg(feature = "exec")]
+            device,
             verbosity,
             log_format,
         } => {
             logger::init(verbosity, log_format);
-            match run_client(&options, verbosity) {
+            #[cfg(feature = "exec")]
+            let outcome = match device {
+                Some(device) => run_device(&options, &device, verbosity),
+                None => run_client(&options, verbosity),
+            };
+            #[cfg(not(feature = "exec"))]
+            let outcome = run_client(&options, verbosity);
+            match outcome {
                 Err(ClientFailure::Refused(err)) => {
                     // A permanent refusal: exit 2, so scripts can tell it
                     // from a failure that a retry may mend.
@@ -267,22 +276,46 @@ enum ClientFailure {
 fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), ClientFailure> {
     // One thread: replies are then reported in the order they arrive.
     let ex = Executor::new();
+    let mut report = reporter(options, verbosity);
+    let summary = smol::block_on(ex.run(client::run(&ex, options, &mut report)));
+    judge(summary)
+}
+
+/// Runs the device (`--exec`) until the client stops or SIGINT/SIGTERM,
+/// which kill the running programs' process groups on the way out.
+#[cfg(feature = "exec")]
+fn run_device(
+    options: &ClientOptions,
+    device: &client::DeviceOptions,
+    verbosity: Verbosity,
+) -> Result<(), ClientFailure> {
+    let ex = Executor::new();
+    let mut report = reporter(options, verbosity);
+    let stop = shutdown_signal();
+    let summary =
+        smol::block_on(ex.run(client::run_device(&ex, options, device, stop, &mut report)));
+    judge(summary)
+}
+
+/// How the client prints what happens (stdout, one line each).
+fn reporter(options: &ClientOptions, verbosity: Verbosity) -> impl FnMut(Event<'_>) {
     let loud = verbosity != Verbosity::Quiet;
     // (The CLI has parsed the address already.)
     let url = client::Target::parse(&options.address)
         .map_or_else(|_| options.address.clone(), |t| t.url());
-    let summary = smol::block_on(ex.run(async {
-        client::run(&ex, options, |event| match event {
-            Event::Connected(_) if loud => println!("Connected to {url}"),
-            Event::Sent(request) if loud => println!("Sending request: {}", encode(request)),
-            Event::Received(reply) => println!("Received from server: {}", encode(reply)),
-            Event::Failed(id, err) => println!("Request {id} failed: {err}"),
-            Event::Pushed(command) => println!("Command from server: {}", encode(command)),
-            _ => {}
-        })
-        .await
-    }))
-    .map_err(|e| match e.is_transient() {
+    move |event| match event {
+        Event::Connected(_) if loud => println!("Connected to {url}"),
+        Event::Sent(request) if loud => println!("Sending request: {}", encode(request)),
+        Event::Received(reply) => println!("Received from server: {}", encode(reply)),
+        Event::Failed(id, err) => println!("Request {id} failed: {err}"),
+        Event::Pushed(command) => println!("Command from server: {}", encode(command)),
+        _ => {}
+    }
+}
+
+/// The exit verdict on a finished client run.
+fn judge(summary: Result<client::Summary, Error>) -> Result<(), ClientFailure> {
+    let summary = summary.map_err(|e| match e.is_transient() {
         true => ClientFailure::Failed(format!("client failed: {e}")),
         false => ClientFailure::Refused(format!("client failed: {e}")),
     })?;
