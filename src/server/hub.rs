@@ -84,9 +84,11 @@ impl Hub {
     pub fn broadcast(&self, message: &Message) -> usize {
         let text = Utf8Bytes::from(codec::encode(message));
         let mut queued = 0;
-        // Unsorted: unlike `peers()`, the order does not matter here.
-        let peers: Vec<Peer> = self.lock().values().cloned().collect();
-        for peer in peers {
+        // Oldest first (`peers()` sorts by id): connections then run in the
+        // order they were accepted, which is also the order their tasks sit
+        // in memory; in the map's random order the same broadcast to 10,000
+        // peers cost 40% more server CPU (cache and TLB misses).
+        for peer in self.peers() {
             match peer.session().send_shared(text.clone()) {
                 Ok(()) => queued += 1,
                 Err(Refused::Full) => close_slow(&peer),
