@@ -51,10 +51,12 @@ fn main() -> Result<(), wsloop::Error> {
         }
     }
     // The benchmark's own load would trip the per-connection rate limits.
-    let mut config = Config::default();
-    config.max_messages_per_second = 0;
-    config.max_frames_per_second = 0;
-    config.max_bytes_per_second = 0;
+    let config = Config {
+        max_messages_per_second: 0,
+        max_frames_per_second: 0,
+        max_bytes_per_second: 0,
+        ..Config::default()
+    };
     let access = AccessPolicy {
         max_connections: 0,
         max_connections_per_ip: 0,

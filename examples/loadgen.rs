@@ -788,7 +788,11 @@ async fn hold_idle(
     let alive = conns.len();
     let mut conns = conns;
     // With --fanout, one connection triggers the broadcasts; the rest count.
-    let trigger = if options.fanout > 0 { conns.pop() } else { None };
+    let trigger = if options.fanout > 0 {
+        conns.pop()
+    } else {
+        None
+    };
     let fanout = Arc::new(FanoutCount::new(conns.len()));
     // Step 2: every connection now answers pings until the end; the counters
     // say how many the server dropped and how many pings it sent.
@@ -960,9 +964,15 @@ async fn time_fanout(options: &Options, mut trigger: Conn, count: &FanoutCount) 
         _ => "n/a".into(),
     };
     // The split between user and kernel time, in % of the ticks counted.
-    let user_pct = match (ticks_before, options.server_pid.and_then(process_user_sys_ticks)) {
+    let user_pct = match (
+        ticks_before,
+        options.server_pid.and_then(process_user_sys_ticks),
+    ) {
         (Some((u0, s0)), Some((u1, s1))) if u1 + s1 > u0 + s0 => {
-            format!("{:.0}", (u1 - u0) as f64 * 100.0 / (u1 + s1 - u0 - s0) as f64)
+            format!(
+                "{:.0}",
+                (u1 - u0) as f64 * 100.0 / (u1 + s1 - u0 - s0) as f64
+            )
         }
         _ => "n/a".into(),
     };
