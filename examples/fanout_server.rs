@@ -12,8 +12,8 @@
 //! the product has no such endpoint (anyone could make a server flood its
 //! clients). What to watch for: the broadcast message carries `requestID` 0
 //! and the command `fanout`, which is how the generator tells it from the
-//! trigger's own reply. It prints `wsloop server on http://ADDR/` like the
-//! binary, so the script reads the address the same way.
+//! trigger's own reply. Its first line is `listening on ADDR`, like the
+//! other server examples.
 
 use std::sync::Arc;
 
@@ -66,7 +66,7 @@ fn main() -> Result<(), wsloop::Error> {
     let ex = Arc::new(Executor::new());
     smol::block_on(ex.run(async {
         let server = Server::bind(&address, config).await?.with_access(access);
-        println!("wsloop server on http://{}/", server.local_addr()?);
+        println!("listening on {}", server.local_addr()?);
         let handler = Fanout { hub: server.hub() };
         server.run(&ex, handler, future_never()).await
     }))
