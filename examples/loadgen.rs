@@ -22,7 +22,11 @@
 //! - `idle`: opens C connections, proves each alive with one request, prints
 //!   `ready`, then holds them (answering the server's heartbeat pings) for
 //!   `--duration`, or without it until stdin closes. Sample the server's memory between
-//!   `ready` and the end.
+//!   `ready` and the end. With `--fanout K`, one connection asks the server
+//!   K times for a broadcast (the bench-only command `fanout` of
+//!   `examples/fanout_server.rs` and `bench/baseline --fanout`) and each time
+//!   the generator waits for the last of the others to have it: time to the
+//!   last client, and (with `--server-pid`) the server's CPU per broadcast.
 //!
 //! Every reply is checked: its `requestID` must be the next one that
 //! connection is waiting for (servers answer in request order) and `success`
@@ -92,6 +96,11 @@ OPTIONS:
         --warmup T         load before measuring, not counted  [1s]
         --threads N        executor threads  [1]
         --connect-parallel N   handshakes in progress at once  [128]
+        --fanout K         idle: after `ready`, K times, ask the server for a
+                           broadcast (a request with the command `fanout`)
+                           and time it until every other connection has it
+        --server-pid PID   idle --fanout: also report the server's CPU time
+                           per broadcast (from /proc/PID/task/*/schedstat)
     -h, --help             this text
 
 Durations: 10, 0.5, 200ms, 10s, 1m. The last line is
@@ -126,6 +135,9 @@ struct Options {
     connect_parallel: usize,
     /// `--ca FILE`: dial `wss://`, trusting this CA.
     ca: Option<std::path::PathBuf>,
+    /// Idle mode: broadcasts to time, and whose CPU time to count.
+    fanout: usize,
+    server_pid: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -395,6 +407,15 @@ impl Conn {
         let json = std::mem::take(&mut self.json);
         self.queue_frame(OpCode::Data(Data::Text), &json);
         self.json = json;
+        id
+    }
+
+    /// Queues one request carrying `command`; returns its id.
+    fn queue_command(&mut self, command: &str) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let json = format!(r#"{{"requestID":{id},"command":"{command}"}}"#);
+        self.queue_frame(OpCode::Data(Data::Text), json.as_bytes());
         id
     }
 
@@ -900,12 +921,20 @@ async fn hold_idle(
     connect_secs: f64,
 ) -> bool {
     let alive = conns.len();
+    let mut conns = conns;
+    // With --fanout, one connection triggers the broadcasts; the rest count.
+    let trigger = if options.fanout > 0 {
+        conns.pop()
+    } else {
+        None
+    };
+    let fanout = Arc::new(FanoutCount::new(conns.len()));
     // Step 2: every connection now answers pings until the end; the counters
     // say how many the server dropped and how many pings it sent.
     let dropped = Arc::new(AtomicUsize::new(0));
     let pings = Arc::new(AtomicU64::new(0));
     for mut conn in conns {
-        let (dropped, pings) = (dropped.clone(), pings.clone());
+        let (dropped, pings, fanout) = (dropped.clone(), pings.clone(), fanout.clone());
         ex.spawn(async move {
             loop {
                 let before = conn.pings;
@@ -914,6 +943,12 @@ async fn hold_idle(
                     return;
                 }
                 pings.fetch_add(conn.pings - before, Ordering::Relaxed);
+                // Broadcasts carry requestID 0; our only request was 1.
+                for &(id, _) in &conn.replies {
+                    if id == 0 {
+                        fanout.arrived();
+                    }
+                }
             }
         })
         .detach();
@@ -921,13 +956,20 @@ async fn hold_idle(
     // Step 3: tell the caller (bench/run samples the server's RSS now).
     println!("ready {alive}");
     let _ = io::stdout().flush();
+    let mut fanout_result = String::new();
+    let mut fanout_ok = true;
+    if let Some(trigger) = trigger {
+        (fanout_result, fanout_ok) = time_fanout(options, trigger, &fanout).await;
+    }
     // Step 4: hold for `--duration`, or else until stdin closes (a script
-    // keeps a pipe open and closes it when it has its sample).
+    // keeps a pipe open and closes it when it has its sample); a fan-out run
+    // without `--duration` ends after its broadcasts.
     let held = Instant::now();
     match options.duration {
         Some(d) => {
             Timer::after(d).await;
         }
+        None if options.fanout > 0 => {}
         None => {
             let (closed, stdin_closed) = async_channel::bounded::<()>(1);
             std::thread::spawn(move || {
@@ -938,7 +980,7 @@ async fn hold_idle(
         }
     }
     let dropped = dropped.load(Ordering::Relaxed);
-    let errors = connect_errors + dropped;
+    let errors = connect_errors + dropped + usize::from(!fanout_ok);
     println!(
         "idle: held {alive} of {} connections for {:.1} s; {} pings answered, {dropped} dropped by the server",
         options.connections,
@@ -946,10 +988,144 @@ async fn hold_idle(
         pings.load(Ordering::Relaxed)
     );
     println!(
-        "RESULT mode=idle conns={alive} connect_s={connect_secs:.2} pings={} dropped={dropped} errors={errors}",
+        "RESULT mode=idle conns={alive} connect_s={connect_secs:.2} pings={} dropped={dropped}{fanout_result} errors={errors}",
         pings.load(Ordering::Relaxed)
     );
     errors == 0
+}
+
+// ---------------------------------------------------------------------------
+// Fan-out: one broadcast, timed until the last client has it.
+// ---------------------------------------------------------------------------
+
+/// Longest one broadcast may take to reach every client before the run
+/// counts it as failed.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Broadcast copies received by the counting connections; signals when
+/// every one of them has the current broadcast.
+struct FanoutCount {
+    receivers: usize,
+    arrived: AtomicUsize,
+    all_there: async_channel::Sender<()>,
+    all_there_rx: async_channel::Receiver<()>,
+}
+
+impl FanoutCount {
+    fn new(receivers: usize) -> Self {
+        let (all_there, all_there_rx) = async_channel::unbounded();
+        FanoutCount {
+            receivers,
+            arrived: AtomicUsize::new(0),
+            all_there,
+            all_there_rx,
+        }
+    }
+
+    /// One connection has the broadcast; the last one of a round signals.
+    /// (A round starts only once the previous one is complete.)
+    fn arrived(&self) {
+        let n = self.arrived.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.receivers > 0 && n % self.receivers == 0 {
+            let _ = self.all_there.try_send(());
+        }
+    }
+}
+
+/// CPU time of every thread of `pid` so far, in ns (schedstat's first
+/// field: nanosecond resolution, where /proc/PID/stat counts 10 ms ticks).
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// User and system CPU time of `pid` so far, in clock ticks (fields 14 and
+/// 15 of /proc/PID/stat): coarse, but it says where the time went.
+fn process_user_sys_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after "(comm) " start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user = fields.next()?.parse().ok()?;
+    let sys = fields.next()?.parse().ok()?;
+    Some((user, sys))
+}
+
+/// `--fanout K`: K broadcasts asked for through `trigger`, each timed from
+/// the request's write until the last counting connection has its copy.
+/// Returns the RESULT fields and whether every broadcast arrived.
+async fn time_fanout(options: &Options, mut trigger: Conn, count: &FanoutCount) -> (String, bool) {
+    let cpu_before = options.server_pid.and_then(process_cpu_ns);
+    let ticks_before = options.server_pid.and_then(process_user_sys_ticks);
+    let mut times_us = Vec::with_capacity(options.fanout);
+    for _ in 0..options.fanout {
+        let asked = Instant::now();
+        trigger.queue_command("fanout");
+        if trigger.flush().await.is_err() {
+            return (" fanout_error=trigger_lost".into(), false);
+        }
+        let arrived = future::or(async { count.all_there_rx.recv().await.is_ok() }, async {
+            Timer::after(FANOUT_TIMEOUT).await;
+            false
+        });
+        if !arrived.await {
+            eprintln!(
+                "loadgen: a broadcast reached {} of {} clients in {FANOUT_TIMEOUT:?}",
+                count.arrived.load(Ordering::Relaxed) % count.receivers.max(1),
+                count.receivers
+            );
+            return (" fanout_error=incomplete".into(), false);
+        }
+        times_us.push(micros(asked.elapsed()));
+        // The trigger's own reply (and its copy of the broadcast).
+        while trigger.in_flight() > 0 {
+            if trigger.read_frames().await.is_err() {
+                return (" fanout_error=trigger_lost".into(), false);
+            }
+            for (id, success) in std::mem::take(&mut trigger.replies) {
+                if id != 0 && !trigger.check(id, success) {
+                    return (" fanout_error=bad_reply".into(), false);
+                }
+            }
+        }
+    }
+    let cpu_ms = match (cpu_before, options.server_pid.and_then(process_cpu_ns)) {
+        (Some(a), Some(b)) => format!("{:.3}", (b - a) as f64 / 1e6 / options.fanout as f64),
+        _ => "n/a".into(),
+    };
+    // The split between user and kernel time, in % of the ticks counted.
+    let user_pct = match (
+        ticks_before,
+        options.server_pid.and_then(process_user_sys_ticks),
+    ) {
+        (Some((u0, s0)), Some((u1, s1))) if u1 + s1 > u0 + s0 => {
+            format!(
+                "{:.0}",
+                (u1 - u0) as f64 * 100.0 / (u1 + s1 - u0 - s0) as f64
+            )
+        }
+        _ => "n/a".into(),
+    };
+    let (p50, _, max) = percentiles(&mut times_us);
+    println!(
+        "fanout: {} broadcasts to {} clients; last client after p50 {:.2} ms, max {:.2} ms; server CPU {cpu_ms} ms per broadcast ({user_pct}% of it in user space)",
+        options.fanout,
+        count.receivers,
+        p50 as f64 / 1e3,
+        max as f64 / 1e3
+    );
+    let fields = format!(
+        " fanout_clients={} fanout_ms={:.3} fanout_max_ms={:.3} fanout_cpu_ms={cpu_ms} fanout_user_pct={user_pct}",
+        count.receivers,
+        p50 as f64 / 1e3,
+        max as f64 / 1e3
+    );
+    (fields, true)
 }
 
 // ---------------------------------------------------------------------------
@@ -973,6 +1149,8 @@ fn parse_args() -> Result<Options, String> {
         threads: 1,
         connect_parallel: 128,
         ca: None,
+        fanout: 0,
+        server_pid: None,
     };
     let duration = |v: std::ffi::OsString| -> Result<Duration, String> {
         let text = v
@@ -1023,6 +1201,11 @@ fn parse_args() -> Result<Options, String> {
             Long("connect-parallel") => {
                 options.connect_parallel =
                     number(parser.value().map_err(|e| e.to_string())?)?.max(1)
+            }
+            Long("fanout") => options.fanout = number(parser.value().map_err(|e| e.to_string())?)?,
+            Long("server-pid") => {
+                options.server_pid =
+                    Some(number(parser.value().map_err(|e| e.to_string())?)? as u32)
             }
             Short('h') | Long("help") => {
                 print!("{USAGE}");

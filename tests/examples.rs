@@ -16,13 +16,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// The examples this file tests.
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "one_shot_bug",
     "persistent_loop",
     "reader_task_select",
     "heartbeat",
     "embed_in_smol",
     "loadgen",
+    "fanout_server",
 ];
 
 /// Bound for the one nested build (a cold build compiles the examples only;
@@ -346,4 +347,32 @@ fn loadgen_checks_every_reply_against_a_persistent_server() {
         .unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
     assert!(result.contains(" errors=0"), "{result}");
     assert!(number_after(result, "roundtrips=") > 0.0, "{result}");
+}
+
+#[test]
+fn loadgen_times_broadcasts_from_the_fanout_server() {
+    let (server, address) = start_server("fanout_server");
+    let pid = server.0.id().to_string();
+    let args = [
+        "idle",
+        "-a",
+        address.as_str(),
+        "-c",
+        "20",
+        "--fanout",
+        "3",
+        "--server-pid",
+        pid.as_str(),
+    ];
+    let (status, out) = run_with("loadgen", &args);
+    assert!(status.success(), "loadgen failed:\n{out}");
+    let result = out
+        .lines()
+        .find(|line| line.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
+    assert!(result.contains(" errors=0"), "{result}");
+    // Every broadcast reached the 19 connections besides the trigger.
+    assert_eq!(number_after(result, "fanout_clients="), 19.0, "{result}");
+    assert!(number_after(result, "fanout_ms=") > 0.0, "{result}");
+    assert!(number_after(result, "fanout_cpu_ms=") > 0.0, "{result}");
 }

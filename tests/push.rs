@@ -198,6 +198,30 @@ fn a_client_that_stops_reading_is_dropped_without_holding_back_a_broadcast() {
     assert!(reply.success);
 }
 
+#[test]
+fn one_broadcast_reaches_every_client_whole_and_in_order() {
+    // The hub encodes each broadcast once and shares the bytes among the
+    // queues: every client must still get each message whole, in order.
+    let server = TestServer::start(Config::default());
+    let mut clients: Vec<_> = (0..3)
+        .map(|_| bounded(5, ws_connect(server.addr)))
+        .collect();
+    wait_until(5, "three connections to register", || server.hub.len() == 3);
+    for i in 1..=3 {
+        let message = Message::request(i, format!("to all, number {i}"));
+        assert_eq!(server.hub.broadcast(&message), 3);
+    }
+    for client in &mut clients {
+        for i in 1..=3 {
+            let got = bounded(5, next_message(client));
+            assert_eq!(got.request_id, i);
+            assert_eq!(got.command, format!("to all, number {i}"));
+        }
+    }
+    // The shared message counts as sent on each connection.
+    wait_until(5, "the sent counts", || server.hub.stats().sent >= 9);
+}
+
 /// The wsloop binary as a server on a fixed port, killed with SIGKILL.
 struct KillableServer(Child);
 

