@@ -41,8 +41,10 @@
 //!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep
 //!   the connection up, and run the seed client's loop.
-//! - `bin/wsloop/` — the binary: `cli` (arguments and `--help`), `logger`
-//!   (how log lines are printed), `main`.
+//! - The binary is a package of its own (`cli/` in the repository: `cli`
+//!   for arguments and `--help`, `logger` for how log lines are printed,
+//!   `main`), so depending on this crate never compiles its argument
+//!   parser or signal handling.
 //!
 //! Shared by all of them, at the top: `config` ([`Config`]), `error`
 //! ([`Error`]), `time`, `tcp` and `log_safe`.
@@ -74,6 +76,7 @@ mod connection;
 mod error;
 pub mod http;
 mod log_safe;
+mod resolve;
 pub mod server;
 mod tcp;
 mod time;

@@ -102,11 +102,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_executor::{Executor, Task};
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
-use smol::{Executor, Task};
 
 use crate::connection::session::{PendingReply, RequestError, SendError, Session};
 use crate::time::human;
@@ -680,14 +680,14 @@ pub async fn run(
 /// Where the next command comes from: the interval timer or stdin lines.
 struct Commands {
     timer: Option<Timer>,
-    lines: Option<futures_lite::io::Lines<BufReader<smol::Unblock<std::io::Stdin>>>>,
+    lines: Option<futures_lite::io::Lines<BufReader<blocking::Unblock<std::io::Stdin>>>>,
     finished: bool,
 }
 
 impl Commands {
     fn new(options: &ClientOptions) -> Self {
         let (timer, lines) = if options.stdin {
-            let stdin = BufReader::new(smol::Unblock::new(std::io::stdin()));
+            let stdin = BufReader::new(blocking::Unblock::new(std::io::stdin()));
             (None, Some(stdin.lines()))
         } else {
             (Some(Timer::interval(options.interval)), None)

@@ -25,17 +25,17 @@ pub mod metrics;
 
 use std::future::Future;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_channel::Sender;
+use async_executor::Executor;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
-use smol::Executor;
 
 use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
 use crate::http::access::{AccessPolicy, Admission, Ticket};
@@ -139,7 +139,7 @@ impl Server {
     /// [`with_static_files`](Self::with_static_files) says otherwise.
     pub async fn bind(address: &str, config: Config) -> Result<Server, Error> {
         config.validate()?;
-        let addr = resolve(address)?;
+        let addr = resolve(address).await?;
         let listener = Async::<TcpListener>::bind(addr)?;
         let local = listener.get_ref().local_addr()?;
         Ok(Server {
@@ -411,10 +411,11 @@ impl Shared {
 }
 
 /// Resolves `host:port` to the first address it names.
-fn resolve(address: &str) -> Result<SocketAddr, Error> {
-    address
-        .to_socket_addrs()
+async fn resolve(address: &str) -> Result<SocketAddr, Error> {
+    crate::resolve::resolve(address)
+        .await
         .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?
+        .into_iter()
         .next()
         .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
