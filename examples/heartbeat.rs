@@ -71,7 +71,7 @@ fn main() {
 }
 
 /// Runs the server with a 1-second heartbeat until the scenario is over.
-async fn demo(ex: &std::sync::Arc<smol::Executor<'_>>) -> Result<bool, wsloop::Error> {
+async fn demo(ex: &std::sync::Arc<smol::Executor<'static>>) -> Result<bool, wsloop::Error> {
     let start = Instant::now();
     let config = Config {
         heartbeat: HEARTBEAT,

@@ -65,9 +65,10 @@
 //! # Ok::<(), wsloop::Error>(())
 //! ```
 //!
-//! Nothing is spawned behind your back: functions that spawn tasks take your
-//! executor, and the core ([`Connection`]) is a plain future you can run on
-//! any executor.
+//! Nothing is spawned behind your back: functions that spawn tasks take a
+//! [`Spawn`]er (a smol executor, or a closure such as
+//! `|task| { tokio::spawn(task); }`), and the core ([`Connection`]) is a
+//! plain future you can run on any executor.
 #![warn(missing_docs)]
 
 pub mod client;
@@ -78,6 +79,7 @@ pub mod http;
 mod log_safe;
 mod resolve;
 pub mod server;
+mod spawn;
 mod tcp;
 mod time;
 #[cfg(feature = "tls")]
@@ -102,6 +104,7 @@ pub use metrics::Metrics;
 pub use server::fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
 pub use server::hub::{Hub, HubStats};
 pub use server::Server;
+pub use spawn::{BoxTask, Spawn};
 pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
 pub use wire::codec::{decode, encode, DecodeError};

@@ -102,13 +102,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_executor::{Executor, Task};
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 
 use crate::connection::session::{PendingReply, RequestError, SendError, Session};
+use crate::spawn::{BoxTask, Spawn};
 use crate::time::human;
 use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
 use dial::Dialer;
@@ -327,7 +327,10 @@ pub(crate) fn check_header(name: &str, value: &str) -> Result<(), Error> {
 pub struct Client {
     session: Session,
     addr: Option<SocketAddr>,
-    supervisor: Task<Result<(), Error>>,
+    /// The supervisor's verdict, sent once when it ends.
+    verdict: async_channel::Receiver<Result<(), Error>>,
+    /// Dropped (with the client) to cancel the supervisor task.
+    _cancel: async_channel::Sender<()>,
     /// Dropped to interrupt a reconnect wait when closing.
     stop: async_channel::Sender<()>,
     /// Reports closed once the supervisor has finished.
@@ -336,8 +339,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to `options.address`, then keeps the connection up from a
-    /// task spawned on `ex`. `handler` answers what the server pushes;
-    /// replies to this client's own requests never reach it.
+    /// task spawned on `spawner` (any [`Spawn`]: a smol `Executor` or
+    /// `LocalExecutor`, an `Arc` of one, `|task| { tokio::spawn(task); }`).
+    /// `handler` answers what the server pushes; replies to this client's
+    /// own requests never reach it. Dropping the client cancels that task.
     ///
     /// A server that cannot be reached yet (a device that boots before
     /// the network) is retried with the [`Reconnect`] backoff, up to its
@@ -345,10 +350,21 @@ impl Client {
     /// returned. A refusal that will stand ([`Error::is_transient`] is
     /// false: a 401, a bad certificate) is returned at once.
     pub async fn connect(
-        ex: &Executor<'_>,
+        spawner: &impl Spawn,
         options: ClientOptions,
         handler: impl Handler,
     ) -> Result<Client, Error> {
+        let (client, supervisor) = Client::start(options, handler).await?;
+        spawner.spawn(supervisor);
+        Ok(client)
+    }
+
+    /// [`connect`](Self::connect) up to the spawn: the client and its
+    /// supervisor task, one copy of this code whatever the spawner type.
+    async fn start(
+        options: ClientOptions,
+        handler: impl Handler,
+    ) -> Result<(Client, BoxTask), Error> {
         let config = &options.config;
         config.validate()?;
         let dialer = Dialer::new(&options, None)?;
@@ -378,13 +394,29 @@ impl Client {
             stopped,
             _finished: finished_tx,
         };
-        Ok(Client {
+        let (verdict_tx, verdict) = async_channel::bounded(1);
+        let (cancel, cancelled) = async_channel::bounded::<()>(1);
+        let task = Box::pin(async move {
+            // Either the supervisor's verdict, or nothing when the client
+            // was dropped (which drops the supervisor and its connection).
+            let run = async { Some(supervisor.run(first).await) };
+            let cancel = async {
+                let _ = cancelled.recv().await;
+                None
+            };
+            if let Some(result) = future::or(run, cancel).await {
+                let _ = verdict_tx.try_send(result);
+            }
+        });
+        let client = Client {
             session,
             addr,
-            supervisor: ex.spawn(supervisor.run(first)),
+            verdict,
+            _cancel: cancel,
             stop,
             finished,
-        })
+        };
+        Ok((client, task))
     }
 
     /// The server's address, as first connected (the proxy's, through one).
@@ -424,7 +456,12 @@ impl Client {
     pub async fn close(self) -> Result<(), Error> {
         self.session.close(CLOSE_NORMAL);
         drop(self.stop);
-        let result = self.supervisor.await;
+        // `self._cancel` lives until the verdict is in: this is no cancel.
+        let result = match self.verdict.recv().await {
+            Ok(result) => result,
+            // The spawner dropped the task (its executor is gone).
+            Err(_) => Err(Error::ConnectionClosed("client task dropped".into())),
+        };
         self.session.shut();
         result
     }
@@ -587,17 +624,18 @@ enum Wake {
 /// Runs the seed client: connect, then send a request every
 /// `options.interval` (or per stdin line) and report each reply, until
 /// `options.count` requests have ended or input ended. Commands pushed by
-/// the server are answered and reported. Tasks are spawned on `ex`.
+/// the server are answered and reported. Tasks are spawned on `spawner`.
 ///
 /// Returns an error when the server is unreachable, or when the connection
 /// drops and reconnecting is off or gives up.
 pub async fn run(
-    ex: &Executor<'_>,
+    spawner: &impl Spawn,
     options: &ClientOptions,
     mut report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
     let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
-    let client = Client::connect(ex, options.clone(), SeedHandler::forwarding(pushes_tx)).await?;
+    let client =
+        Client::connect(spawner, options.clone(), SeedHandler::forwarding(pushes_tx)).await?;
     if let Some(addr) = client.addr() {
         report(Event::Connected(addr));
     }
@@ -659,11 +697,10 @@ pub async fn run(
                 };
                 report(Event::Sent(&Message::request(request.id(), command)));
                 let outcomes = outcomes_tx.clone();
-                ex.spawn(async move {
+                spawner.spawn(Box::pin(async move {
                     let id = request.id();
                     let _ = outcomes.send((id, request.wait().await)).await;
-                })
-                .detach();
+                }));
             }
             Wake::Send(None) => commands.finished = true,
             Wake::Stopped => {

@@ -32,7 +32,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_channel::Sender;
-use async_executor::Executor;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
@@ -47,6 +46,7 @@ use crate::http::{
     WriteTimeout,
 };
 use crate::server::metrics::Refusal;
+use crate::spawn::{SharedSpawn, Spawn};
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]
@@ -232,15 +232,32 @@ impl Server {
     }
 
     /// Accepts connections until `shutdown` completes, on a task of its
-    /// own on `ex`, spawning one more task per connection there. Then it
-    /// stops accepting, sends Close 1001 to every peer and waits up to
+    /// own on `spawner`, spawning one more task per connection there. Then
+    /// it stops accepting, sends Close 1001 to every peer and waits up to
     /// [`SHUTDOWN_GRACE`] for them to finish.
     ///
-    /// `ex` comes as an `Arc` so that the accept task can hold it; any
-    /// `Arc<Executor>`, with or without a `'static` lifetime, will do.
-    pub async fn run<'a, H: Handler>(
+    /// `spawner` is any [`Spawn`]: an `Arc<smol::Executor>` (the accept
+    /// task keeps a clone of it, hence `Clone` and `'static`), or a closure
+    /// such as `|task| { tokio::spawn(task); }`.
+    pub async fn run<S, H>(
         self,
-        ex: &Arc<Executor<'a>>,
+        spawner: &S,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error>
+    where
+        S: Spawn + Clone + Send + Sync + 'static,
+        H: Handler,
+    {
+        self.run_on(Arc::new(spawner.clone()), handler, shutdown)
+            .await
+    }
+
+    /// [`run`](Self::run) with the spawner shared: one copy of this code
+    /// whatever spawner type the callers use.
+    async fn run_on<H: Handler>(
+        self,
+        spawner: SharedSpawn,
         handler: H,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
@@ -249,19 +266,30 @@ impl Server {
         let (alive, all_done) = async_channel::bounded::<()>(1);
         log::info!("listening on {}", self.local_addr()?);
         let shared = self.shared.clone();
+        // The accept task runs until `stop` is dropped, then drops the
+        // listener and `accepted`, which `accepting` observes.
+        let (stop, stopping) = async_channel::bounded::<()>(1);
+        let (accepted, accepting) = async_channel::bounded::<()>(1);
         let acceptor = Acceptor {
             listener: self.listener,
             shared: self.shared,
             handler: Arc::new(handler),
             alive,
-            ex: ex.clone(),
+            spawner: spawner.clone(),
         };
-        let accepting = ex.spawn(acceptor.run());
+        spawner.spawn(Box::pin(async move {
+            future::or(acceptor.run(), async {
+                let _ = stopping.recv().await;
+            })
+            .await;
+            drop(accepted);
+        }));
         shutdown.await;
 
         // Stop accepting (the task owns the listener), then ask every live
         // connection to go away.
-        accepting.cancel().await;
+        drop(stop);
+        let _ = accepting.recv().await;
         let hub = &shared.hub;
         log::info!("shutting down: closing {} connection(s)", hub.len());
         hub.close_all(CLOSE_GOING_AWAY);
@@ -272,16 +300,16 @@ impl Server {
 
 /// The accept task: it alone owns the listening socket, and decides for
 /// each new connection whether it is admitted (see [`Shared::admit`]).
-struct Acceptor<'a, H> {
+struct Acceptor<H> {
     listener: Async<TcpListener>,
     shared: Arc<Shared>,
     handler: Arc<H>,
     /// Cloned into every connection task, for the shutdown wait.
     alive: Sender<()>,
-    ex: Arc<Executor<'a>>,
+    spawner: SharedSpawn,
 }
 
-impl<H: Handler> Acceptor<'_, H> {
+impl<H: Handler> Acceptor<H> {
     /// Accepts until cancelled.
     async fn run(self) {
         loop {
@@ -348,11 +376,11 @@ impl<H: Handler> Acceptor<'_, H> {
         #[cfg(feature = "tls")]
         if shared.tls.is_some() {
             let task = serve_tls(stream, addr, started, early, shared, handler, alive);
-            self.ex.spawn(task).detach();
+            self.spawner.spawn(Box::pin(task));
             return;
         }
         let task = serve(stream, addr, started, early, shared, handler, alive);
-        self.ex.spawn(task).detach();
+        self.spawner.spawn(Box::pin(task));
     }
 }
 
