@@ -79,6 +79,7 @@ pub mod http;
 mod log_safe;
 mod resolve;
 pub mod server;
+mod setters;
 mod spawn;
 mod tcp;
 mod time;

@@ -180,6 +180,7 @@ async fn dial_session(dialer: &Dialer, session: &Session) -> Result<ClientConnec
 
 /// When and how often [`Client`] reconnects.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reconnect {
     /// Reconnect at all after a connection drops.
     pub enabled: bool,
@@ -218,6 +219,7 @@ impl Reconnect {
 
 /// What a [`Client`] (and [`run`]) does.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// The server: `HOST:PORT` (path `/server`) or a `ws://`/`wss://` URL
     /// (see [`Target::parse`]).

@@ -198,7 +198,8 @@ struct LoopSettings {
 impl LoopSettings {
     fn new(config: &Config, role: Role) -> Self {
         LoopSettings {
-            heartbeat: config.heartbeat,
+            // Saturated, so that `Instant + heartbeat` cannot overflow.
+            heartbeat: crate::config::saturate(config.heartbeat),
             idle_timeout: config.idle_timeout(),
             write_timeout: config.write_timeout,
             role,

@@ -211,7 +211,8 @@ impl Session {
             inner: Arc::new(SessionInner {
                 outbox: Outbox::default(),
                 capacity,
-                request_timeout,
+                // Saturated: each request's deadline is `now + this`.
+                request_timeout: crate::config::saturate(request_timeout),
                 next_id: AtomicI64::new(1),
                 pending_len: AtomicUsize::new(0),
                 pending: Mutex::new(HashMap::new()),

@@ -36,7 +36,7 @@ use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+use crate::config::CLOSE_TIMEOUT;
 use crate::http::access::{AccessPolicy, Admission, Ticket};
 #[cfg(feature = "trusted-proxy")]
 use crate::http::forwarded::TrustedProxies;
@@ -498,7 +498,7 @@ async fn accept_tls(
             // connection and lose the answer.
             let _ = timeout(
                 budget,
-                read_request_head(&mut stream, MAX_REQUEST_HEAD_SIZE),
+                read_request_head(&mut stream, shared.config.max_request_head_size),
             )
             .await;
             let why = "plain HTTP on the TLS port; use https:// and wss:// here";
@@ -677,7 +677,11 @@ async fn handshake<S: Stream>(
     };
     #[cfg(not(feature = "tls"))]
     let tls = false;
-    let head = timeout(budget, read_request_head(stream, MAX_REQUEST_HEAD_SIZE)).await;
+    let head = timeout(
+        budget,
+        read_request_head(stream, shared.config.max_request_head_size),
+    )
+    .await;
     // Every response is written under the write timeout: a peer that stops
     // reading (a large static file, say) is dropped after it.
     let stream = &mut WriteTimeout::new(stream, shared.config.write_timeout);
