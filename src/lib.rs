@@ -92,7 +92,7 @@ pub use http::forwarded;
 pub use server::metrics;
 
 pub use config::*;
-pub use connection::session::{PendingReply, RequestError, SendError, Session};
+pub use connection::session::{PendingReply, RequestError, SendError, Session, MAX_CLOSE_REASON};
 pub use connection::{
     Connection, Ended, Handler, Peer, SeedHandler, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,

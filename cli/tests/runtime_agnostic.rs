@@ -192,7 +192,7 @@ fn server_and_client_connections_run_on_tokio() {
                     format!("Command 'tokio {i}' processed successfully.")
                 );
             }
-            peer.close(wsloop::CLOSE_NORMAL);
+            peer.close(wsloop::CLOSE_NORMAL, "done");
             let client_end = client.await.expect("client task");
             let server_end = server.await.expect("server task");
             (client_end, server_end)
@@ -202,10 +202,11 @@ fn server_and_client_connections_run_on_tokio() {
     });
     let (client_end, server_end) = outcome.expect("test timed out");
     assert_eq!(client_end.expect("client loop"), Ended::Closed(1000));
-    assert!(matches!(
+    // Peer::close's reason reached the other side in the Close frame.
+    assert_eq!(
         server_end.expect("server loop"),
-        Ended::PeerClosed(_)
-    ));
+        Ended::PeerClosed(Some((1000, "done".into())))
+    );
 }
 
 /// A `Client` on smol's `LocalExecutor` (its spawner need not be `Send`),

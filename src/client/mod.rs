@@ -456,7 +456,7 @@ impl Client {
     /// Closes gracefully: queued messages are sent, then Close 1000. Returns
     /// the supervisor's verdict (an error if it had given up earlier).
     pub async fn close(self) -> Result<(), Error> {
-        self.session.close(CLOSE_NORMAL);
+        self.session.close(CLOSE_NORMAL, "");
         drop(self.stop);
         // `self._cancel` lives until the verdict is in: this is no cancel.
         let result = match self.verdict.recv().await {
@@ -577,6 +577,7 @@ async fn redial(
 
 /// Something [`run`] reports as it happens.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// Connected to this address.
     Connected(SocketAddr),

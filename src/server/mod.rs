@@ -607,7 +607,8 @@ fn connected<S: Stream, H: Handler>(
 ) -> impl Future<Output = ()> + Send {
     let metrics = shared.hub.metrics.clone();
     metrics.upgraded();
-    let conn = conn.with_metrics(metrics);
+    // Ids count per server, not with the process's other connections.
+    let conn = conn.with_metrics(metrics).with_id(shared.hub.next_id());
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     log::info!("client {id} connected from {addr}");
