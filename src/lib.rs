@@ -69,7 +69,7 @@
 //! [`Spawn`]er (a smol executor, or a closure such as
 //! `|task| { tokio::spawn(task); }`), and the core ([`Connection`]) is a
 //! plain future you can run on any executor.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod client;
 mod config;

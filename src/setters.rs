@@ -41,36 +41,36 @@ macro_rules! setters {
 }
 
 setters!(Config {
-    /// Sets [`heartbeat`](Config::heartbeat).
+    /// Sets [`heartbeat`](crate::Config::heartbeat).
     with_heartbeat => heartbeat: Duration,
-    /// Sets [`max_message_size`](Config::max_message_size).
+    /// Sets [`max_message_size`](crate::Config::max_message_size).
     with_max_message_size => max_message_size: usize,
-    /// Sets [`outbound_capacity`](Config::outbound_capacity).
+    /// Sets [`outbound_capacity`](crate::Config::outbound_capacity).
     with_outbound_capacity => outbound_capacity: usize,
-    /// Sets [`handshake_timeout`](Config::handshake_timeout).
+    /// Sets [`handshake_timeout`](crate::Config::handshake_timeout).
     with_handshake_timeout => handshake_timeout: Duration,
-    /// Sets [`read_buffer_size`](Config::read_buffer_size).
+    /// Sets [`read_buffer_size`](crate::Config::read_buffer_size).
     with_read_buffer_size => read_buffer_size: usize,
-    /// Sets [`request_timeout`](Config::request_timeout).
+    /// Sets [`request_timeout`](crate::Config::request_timeout).
     with_request_timeout => request_timeout: Duration,
-    /// Sets [`write_timeout`](Config::write_timeout).
+    /// Sets [`write_timeout`](crate::Config::write_timeout).
     with_write_timeout => write_timeout: Duration,
-    /// Sets [`max_messages_per_second`](Config::max_messages_per_second).
+    /// Sets [`max_messages_per_second`](crate::Config::max_messages_per_second).
     with_max_messages_per_second => max_messages_per_second: u32,
-    /// Sets [`max_frames_per_second`](Config::max_frames_per_second).
+    /// Sets [`max_frames_per_second`](crate::Config::max_frames_per_second).
     with_max_frames_per_second => max_frames_per_second: u32,
-    /// Sets [`max_bytes_per_second`](Config::max_bytes_per_second).
+    /// Sets [`max_bytes_per_second`](crate::Config::max_bytes_per_second).
     with_max_bytes_per_second => max_bytes_per_second: u64,
-    /// Sets [`max_fragments`](Config::max_fragments).
+    /// Sets [`max_fragments`](crate::Config::max_fragments).
     with_max_fragments => max_fragments: u32,
-    /// Sets [`message_timeout`](Config::message_timeout).
+    /// Sets [`message_timeout`](crate::Config::message_timeout).
     with_message_timeout => message_timeout: Duration,
-    /// Sets [`max_request_head_size`](Config::max_request_head_size).
+    /// Sets [`max_request_head_size`](crate::Config::max_request_head_size).
     with_max_request_head_size => max_request_head_size: usize,
 });
 
 impl Config {
-    /// Sets an explicit [`idle_timeout`](Config::idle_timeout) (instead of
+    /// Sets an explicit [`idle_timeout`](crate::Config::idle_timeout) (instead of
     /// the one derived from the heartbeat).
     #[must_use]
     pub fn with_idle_timeout(mut self, value: Duration) -> Self {
@@ -80,20 +80,20 @@ impl Config {
 }
 
 setters!(AccessPolicy {
-    /// Sets [`allowed_origins`](AccessPolicy::allowed_origins).
+    /// Sets [`allowed_origins`](crate::AccessPolicy::allowed_origins).
     with_allowed_origins => allowed_origins: Vec<String>,
-    /// Sets [`allowed_hosts`](AccessPolicy::allowed_hosts).
+    /// Sets [`allowed_hosts`](crate::AccessPolicy::allowed_hosts).
     with_allowed_hosts => allowed_hosts: Vec<String>,
-    /// Sets [`allow_any_origin`](AccessPolicy::allow_any_origin).
+    /// Sets [`allow_any_origin`](crate::AccessPolicy::allow_any_origin).
     with_allow_any_origin => allow_any_origin: bool,
-    /// Sets [`max_connections`](AccessPolicy::max_connections).
+    /// Sets [`AccessPolicy`](crate::AccessPolicy)'s `max_connections` field.
     with_max_connections => max_connections: usize,
-    /// Sets [`max_connections_per_ip`](AccessPolicy::max_connections_per_ip).
+    /// Sets [`AccessPolicy`](crate::AccessPolicy)'s `max_connections_per_ip` field.
     with_max_connections_per_ip => max_connections_per_ip: usize,
 });
 
 impl AccessPolicy {
-    /// Sets the [`token`](AccessPolicy::token) required at `/server`.
+    /// Sets the [`token`](crate::AccessPolicy::token) required at `/server`.
     #[must_use]
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -102,31 +102,31 @@ impl AccessPolicy {
 }
 
 setters!(Reconnect {
-    /// Sets [`enabled`](Reconnect::enabled).
+    /// Sets [`enabled`](crate::client::Reconnect::enabled).
     with_enabled => enabled: bool,
-    /// Sets [`initial_delay`](Reconnect::initial_delay).
+    /// Sets [`initial_delay`](crate::client::Reconnect::initial_delay).
     with_initial_delay => initial_delay: Duration,
-    /// Sets [`max_delay`](Reconnect::max_delay).
+    /// Sets [`max_delay`](crate::client::Reconnect::max_delay).
     with_max_delay => max_delay: Duration,
-    /// Sets [`max_attempts`](Reconnect::max_attempts).
+    /// Sets [`max_attempts`](crate::client::Reconnect::max_attempts).
     with_max_attempts => max_attempts: Option<u32>,
 });
 
 setters!(ClientOptions {
-    /// Sets [`config`](ClientOptions::config).
+    /// Sets [`config`](crate::client::ClientOptions::config).
     with_config => config: Config,
-    /// Sets [`reconnect`](ClientOptions::reconnect).
+    /// Sets [`reconnect`](crate::client::ClientOptions::reconnect).
     with_reconnect => reconnect: Reconnect,
-    /// Sets [`interval`](ClientOptions::interval).
+    /// Sets [`interval`](crate::client::ClientOptions::interval).
     with_interval => interval: Duration,
-    /// Sets [`count`](ClientOptions::count).
+    /// Sets [`count`](crate::client::ClientOptions::count).
     with_count => count: Option<u64>,
-    /// Sets [`stdin`](ClientOptions::stdin).
+    /// Sets [`stdin`](crate::client::ClientOptions::stdin).
     with_stdin => stdin: bool,
 });
 
 impl ClientOptions {
-    /// Sets the [`token`](ClientOptions::token) sent as
+    /// Sets the [`token`](crate::client::ClientOptions::token) sent as
     /// `Authorization: Bearer`.
     #[must_use]
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
@@ -134,7 +134,7 @@ impl ClientOptions {
         self
     }
 
-    /// Sets [`proxy`](ClientOptions::proxy).
+    /// Sets [`proxy`](crate::client::ClientOptions::proxy).
     #[cfg(feature = "proxy")]
     #[must_use]
     pub fn with_proxy(mut self, proxy: crate::client::Proxy) -> Self {
