@@ -166,16 +166,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = Config {
-        max_message_size: MAX_MESSAGE_SIZE,
-        read_buffer_size: READ_BUFFER_SIZE,
+    let config = Config::default()
+        .with_max_message_size(MAX_MESSAGE_SIZE)
+        .with_read_buffer_size(READ_BUFFER_SIZE)
         // The suite floods on purpose (16 MiB messages, 64-byte fragments
         // by the thousand): the per-peer abuse limits are off here.
-        max_bytes_per_second: 0,
-        max_frames_per_second: 0,
-        max_fragments: 0,
-        ..Config::default()
-    };
+        .with_max_bytes_per_second(0)
+        .with_max_frames_per_second(0)
+        .with_max_fragments(0);
     match smol::block_on(drive(&args, &config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -51,17 +51,13 @@ fn main() -> Result<(), wsloop::Error> {
         }
     }
     // The benchmark's own load would trip the per-connection rate limits.
-    let config = Config {
-        max_messages_per_second: 0,
-        max_frames_per_second: 0,
-        max_bytes_per_second: 0,
-        ..Config::default()
-    };
-    let access = AccessPolicy {
-        max_connections: 0,
-        max_connections_per_ip: 0,
-        ..AccessPolicy::default()
-    };
+    let config = Config::default()
+        .with_max_messages_per_second(0)
+        .with_max_frames_per_second(0)
+        .with_max_bytes_per_second(0);
+    let access = AccessPolicy::default()
+        .with_max_connections(0)
+        .with_max_connections_per_ip(0);
     let _ = wsloop::raise_file_limit();
     let ex = Arc::new(Executor::new());
     smol::block_on(ex.run(async {

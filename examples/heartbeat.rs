@@ -71,13 +71,11 @@ fn main() {
 }
 
 /// Runs the server with a 1-second heartbeat until the scenario is over.
-async fn demo(ex: &std::sync::Arc<smol::Executor<'_>>) -> Result<bool, wsloop::Error> {
+async fn demo(ex: &std::sync::Arc<smol::Executor<'static>>) -> Result<bool, wsloop::Error> {
     let start = Instant::now();
-    let config = Config {
-        heartbeat: HEARTBEAT,
-        idle_timeout: Some(IDLE_TIMEOUT),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_heartbeat(HEARTBEAT)
+        .with_idle_timeout(IDLE_TIMEOUT);
     let server = Server::bind("127.0.0.1:0", config).await?;
     let address = server.local_addr()?;
     println!(

@@ -152,7 +152,7 @@ async fn serve(address: &str) -> Result<bool, wsloop::Error> {
 /// Runs wsloop's `Server` until `client` is done. Everything `ws_handler`
 /// does is in there (`Connection::run`); we only say what to reply.
 async fn with_wsloop_server(
-    ex: &std::sync::Arc<smol::Executor<'_>>,
+    ex: &std::sync::Arc<smol::Executor<'static>>,
 ) -> Result<bool, wsloop::Error> {
     let server = Server::bind("127.0.0.1:0", Config::default()).await?;
     let address = server.local_addr()?.to_string();

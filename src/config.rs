@@ -100,8 +100,23 @@ pub const RELEASE_THRESHOLD_BYTES: usize = 64 * 1024;
 /// loop flushes; it bounds the write buffer a pipelining peer can build up.
 pub const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
-/// Largest HTTP request head the server reads (431 past it).
+/// Largest HTTP request head the server reads by default (431 past it):
+/// 8 KiB, as nginx's and Go's usual limits, far above what a browser's
+/// upgrade with a few cookies sends, small enough that a slow-loris head
+/// cannot hold much memory per connection.
 pub const MAX_REQUEST_HEAD_SIZE: usize = 8 * 1024;
+
+/// Longest interval or timeout wsloop acts on: longer settings (up to
+/// `Duration::MAX`) are cut to this. A century is "never" for a
+/// connection, and `Instant::now() + MAX_TIMEOUT` cannot overflow, which
+/// `Instant::now() + Duration::MAX` would (a panic in the loop and in
+/// every request).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `duration`, at most [`MAX_TIMEOUT`].
+pub(crate) fn saturate(duration: Duration) -> Duration {
+    duration.min(MAX_TIMEOUT)
+}
 
 /// How long a closing side waits for the peer's Close reply (and the final
 /// TCP shutdown) before dropping the socket anyway.
@@ -109,11 +124,12 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings for one connection loop and for the server/client around it.
 ///
-/// Build it with struct-update syntax over [`Config::default`]:
+/// Build it from [`Config::default`] with the `with_` setters (the struct
+/// is `#[non_exhaustive]`, so new options are not breaking changes):
 ///
 /// ```
 /// use std::time::Duration;
-/// let config = wsloop::Config { heartbeat: Duration::from_secs(5), ..Default::default() };
+/// let config = wsloop::Config::default().with_heartbeat(Duration::from_secs(5));
 /// assert_eq!(config.idle_timeout(), Duration::from_secs(10));
 /// ```
 ///
@@ -125,6 +141,7 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`Peer`](crate::Peer) record. The outbound queue allocates only while
 /// messages wait in it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Ping interval ([`DEFAULT_HEARTBEAT`], at least [`MIN_HEARTBEAT`]).
     pub heartbeat: Duration,
@@ -158,6 +175,9 @@ pub struct Config {
     /// Longest a fragmented inbound message may stay unfinished
     /// ([`DEFAULT_MESSAGE_TIMEOUT`]).
     pub message_timeout: Duration,
+    /// Largest HTTP request head the server reads; a longer one gets 431
+    /// ([`MAX_REQUEST_HEAD_SIZE`]).
+    pub max_request_head_size: usize,
 }
 
 impl Default for Config {
@@ -176,15 +196,23 @@ impl Default for Config {
             max_bytes_per_second: DEFAULT_MAX_BYTES_PER_SECOND,
             max_fragments: DEFAULT_MAX_FRAGMENTS,
             message_timeout: DEFAULT_MESSAGE_TIMEOUT,
+            max_request_head_size: MAX_REQUEST_HEAD_SIZE,
         }
     }
 }
 
 impl Config {
-    /// The effective idle timeout (explicit, or [`IDLE_HEARTBEATS`] × heartbeat).
+    /// The effective idle timeout (explicit, or [`IDLE_HEARTBEATS`] ×
+    /// heartbeat), at most [`MAX_TIMEOUT`]:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = wsloop::Config::default().with_heartbeat(Duration::MAX);
+    /// assert_eq!(config.idle_timeout(), wsloop::MAX_TIMEOUT);
+    /// ```
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-            .unwrap_or(self.heartbeat * IDLE_HEARTBEATS)
+        let derived = || self.heartbeat.saturating_mul(IDLE_HEARTBEATS);
+        saturate(self.idle_timeout.unwrap_or_else(derived))
     }
 
     /// Checks the values make sense together.
@@ -196,16 +224,21 @@ impl Config {
                 human(MIN_HEARTBEAT)
             )));
         }
-        if self.idle_timeout() < self.heartbeat {
+        if self.idle_timeout() < saturate(self.heartbeat) {
             return Err(Error::Config(format!(
                 "idle timeout {} is shorter than the heartbeat {}",
                 human(self.idle_timeout()),
                 human(self.heartbeat)
             )));
         }
-        if self.max_message_size == 0 || self.outbound_capacity == 0 || self.read_buffer_size == 0 {
+        if self.max_message_size == 0
+            || self.outbound_capacity == 0
+            || self.read_buffer_size == 0
+            || self.max_request_head_size == 0
+        {
             return Err(Error::Config(
-                "max message size, outbound capacity and read buffer must be > 0".into(),
+                "max message size, outbound capacity, read buffer and request head size must be > 0"
+                    .into(),
             ));
         }
         if self.message_timeout.is_zero() {

@@ -45,8 +45,10 @@
 //!   the connection up, and run the seed client's loop; with feature
 //!   `exec`, the device that runs a program per command (`device`, `exec`)
 //!   at most once (`record`).
-//! - `bin/wsloop/` — the binary: `cli` (arguments and `--help`), `logger`
-//!   (how log lines are printed), `main`.
+//! - The binary is a package of its own (`cli/` in the repository: `cli`
+//!   for arguments and `--help`, `logger` for how log lines are printed,
+//!   `main`), so depending on this crate never compiles its argument
+//!   parser or signal handling.
 //!
 //! Shared by all of them, at the top: `config` ([`Config`]), `error`
 //! ([`Error`]), `time`, `tcp` and `log_safe`.
@@ -67,10 +69,11 @@
 //! # Ok::<(), wsloop::Error>(())
 //! ```
 //!
-//! Nothing is spawned behind your back: functions that spawn tasks take your
-//! executor, and the core ([`Connection`]) is a plain future you can run on
-//! any executor.
-#![warn(missing_docs)]
+//! Nothing is spawned behind your back: functions that spawn tasks take a
+//! [`Spawn`]er (a smol executor, or a closure such as
+//! `|task| { tokio::spawn(task); }`), and the core ([`Connection`]) is a
+//! plain future you can run on any executor.
+#![deny(missing_docs)]
 
 pub mod client;
 mod config;
@@ -80,7 +83,10 @@ mod error;
 pub mod forwarder;
 pub mod http;
 mod log_safe;
+mod resolve;
 pub mod server;
+mod setters;
+mod spawn;
 mod tcp;
 mod time;
 #[cfg(feature = "tls")]
@@ -92,7 +98,7 @@ pub use http::forwarded;
 pub use server::metrics;
 
 pub use config::*;
-pub use connection::session::{PendingReply, RequestError, SendError, Session};
+pub use connection::session::{PendingReply, RequestError, SendError, Session, MAX_CLOSE_REASON};
 pub use connection::{
     Connection, Ended, Handler, Peer, ReplyRoute, SeedHandler, CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
@@ -105,6 +111,7 @@ pub use metrics::Metrics;
 pub use server::fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
 pub use server::hub::{Hub, HubStats};
 pub use server::Server;
+pub use spawn::{BoxTask, Spawn};
 pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
 pub use wire::codec::{decode, encode, DecodeError};

@@ -94,6 +94,7 @@ fn check(result: &Result<(Request, Vec<u8>), HeadError>, input: &[u8], limit: us
         }
         Err(HeadError::Malformed(_)) | Err(HeadError::Closed) => {}
         Err(HeadError::Io(err)) => panic!("I/O error from an in-memory reader: {err}"),
+        Err(other) => panic!("a head error this target does not know: {other:?}"),
     }
 }
 

@@ -124,7 +124,7 @@ impl Handler for Device {
 /// Running programs' process groups are killed on return, and if this
 /// future is dropped.
 pub async fn run_device(
-    ex: &smol::Executor<'_>,
+    spawner: &impl crate::Spawn,
     options: &ClientOptions,
     device: &DeviceOptions,
     stop: impl std::future::Future<Output = ()>,
@@ -151,7 +151,15 @@ pub async fn run_device(
         work(jobs, record, program, device.concurrency.max(1)).await;
         future::pending().await
     };
-    let client = run_with(ex, options, handler, pushes, device.requests, stop, report);
+    let client = run_with(
+        spawner,
+        options,
+        handler,
+        pushes,
+        device.requests,
+        stop,
+        report,
+    );
     future::or(client, workers).await
 }
 
@@ -169,7 +177,7 @@ async fn open_record(
         (Some(_), None) => Ok(Some(Arc::new(Record::in_memory()))),
         (Some(id), Some(dir)) => {
             let (dir, id) = (dir.clone(), id.clone());
-            let record = smol::unblock(move || {
+            let record = blocking::unblock(move || {
                 let record = Record::open(&dir, &id)?;
                 // Once the record is ours (not another device's, not in use).
                 kill_leftovers(&dir.join(RUNNING_DIR), &id);
@@ -184,7 +192,7 @@ async fn open_record(
 /// `concurrency` workers taking jobs in order; each records, runs, records
 /// and replies. Ends when the handler is gone.
 async fn work(jobs: Receiver<Job>, record: Option<Arc<Record>>, program: Program, n: usize) {
-    let workers = smol::LocalExecutor::new();
+    let workers = async_executor::LocalExecutor::new();
     let (done_tx, done) = async_channel::bounded::<()>(1);
     for _ in 0..n {
         let (jobs, record, program) = (jobs.clone(), record.clone(), program.clone());

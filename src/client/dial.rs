@@ -102,7 +102,7 @@ impl Dialer {
         #[cfg(not(feature = "proxy"))]
         let via = self.target.authority();
         let mut last = None;
-        for addr in smol::net::resolve(via.as_str()).await? {
+        for addr in crate::resolve::resolve(via.as_str()).await? {
             match Async::<TcpStream>::connect(addr).await {
                 Ok(stream) => return Ok((addr, Tcp::new(stream)?)),
                 Err(err) => last = Some(err),

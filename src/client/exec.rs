@@ -198,7 +198,7 @@ impl Program {
     async fn note_running(&self, id: i64, pgid: u32) -> Option<PathBuf> {
         let note = self.running.as_ref()?.join(id.to_string());
         let path = note.clone();
-        let written = smol::unblock(move || {
+        let written = blocking::unblock(move || {
             std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
             std::fs::write(&path, pgid.to_string())
         })

@@ -117,9 +117,9 @@ use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
-use smol::{Executor, Task};
 
 use crate::connection::session::{PendingReply, RequestError, SendError, Session};
+use crate::spawn::{BoxTask, Spawn};
 use crate::time::human;
 use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
 use dial::Dialer;
@@ -197,6 +197,7 @@ async fn dial_session(dialer: &Dialer, session: &Session) -> Result<ClientConnec
 
 /// When and how often [`Client`] reconnects.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reconnect {
     /// Reconnect at all after a connection drops.
     pub enabled: bool,
@@ -235,6 +236,7 @@ impl Reconnect {
 
 /// What a [`Client`] (and [`run`]) does.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// The server: `HOST:PORT` (path `/server`) or a `ws://`/`wss://` URL
     /// (see [`Target::parse`]).
@@ -372,7 +374,10 @@ pub(crate) fn check_header(name: &str, value: &str) -> Result<(), Error> {
 pub struct Client {
     session: Session,
     addr: Option<SocketAddr>,
-    supervisor: Task<Result<(), Error>>,
+    /// The supervisor's verdict, sent once when it ends.
+    verdict: async_channel::Receiver<Result<(), Error>>,
+    /// Dropped (with the client) to cancel the supervisor task.
+    _cancel: async_channel::Sender<()>,
     /// Dropped to interrupt a reconnect wait when closing.
     stop: async_channel::Sender<()>,
     /// Reports closed once the supervisor has finished.
@@ -381,8 +386,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to `options.address`, then keeps the connection up from a
-    /// task spawned on `ex`. `handler` answers what the server pushes;
-    /// replies to this client's own requests never reach it.
+    /// task spawned on `spawner` (any [`Spawn`]: a smol `Executor` or
+    /// `LocalExecutor`, an `Arc` of one, `|task| { tokio::spawn(task); }`).
+    /// `handler` answers what the server pushes; replies to this client's
+    /// own requests never reach it. Dropping the client cancels that task.
     ///
     /// A server that cannot be reached yet (a device that boots before
     /// the network) is retried with the [`Reconnect`] backoff, up to its
@@ -390,10 +397,21 @@ impl Client {
     /// returned. A refusal that will stand ([`Error::is_transient`] is
     /// false: a 401, a bad certificate) is returned at once.
     pub async fn connect(
-        ex: &Executor<'_>,
+        spawner: &impl Spawn,
         options: ClientOptions,
         handler: impl Handler,
     ) -> Result<Client, Error> {
+        let (client, supervisor) = Client::start(options, handler).await?;
+        spawner.spawn(supervisor);
+        Ok(client)
+    }
+
+    /// [`connect`](Self::connect) up to the spawn: the client and its
+    /// supervisor task, one copy of this code whatever the spawner type.
+    async fn start(
+        options: ClientOptions,
+        handler: impl Handler,
+    ) -> Result<(Client, BoxTask), Error> {
         let config = &options.config;
         config.validate()?;
         let dialer = Dialer::new(&options, None)?;
@@ -423,13 +441,29 @@ impl Client {
             stopped,
             _finished: finished_tx,
         };
-        Ok(Client {
+        let (verdict_tx, verdict) = async_channel::bounded(1);
+        let (cancel, cancelled) = async_channel::bounded::<()>(1);
+        let task = Box::pin(async move {
+            // Either the supervisor's verdict, or nothing when the client
+            // was dropped (which drops the supervisor and its connection).
+            let run = async { Some(supervisor.run(first).await) };
+            let cancel = async {
+                let _ = cancelled.recv().await;
+                None
+            };
+            if let Some(result) = future::or(run, cancel).await {
+                let _ = verdict_tx.try_send(result);
+            }
+        });
+        let client = Client {
             session,
             addr,
-            supervisor: ex.spawn(supervisor.run(first)),
+            verdict,
+            _cancel: cancel,
             stop,
             finished,
-        })
+        };
+        Ok((client, task))
     }
 
     /// The server's address, as first connected (the proxy's, through one).
@@ -467,9 +501,14 @@ impl Client {
     /// Closes gracefully: queued messages are sent, then Close 1000. Returns
     /// the supervisor's verdict (an error if it had given up earlier).
     pub async fn close(self) -> Result<(), Error> {
-        self.session.close(CLOSE_NORMAL);
+        self.session.close(CLOSE_NORMAL, "");
         drop(self.stop);
-        let result = self.supervisor.await;
+        // `self._cancel` lives until the verdict is in: this is no cancel.
+        let result = match self.verdict.recv().await {
+            Ok(result) => result,
+            // The spawner dropped the task (its executor is gone).
+            Err(_) => Err(Error::ConnectionClosed("client task dropped".into())),
+        };
         self.session.shut();
         result
     }
@@ -588,6 +627,7 @@ async fn redial(
 
 /// Something [`run`] reports as it happens.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// Connected to this address.
     Connected(SocketAddr),
@@ -639,19 +679,19 @@ enum Wake {
 /// Runs the seed client: connect, then send a request every
 /// `options.interval` (or per stdin line) and report each reply, until
 /// `options.count` requests have ended or input ended. Commands pushed by
-/// the server are answered and reported. Tasks are spawned on `ex`.
+/// the server are answered and reported. Tasks are spawned on `spawner`.
 ///
 /// Returns an error when the server is unreachable, or when the connection
 /// drops and reconnecting is off or gives up.
 pub async fn run(
-    ex: &Executor<'_>,
+    spawner: &impl Spawn,
     options: &ClientOptions,
     report: impl FnMut(Event<'_>),
 ) -> Result<Summary, Error> {
     let (pushes_tx, pushes) = async_channel::bounded(PUSH_QUEUE);
     let handler = SeedHandler::forwarding(pushes_tx);
     run_with(
-        ex,
+        spawner,
         options,
         handler,
         pushes,
@@ -667,7 +707,7 @@ pub async fn run(
 /// runs until it stops. When `stop` completes, the client closes (Close
 /// 1000) and the summary so far is returned.
 pub(crate) async fn run_with(
-    ex: &Executor<'_>,
+    spawner: &impl Spawn,
     options: &ClientOptions,
     handler: impl Handler,
     pushes: async_channel::Receiver<Message>,
@@ -677,7 +717,7 @@ pub(crate) async fn run_with(
 ) -> Result<Summary, Error> {
     // Polled by every turn of the loop below, so pinned once here.
     let mut stop = std::pin::pin!(stop);
-    let client = Client::connect(ex, options.clone(), handler).await?;
+    let client = Client::connect(spawner, options.clone(), handler).await?;
     if let Some(addr) = client.addr() {
         report(Event::Connected(addr));
     }
@@ -745,11 +785,10 @@ pub(crate) async fn run_with(
                 };
                 report(Event::Sent(&Message::request(request.id(), command)));
                 let outcomes = outcomes_tx.clone();
-                ex.spawn(async move {
+                spawner.spawn(Box::pin(async move {
                     let id = request.id();
                     let _ = outcomes.send((id, request.wait().await)).await;
-                })
-                .detach();
+                }));
             }
             Wake::Send(None) => commands.finished = true,
             Wake::Stop => break,
@@ -767,7 +806,7 @@ pub(crate) async fn run_with(
 /// Where the next command comes from: the interval timer or stdin lines.
 struct Commands {
     timer: Option<Timer>,
-    lines: Option<futures_lite::io::Lines<BufReader<smol::Unblock<std::io::Stdin>>>>,
+    lines: Option<futures_lite::io::Lines<BufReader<blocking::Unblock<std::io::Stdin>>>>,
     finished: bool,
 }
 
@@ -777,7 +816,7 @@ impl Commands {
         let (timer, lines) = if !requests {
             (None, None)
         } else if options.stdin {
-            let stdin = BufReader::new(smol::Unblock::new(std::io::stdin()));
+            let stdin = BufReader::new(blocking::Unblock::new(std::io::stdin()));
             (None, Some(stdin.lines()))
         } else {
             (Some(Timer::interval(options.interval)), None)

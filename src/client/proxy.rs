@@ -25,6 +25,7 @@ const MAX_PROXY_HEAD_SIZE: usize = 8 * 1024;
 
 /// Which proxy the client goes through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Proxy {
     /// As the environment says (`https_proxy`, `http_proxy`, `no_proxy`);
     /// directly when it says nothing. The default.

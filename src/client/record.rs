@@ -173,7 +173,7 @@ impl Record {
             Some(_) => {
                 let record = Arc::clone(self);
                 let value = encode(b'S', &command, &Message::default());
-                smol::unblock(move || record.write(id, &value, &[], None)).await
+                blocking::unblock(move || record.write(id, &value, &[], None)).await
             }
             None => Ok(()),
         };
@@ -199,7 +199,7 @@ impl Record {
             let record = Arc::clone(self);
             let value = encode(b'R', &command, reply);
             let gone = evict.clone();
-            let write = smol::unblock(move || record.write(id, &value, &gone, floor)).await;
+            let write = blocking::unblock(move || record.write(id, &value, &gone, floor)).await;
             if let Err(e) = write {
                 // It ran; a restart will call it interrupted, never rerun it.
                 log::error!("requestID {id}: cannot record its reply: {e}");

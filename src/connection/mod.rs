@@ -86,6 +86,7 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// How a connection ended normally. Failures are [`Error`]s instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ended {
     /// The peer sent a Close frame (with its code and reason, if any).
     PeerClosed(Option<(u16, String)>),
@@ -198,7 +199,8 @@ struct LoopSettings {
 impl LoopSettings {
     fn new(config: &Config, role: Role) -> Self {
         LoopSettings {
-            heartbeat: config.heartbeat,
+            // Saturated, so that `Instant + heartbeat` cannot overflow.
+            heartbeat: crate::config::saturate(config.heartbeat),
             idle_timeout: config.idle_timeout(),
             write_timeout: config.write_timeout,
             role,
@@ -406,9 +408,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     Box::pin(self.send(&message)).await?;
                     self.peer.inner.session.mark_in_flight(message.request_id);
                 }
-                Event::Outbound(Some(Outgoing::Close(code))) => {
+                Event::Outbound(Some(Outgoing::Close(code, reason))) => {
                     // Every message queued before Peer::close has been sent.
-                    self.close(code, "", true).await;
+                    self.close(code, &reason, true).await;
                     return Ok(Ended::Closed(code));
                 }
                 Event::Outbound(None) => {

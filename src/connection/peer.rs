@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::session::{PendingReply, RequestError, SendError, Session};
+use super::Connection;
 use crate::server::metrics::Metrics;
 use crate::Message;
 
@@ -58,7 +59,10 @@ pub trait ReplyRoute: Send + Sync + 'static {
     fn take_reply(&self, peer: &Peer, reply: Message) -> Option<Message>;
 }
 
-/// Source of connection ids, unique within the process.
+/// Source of ids for connections outside a server (clients, a bare
+/// [`Connection::new`]); a server numbers its own from its [`Hub`].
+///
+/// [`Hub`]: crate::Hub
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Peer {
@@ -79,7 +83,10 @@ impl Peer {
         }
     }
 
-    /// Unique id of this connection within the process.
+    /// This connection's id: on a server, unique within that server (its
+    /// [`Hub`](crate::Hub) counts 1, 2, 3, ... whatever else the process
+    /// dials); elsewhere (a client's connections, a bare
+    /// [`Connection::new`]), unique among those, process-wide.
     pub fn id(&self) -> u64 {
         self.inner.id
     }
@@ -142,9 +149,12 @@ impl Peer {
     }
 
     /// Asks the connection to close with `code` (for example
-    /// [`CLOSE_NORMAL`](crate::CLOSE_NORMAL)) once the messages already queued are sent.
-    pub fn close(&self, code: u16) {
-        self.inner.session.close(code);
+    /// [`CLOSE_NORMAL`](crate::CLOSE_NORMAL)) and `reason` (sent in the
+    /// Close frame; may be empty; cut at
+    /// [`MAX_CLOSE_REASON`](crate::MAX_CLOSE_REASON) bytes) once the
+    /// messages already queued are sent.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.inner.session.close(code, reason);
     }
 
     /// Whether the connection has ended.
@@ -165,5 +175,17 @@ impl fmt::Debug for Peer {
             .field("addr", &self.inner.addr)
             .field("name", &self.name())
             .finish_non_exhaustive()
+    }
+}
+
+impl<S> Connection<S> {
+    /// Gives this connection the id `id` (a server's own numbering). Call
+    /// it before the [`Peer`] is cloned (no other handle may see the
+    /// change).
+    pub(crate) fn with_id(mut self, id: u64) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.peer.inner) {
+            inner.id = id;
+        }
+        self
     }
 }

@@ -30,6 +30,20 @@ use crate::{Message, Peer};
 /// Log lines about replies that match no outstanding request.
 static UNMATCHED: LogLimit = LogLimit::new();
 
+/// Longest Close reason, in bytes: a Close frame's payload is at most 125
+/// bytes (RFC 6455 §5.5), two of which are the code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason`, cut to at most [`MAX_CLOSE_REASON`] bytes at a character
+/// boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// One item in the outbound queue.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
@@ -40,12 +54,14 @@ pub(crate) enum Outgoing {
     Shared(Utf8Bytes),
     /// A request registered as outstanding; marked in flight once written.
     Request(Message),
-    /// Close the connection with this code once everything before it is sent.
-    Close(u16),
+    /// Close the connection with this code and reason once everything
+    /// before it is sent. (Boxed: no bigger than a message's strings.)
+    Close(u16, Box<str>),
 }
 
 /// Why a message could not be queued; the message comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The outbound queue holds [`Config::outbound_capacity`](crate::Config::outbound_capacity) messages.
     Full(Message),
@@ -65,10 +81,14 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {}
 
 /// Why a request got no reply.
+///
+/// The variants that mean "not sent" ([`Full`](Self::Full),
+/// [`Closed`](Self::Closed)) are named as [`SendError`]'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The outbound queue was full; the request was not sent.
-    QueueFull,
+    Full,
     /// The connection (or client) is closed for good; not sent.
     Closed,
     /// The request was sent, but the connection dropped before its reply
@@ -76,15 +96,19 @@ pub enum RequestError {
     ConnectionLost,
     /// No reply within the request timeout.
     Timeout,
+    /// [`Hub::request`](crate::Hub::request): no live connection has this
+    /// id (it never existed, or has ended); not sent.
+    UnknownPeer(u64),
 }
 
 impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RequestError::QueueFull => "outbound queue full",
+            RequestError::Full => "outbound queue full",
             RequestError::Closed => "connection closed",
             RequestError::ConnectionLost => "connection lost before the reply arrived",
             RequestError::Timeout => "no reply within the request timeout",
+            RequestError::UnknownPeer(id) => return write!(f, "no connection with id {id}"),
         })
     }
 }
@@ -215,7 +239,8 @@ impl Session {
             inner: Arc::new(SessionInner {
                 outbox: Outbox::default(),
                 capacity,
-                request_timeout,
+                // Saturated: each request's deadline is `now + this`.
+                request_timeout: crate::config::saturate(request_timeout),
                 next_id: AtomicI64::new(1),
                 pending_len: AtomicUsize::new(0),
                 pending: Mutex::new(HashMap::new()),
@@ -257,7 +282,7 @@ impl Session {
     pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
         let inner = &self.inner;
         if inner.outbox.len() >= inner.capacity {
-            return Err(RequestError::QueueFull);
+            return Err(RequestError::Full);
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = async_channel::bounded(1);
@@ -281,16 +306,18 @@ impl Session {
         let request = Outgoing::Request(Message::request(id, command));
         match inner.outbox.push(request, Some(inner.capacity)) {
             Ok(()) => Ok(handle),
-            Err((_, Refused::Full)) => Err(RequestError::QueueFull),
+            Err((_, Refused::Full)) => Err(RequestError::Full),
             Err((_, Refused::Closed)) => Err(RequestError::Closed),
         }
     }
 
-    /// Asks the connection to close with `code` once everything queued
-    /// before this call is sent. Ignores the capacity bound, so a full queue
-    /// cannot prevent a close.
-    pub fn close(&self, code: u16) {
-        let _ = self.inner.outbox.push(Outgoing::Close(code), None);
+    /// Asks the connection to close with `code` and `reason` once
+    /// everything queued before this call is sent. Ignores the capacity
+    /// bound, so a full queue cannot prevent a close. A reason over
+    /// [`MAX_CLOSE_REASON`] bytes is cut there (at a character boundary).
+    pub fn close(&self, code: u16, reason: &str) {
+        let reason = close_reason(reason).into();
+        let _ = self.inner.outbox.push(Outgoing::Close(code, reason), None);
     }
 
     /// Messages waiting in the queue.
@@ -460,5 +487,19 @@ impl fmt::Debug for PendingReply {
         f.debug_struct("PendingReply")
             .field("id", &self.id)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_close_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(close_reason("bye"), "bye");
+        let long = "é".repeat(100); // 200 bytes, 2 per character
+        let cut = close_reason(&long);
+        assert_eq!(cut.len(), MAX_CLOSE_REASON - 1);
+        assert!(long.starts_with(cut));
     }
 }

@@ -329,7 +329,10 @@ impl Forwarder {
                     old.id(),
                     peer.id()
                 );
-                old.close(CLOSE_REPLACED);
+                old.close(
+                    CLOSE_REPLACED,
+                    "replaced by a newer connection with this name",
+                );
             }
         }
         client.address = peer.addr();

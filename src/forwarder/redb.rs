@@ -69,7 +69,7 @@ impl RedbStore {
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
         let db = self.db.clone();
-        Box::pin(smol::unblock(move || work(&db)))
+        Box::pin(blocking::unblock(move || work(&db)))
     }
 }
 

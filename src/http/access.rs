@@ -43,6 +43,7 @@ pub const TOKEN_ENV: &str = "WSLOOP_TOKEN";
 
 /// The server's admission rules (see the module docs).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct AccessPolicy {
     /// Extra origins allowed besides the server's own (`scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
@@ -369,15 +370,10 @@ mod tests {
         );
         assert!(policy.check_origin(&evil, false).is_err());
 
-        let allowing = AccessPolicy {
-            allowed_origins: vec!["http://example:8080/".into()],
-            ..AccessPolicy::default()
-        };
+        let allowing =
+            AccessPolicy::default().with_allowed_origins(vec!["http://example:8080/".into()]);
         assert!(allowing.check_origin(&proxied, false).is_ok());
-        let any = AccessPolicy {
-            allow_any_origin: true,
-            ..AccessPolicy::default()
-        };
+        let any = AccessPolicy::default().with_allow_any_origin(true);
         assert!(any.check_origin(&evil, false).is_ok());
     }
 
@@ -405,10 +401,8 @@ mod tests {
 
     #[test]
     fn host_must_name_this_server() {
-        let policy = AccessPolicy {
-            allowed_hosts: vec!["Chat.Example".into(), "pinned.example:9000".into()],
-            ..AccessPolicy::default()
-        };
+        let policy = AccessPolicy::default()
+            .with_allowed_hosts(vec!["Chat.Example".into(), "pinned.example:9000".into()]);
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let host = |value: &str| upgrade(&[("Host", value)], "/");
         for ok in [
@@ -455,10 +449,7 @@ mod tests {
 
     #[test]
     fn token_from_header_or_query() {
-        let policy = AccessPolicy {
-            token: Some("s3cret".into()),
-            ..AccessPolicy::default()
-        };
+        let policy = AccessPolicy::default().with_token("s3cret");
         assert!(policy.check_token(&upgrade(&[("Authorization", "Bearer s3cret")], "/server")));
         assert!(policy.check_token(&upgrade(&[("Authorization", "bearer s3cret")], "/server")));
         assert!(policy.check_token(&upgrade(&[("Authorization", "BEARER  s3cret ")], "/server")));
@@ -474,11 +465,9 @@ mod tests {
 
     #[test]
     fn admission_counts_total_and_per_ip() {
-        let policy = AccessPolicy {
-            max_connections: 3,
-            max_connections_per_ip: 2,
-            ..AccessPolicy::default()
-        };
+        let policy = AccessPolicy::default()
+            .with_max_connections(3)
+            .with_max_connections_per_ip(2);
         let admission = Arc::new(Admission::default());
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();

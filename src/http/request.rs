@@ -112,6 +112,7 @@ fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
 
 /// Why a request (or response) head could not be read.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum HeadError {
     /// The head exceeded the size limit; the caller answers 431.
     TooLarge,

@@ -180,7 +180,7 @@ mod dir {
         // The file system is blocking: resolve and open on smol's blocking
         // pool, in one hop rather than one per system call.
         let (root, raw_path) = (root.to_path_buf(), path.to_string());
-        match smol::unblock(move || resolve(&root, &raw_path)).await {
+        match blocking::unblock(move || resolve(&root, &raw_path)).await {
             Resolved::File(file, len, content_type) => {
                 serve_file(file, len, content_type, w, head_only).await
             }
@@ -212,7 +212,7 @@ mod dir {
         write_head(w, 200, &headers, len).await?;
         if !head_only {
             // `take` keeps the body to the promised length if the file grows.
-            let file = smol::Unblock::with_capacity(FILE_PIPE_CAPACITY, file);
+            let file = blocking::Unblock::with_capacity(FILE_PIPE_CAPACITY, file);
             futures_lite::io::copy(file.take(len), &mut *w).await?;
         }
         w.flush().await?;

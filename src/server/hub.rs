@@ -31,6 +31,8 @@ pub struct Hub {
     /// The server's counters, for `/metrics` (request latency is counted
     /// here, where server-initiated requests start).
     pub(crate) metrics: Arc<Metrics>,
+    /// The last connection id given out (ids start at 1).
+    last_id: AtomicU64,
 }
 
 /// Totals over a hub's lifetime, for `/stats`.
@@ -48,6 +50,11 @@ impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
         Hub::default()
+    }
+
+    /// A fresh connection id for this server.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.last_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Number of live connections.
@@ -100,6 +107,8 @@ impl Hub {
 
     /// Sends `command` as a request to the connection `id` and waits for its
     /// reply (correlated by `requestID`, bounded by the request timeout).
+    /// An id that names no live connection (never did, or has ended) is
+    /// [`RequestError::UnknownPeer`].
     pub async fn request(&self, id: u64, command: &str) -> Result<Message, RequestError> {
         match self.get(id) {
             #[cfg(feature = "metrics")]
@@ -113,7 +122,7 @@ impl Hub {
             }
             #[cfg(not(feature = "metrics"))]
             Some(peer) => peer.request(command).await,
-            None => Err(RequestError::Closed),
+            None => Err(RequestError::UnknownPeer(id)),
         }
     }
 
@@ -130,7 +139,7 @@ impl Hub {
                 let pending = peer.start_request(command);
                 #[cfg(feature = "metrics")]
                 let pending = pending.map(|p| p.observed_by(self.metrics.clone()));
-                if let Err(RequestError::QueueFull) = pending {
+                if let Err(RequestError::Full) = pending {
                     close_slow(&peer);
                 }
                 (peer.id(), pending)
@@ -143,7 +152,7 @@ impl Hub {
     pub fn close_all(&self, code: u16) {
         self.closing.store(code, Ordering::SeqCst);
         for peer in self.peers() {
-            peer.close(code);
+            peer.close(code, "");
         }
     }
 
@@ -183,7 +192,7 @@ impl Hub {
         // A connection upgraded just as shutdown began is told too.
         match self.closing.load(Ordering::SeqCst) {
             0 => {}
-            code => peer.close(code),
+            code => peer.close(code, ""),
         }
     }
 
@@ -213,5 +222,5 @@ fn close_slow(peer: &Peer) {
         "client {} too slow (outbound queue full); closing",
         peer.id()
     );
-    peer.close(CLOSE_POLICY);
+    peer.close(CLOSE_POLICY, "");
 }

@@ -25,7 +25,7 @@ pub mod metrics;
 
 use std::future::Future;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,9 +35,8 @@ use async_channel::Sender;
 use async_io::{Async, Timer};
 use async_tungstenite::tungstenite::protocol::Role;
 use futures_lite::{future, AsyncWrite, AsyncWriteExt};
-use smol::Executor;
 
-use crate::config::{CLOSE_TIMEOUT, MAX_REQUEST_HEAD_SIZE};
+use crate::config::CLOSE_TIMEOUT;
 use crate::http::access::{AccessPolicy, Admission, Ticket};
 #[cfg(feature = "trusted-proxy")]
 use crate::http::forwarded::TrustedProxies;
@@ -48,6 +47,7 @@ use crate::http::{
 };
 use crate::log_safe::quote;
 use crate::server::metrics::Refusal;
+use crate::spawn::{SharedSpawn, Spawn};
 use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]
@@ -143,7 +143,7 @@ impl Server {
     /// [`with_static_files`](Self::with_static_files) says otherwise.
     pub async fn bind(address: &str, config: Config) -> Result<Server, Error> {
         config.validate()?;
-        let addr = resolve(address)?;
+        let addr = resolve(address).await?;
         let listener = Async::<TcpListener>::bind(addr)?;
         let local = listener.get_ref().local_addr()?;
         Ok(Server {
@@ -249,15 +249,32 @@ impl Server {
     }
 
     /// Accepts connections until `shutdown` completes, on a task of its
-    /// own on `ex`, spawning one more task per connection there. Then it
-    /// stops accepting, sends Close 1001 to every peer and waits up to
+    /// own on `spawner`, spawning one more task per connection there. Then
+    /// it stops accepting, sends Close 1001 to every peer and waits up to
     /// [`SHUTDOWN_GRACE`] for them to finish.
     ///
-    /// `ex` comes as an `Arc` so that the accept task can hold it; any
-    /// `Arc<Executor>`, with or without a `'static` lifetime, will do.
-    pub async fn run<'a, H: Handler>(
+    /// `spawner` is any [`Spawn`]: an `Arc<smol::Executor>` (the accept
+    /// task keeps a clone of it, hence `Clone` and `'static`), or a closure
+    /// such as `|task| { tokio::spawn(task); }`.
+    pub async fn run<S, H>(
         self,
-        ex: &Arc<Executor<'a>>,
+        spawner: &S,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error>
+    where
+        S: Spawn + Clone + Send + Sync + 'static,
+        H: Handler,
+    {
+        self.run_on(Arc::new(spawner.clone()), handler, shutdown)
+            .await
+    }
+
+    /// [`run`](Self::run) with the spawner shared: one copy of this code
+    /// whatever spawner type the callers use.
+    async fn run_on<H: Handler>(
+        self,
+        spawner: SharedSpawn,
         handler: H,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
@@ -266,19 +283,30 @@ impl Server {
         let (alive, all_done) = async_channel::bounded::<()>(1);
         log::info!("listening on {}", self.local_addr()?);
         let shared = self.shared.clone();
+        // The accept task runs until `stop` is dropped, then drops the
+        // listener and `accepted`, which `accepting` observes.
+        let (stop, stopping) = async_channel::bounded::<()>(1);
+        let (accepted, accepting) = async_channel::bounded::<()>(1);
         let acceptor = Acceptor {
             listener: self.listener,
             shared: self.shared,
             handler: Arc::new(handler),
             alive,
-            ex: ex.clone(),
+            spawner: spawner.clone(),
         };
-        let accepting = ex.spawn(acceptor.run());
+        spawner.spawn(Box::pin(async move {
+            future::or(acceptor.run(), async {
+                let _ = stopping.recv().await;
+            })
+            .await;
+            drop(accepted);
+        }));
         shutdown.await;
 
         // Stop accepting (the task owns the listener), then ask every live
         // connection to go away.
-        accepting.cancel().await;
+        drop(stop);
+        let _ = accepting.recv().await;
         let hub = &shared.hub;
         log::info!("shutting down: closing {} connection(s)", hub.len());
         hub.close_all(CLOSE_GOING_AWAY);
@@ -289,16 +317,16 @@ impl Server {
 
 /// The accept task: it alone owns the listening socket, and decides for
 /// each new connection whether it is admitted (see [`Shared::admit`]).
-struct Acceptor<'a, H> {
+struct Acceptor<H> {
     listener: Async<TcpListener>,
     shared: Arc<Shared>,
     handler: Arc<H>,
     /// Cloned into every connection task, for the shutdown wait.
     alive: Sender<()>,
-    ex: Arc<Executor<'a>>,
+    spawner: SharedSpawn,
 }
 
-impl<H: Handler> Acceptor<'_, H> {
+impl<H: Handler> Acceptor<H> {
     /// Accepts until cancelled.
     async fn run(self) {
         loop {
@@ -365,11 +393,11 @@ impl<H: Handler> Acceptor<'_, H> {
         #[cfg(feature = "tls")]
         if shared.tls.is_some() {
             let task = serve_tls(stream, addr, started, early, shared, handler, alive);
-            self.ex.spawn(task).detach();
+            self.spawner.spawn(Box::pin(task));
             return;
         }
         let task = serve(stream, addr, started, early, shared, handler, alive);
-        self.ex.spawn(task).detach();
+        self.spawner.spawn(Box::pin(task));
     }
 }
 
@@ -450,10 +478,11 @@ impl Shared {
 }
 
 /// Resolves `host:port` to the first address it names.
-fn resolve(address: &str) -> Result<SocketAddr, Error> {
-    address
-        .to_socket_addrs()
+async fn resolve(address: &str) -> Result<SocketAddr, Error> {
+    crate::resolve::resolve(address)
+        .await
         .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?
+        .into_iter()
         .next()
         .ok_or_else(|| Error::Config(format!("address {address:?} resolves to nothing")))
 }
@@ -508,7 +537,7 @@ async fn accept_tls(
             // connection and lose the answer.
             let _ = timeout(
                 budget,
-                read_request_head(&mut stream, MAX_REQUEST_HEAD_SIZE),
+                read_request_head(&mut stream, shared.config.max_request_head_size),
             )
             .await;
             let why = "plain HTTP on the TLS port; use https:// and wss:// here";
@@ -629,7 +658,8 @@ fn connected<S: Stream, H: Handler>(
 ) -> impl Future<Output = ()> + Send {
     let metrics = shared.hub.metrics.clone();
     metrics.upgraded();
-    let conn = conn.with_metrics(metrics);
+    // Ids count per server, not with the process's other connections.
+    let conn = conn.with_metrics(metrics).with_id(shared.hub.next_id());
     let id = conn.peer().id();
     shared.hub.insert(conn.peer().clone());
     match conn.peer().name() {
@@ -714,7 +744,11 @@ async fn handshake<S: Stream>(
     };
     #[cfg(not(feature = "tls"))]
     let tls = false;
-    let head = timeout(budget, read_request_head(stream, MAX_REQUEST_HEAD_SIZE)).await;
+    let head = timeout(
+        budget,
+        read_request_head(stream, shared.config.max_request_head_size),
+    )
+    .await;
     // Every response is written under the write timeout: a peer that stops
     // reading (a large static file, say) is dropped after it.
     let stream = &mut WriteTimeout::new(stream, shared.config.write_timeout);

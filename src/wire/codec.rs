@@ -10,7 +10,7 @@
 //! `--all-features` and `--features nanoserde` on top of the defaults
 //! (otherwise that command would silently keep serde_json). Both produce the
 //! same bytes on output and the same verdict, salvaged `requestID` and
-//! (nearly always the same) position on input; `tests/codec.rs` runs one
+//! (nearly always the same) position on input; `cli/tests/codec.rs` runs one
 //! suite under both, and with both features on the unit tests below also
 //! compare the two on random inputs.
 //!

@@ -36,7 +36,7 @@
 //! On acceptance it returns the raw JSON text of each known field, so the
 //! codec can hand nanoserde a canonical object of known fields only.
 //!
-//! `tests/codec.rs` runs the same table under both codecs, the codec's unit
+//! `cli/tests/codec.rs` runs the same table under both codecs, the codec's unit
 //! tests compare the two verdicts on random inputs when both features are on,
 //! and `fuzz/` compares them on arbitrary bytes.
 

@@ -96,7 +96,7 @@ fn the_client_calls_each_hook_once_per_connection_across_reconnects() {
                 .hub
                 .peers()
                 .iter()
-                .for_each(|p| p.close(CLOSE_GOING_AWAY));
+                .for_each(|p| p.close(CLOSE_GOING_AWAY, ""));
             match hooks.recv().await {
                 Ok(Hook::Disconnect(id, Ok(Ended::PeerClosed(Some((code, _)))))) => {
                     assert_eq!((id, code), (first, CLOSE_GOING_AWAY));

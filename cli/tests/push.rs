@@ -23,14 +23,11 @@ fn answer(_: &Peer, pushed: Message) -> Option<Message> {
 }
 
 fn fast_reconnect(address: SocketAddr) -> ClientOptions {
-    ClientOptions {
-        reconnect: Reconnect {
-            initial_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(200),
-            ..Reconnect::default()
-        },
-        ..ClientOptions::new(address.to_string())
-    }
+    ClientOptions::new(address.to_string()).with_reconnect(
+        Reconnect::default()
+            .with_initial_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(200)),
+    )
 }
 
 #[test]
@@ -157,11 +154,9 @@ fn the_hub_pushes_commands_and_awaits_each_clients_reply() {
 
 #[test]
 fn a_client_that_stops_reading_is_dropped_without_holding_back_a_broadcast() {
-    let config = Config {
-        outbound_capacity: 8,
-        write_timeout: Duration::from_secs(1),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_outbound_capacity(8)
+        .with_write_timeout(Duration::from_secs(1));
     let server = TestServer::start(config);
     // The stuck client completes the handshake and never reads again.
     let mut stuck = raw_upgrade(server.addr);

@@ -160,10 +160,7 @@ fn pong_flood_is_closed_with_policy() {
 
 #[test]
 fn too_many_fragments_are_closed_with_policy() {
-    let config = Config {
-        max_fragments: 100,
-        ..Config::default()
-    };
+    let config = Config::default().with_max_fragments(100);
     let server = TestServer::start(config);
     let mut stream = raw_upgrade(server.addr);
     let mut frames = OPEN_MESSAGE.to_vec();
@@ -176,11 +173,9 @@ fn too_many_fragments_are_closed_with_policy() {
 
 #[test]
 fn stalled_fragmented_message_is_closed_while_pings_are_answered() {
-    let config = Config {
-        heartbeat: Duration::from_secs(1),
-        message_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_heartbeat(Duration::from_secs(1))
+        .with_message_timeout(Duration::from_secs(3));
     let server = TestServer::start(config);
     let mut stream = raw_upgrade(server.addr);
     stream.write_all(&OPEN_MESSAGE).expect("open a message");
@@ -246,10 +241,7 @@ impl Handler for QuickOnLarge {
 #[test]
 fn large_pipelined_messages_do_not_starve_small_peers() {
     // Within every limit: the byte rate is what these peers are about.
-    let config = Config {
-        max_bytes_per_second: 0,
-        ..Config::default()
-    };
+    let config = Config::default().with_max_bytes_per_second(0);
     let server = TestServer::start_with(config, None, QuickOnLarge);
     let addr = server.addr;
     let frame = large_request(1, 1 << 20);

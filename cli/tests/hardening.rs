@@ -101,11 +101,9 @@ fn cross_site_origins_get_403_with_the_compared_values() {
     // Behind a proxy that rewrote Host to drop the port, --allow-origin helps.
     let allowing = start_with_access(
         Config::default(),
-        AccessPolicy {
-            allowed_origins: vec!["http://example:8080".into()],
-            allowed_hosts: vec!["example".into()],
-            ..AccessPolicy::default()
-        },
+        AccessPolicy::default()
+            .with_allowed_origins(vec!["http://example:8080".into()])
+            .with_allowed_hosts(vec!["example".into()]),
     );
     let proxied = upgrade_request(allowing.addr, "/server", "Origin: http://example:8080\r\n")
         .replace(&format!("Host: {}", allowing.addr), "Host: example");
@@ -115,10 +113,7 @@ fn cross_site_origins_get_403_with_the_compared_values() {
 
 #[test]
 fn a_token_is_required_when_configured() {
-    let access = AccessPolicy {
-        token: Some("correct horse".into()),
-        ..AccessPolicy::default()
-    };
+    let access = AccessPolicy::default().with_token("correct horse");
     let server = start_with_access(Config::default(), access);
     let addr = server.addr;
     let missing = exchange(addr, &upgrade_request(addr, "/server", ""));
@@ -142,15 +137,10 @@ fn a_token_is_required_when_configured() {
 
 #[test]
 fn our_client_sends_the_token_and_reports_a_refusal_with_its_reason() {
-    let access = AccessPolicy {
-        token: Some("correct horse".into()),
-        ..AccessPolicy::default()
-    };
+    let access = AccessPolicy::default().with_token("correct horse");
     let server = start_with_access(Config::default(), access);
-    let options = |token: &str| wsloop::client::ClientOptions {
-        token: Some(token.into()),
-        ..wsloop::client::ClientOptions::new(server.addr.to_string())
-    };
+    let options =
+        |token: &str| wsloop::client::ClientOptions::new(server.addr.to_string()).with_token(token);
     let ex = Executor::new();
     bounded(
         20,
@@ -188,10 +178,7 @@ fn our_client_sends_the_token_and_reports_a_refusal_with_its_reason() {
 
 #[test]
 fn connections_past_the_limit_get_503_before_the_upgrade() {
-    let access = AccessPolicy {
-        max_connections: 2,
-        ..AccessPolicy::default()
-    };
+    let access = AccessPolicy::default().with_max_connections(2);
     let server = start_with_access(Config::default(), access);
     let _first = raw_upgrade(server.addr);
     let _second = raw_upgrade(server.addr);
@@ -274,10 +261,7 @@ fn bad_frames_get_the_right_close_codes_and_others_are_unaffected() {
 
 #[test]
 fn a_flood_of_messages_or_pings_is_closed_with_1008() {
-    let config = Config {
-        max_messages_per_second: 200,
-        ..Config::default()
-    };
+    let config = Config::default().with_max_messages_per_second(200);
     let server = TestServer::start(config);
     let mut bystander = bounded(5, ws_connect(server.addr));
     for opcode in [1u8, 9] {
@@ -299,10 +283,7 @@ fn a_flood_of_messages_or_pings_is_closed_with_1008() {
 
 #[test]
 fn slowloris_is_dropped_after_the_handshake_timeout() {
-    let config = Config {
-        handshake_timeout: Duration::from_secs(2),
-        ..Config::default()
-    };
+    let config = Config::default().with_handshake_timeout(Duration::from_secs(2));
     let server = TestServer::start(config);
     let mut slow = TcpStream::connect(server.addr).expect("connect");
     slow.set_read_timeout(Some(Duration::from_millis(1)))

@@ -434,7 +434,11 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 address,
                 www,
                 config,
-                access: AccessPolicy { token, ..access },
+                access: {
+                    let mut access = access;
+                    access.token = token;
+                    access
+                },
                 console,
                 verbosity,
                 log_format,
@@ -444,12 +448,10 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
         Some("client") => {
             // A bad address is a usage error now, not a failed dial later.
             Target::parse(&address).map_err(|e| lexopt::Error::Custom(e.to_string().into()))?;
-            let mut options = ClientOptions {
-                address,
-                config,
-                token,
-                ..client
-            };
+            let mut options = client;
+            options.address = address;
+            options.config = config;
+            options.token = token;
             if let Some(id) = id {
                 options = options.with_id(&id).map_err(|e| format!("--id: {e}"))?;
             }

@@ -107,10 +107,7 @@ fn fifty_concurrent_clients_are_never_cross_wired() {
 
 #[test]
 fn heartbeat_keeps_an_idle_connection_alive() {
-    let config = Config {
-        heartbeat: Duration::from_secs(1),
-        ..Config::default()
-    };
+    let config = Config::default().with_heartbeat(Duration::from_secs(1));
     let server = TestServer::start(config);
     bounded(15, async {
         let mut ws = ws_connect(server.addr).await;
@@ -133,10 +130,7 @@ fn heartbeat_keeps_an_idle_connection_alive() {
 
 #[test]
 fn a_silent_peer_is_dropped_within_the_idle_timeout() {
-    let config = Config {
-        heartbeat: Duration::from_secs(1),
-        ..Config::default()
-    };
+    let config = Config::default().with_heartbeat(Duration::from_secs(1));
     let idle_timeout = config.idle_timeout();
     let server = TestServer::start(config);
     // A raw TCP peer completes the handshake, then never answers a ping.
@@ -203,10 +197,7 @@ fn malformed_messages_get_error_replies_and_the_connection_lives_on() {
 
 #[test]
 fn an_oversized_message_is_closed_with_1009_and_others_are_unaffected() {
-    let config = Config {
-        max_message_size: 1024,
-        ..Config::default()
-    };
+    let config = Config::default().with_max_message_size(1024);
     let server = TestServer::start(config);
     bounded(10, async {
         let mut bystander = ws_connect(server.addr).await;

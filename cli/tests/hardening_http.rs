@@ -161,10 +161,7 @@ fn slow_readers_of_a_big_file_hold_a_bounded_buffer() {
 #[test]
 fn a_reader_that_stops_is_dropped_after_the_write_timeout() {
     let www = www_with_big_file();
-    let config = wsloop::Config {
-        write_timeout: Duration::from_secs(1),
-        ..wsloop::Config::default()
-    };
+    let config = wsloop::Config::default().with_write_timeout(Duration::from_secs(1));
     let files = StaticFiles::from_dir(&www.0).expect("www dir");
     let server = common::TestServer::start_with(config, Some(files), common::seed);
     let mut stream = TcpStream::connect(server.addr).expect("tcp connect");

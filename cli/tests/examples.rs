@@ -48,12 +48,11 @@ fn binary(name: &str) -> PathBuf {
 
 fn build_examples() -> HashMap<String, PathBuf> {
     let mut cargo = Command::new(env!("CARGO"));
-    cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--quiet",
-        "--offline",
-        "--message-format=json",
-    ]);
+    // From the repository root: the examples are the library's (the package
+    // there), built with the features of this test run's workspace build.
+    cargo
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "--quiet", "--offline", "--message-format=json"]);
     for name in EXAMPLES {
         cargo.args(["--example", name]);
     }

@@ -61,6 +61,7 @@ fn verdict(result: &Result<(Request, Vec<u8>), HeadError>) -> String {
         Err(HeadError::Closed) => "Closed".into(),
         Err(HeadError::TooLarge) => "TooLarge".into(),
         Err(HeadError::Io(err)) => format!("Io({err})"),
+        Err(other) => format!("{other:?}"),
     }
 }
 
