@@ -581,13 +581,17 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 
 /// The Cargo features `wsloop --version` names when this build has them
 /// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 8] = [
+pub const FEATURES: [(&str, bool); 12] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
     ("static-files", cfg!(feature = "static-files")),
     ("signals", cfg!(feature = "signals")),
     ("json-logs", cfg!(feature = "json-logs")),
+    ("tls", cfg!(feature = "tls")),
+    ("proxy", cfg!(feature = "proxy")),
+    ("metrics", cfg!(feature = "metrics")),
+    ("trusted-proxy", cfg!(feature = "trusted-proxy")),
     ("forwarder", cfg!(feature = "forwarder")),
     ("exec", cfg!(feature = "exec")),
 ];

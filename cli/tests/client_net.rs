@@ -195,7 +195,7 @@ fn a_client_started_before_its_server_connects_once_it_is_up() {
     ];
     let mut client = client(&args, &[]);
     // The first dial has failed and the client is waiting, not gone.
-    client.wait_for_stderr_line(10, "`cannot reach`", |l| l.contains("cannot reach"));
+    client.wait_for_stderr(10, "`cannot reach`", |l| l.contains("cannot reach"));
     let _server = server_at(addr, &[]);
     let run = client.finish(10);
     assert_replies(&run, 1);

@@ -134,31 +134,6 @@ impl Proc {
         Proc::spawn_env(name, OsStr::new(BIN), &args, env, None)
     }
 
-    /// Reads stderr until a line satisfies `wanted`, within `secs` seconds.
-    pub fn wait_for_stderr_line(
-        &mut self,
-        secs: u64,
-        what: &str,
-        wanted: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.err_seen.push(line.clone());
-                    if wanted(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.fail(&format!("stderr ended before {what}"))
-                }
-                Err(RecvTimeoutError::Timeout) => self.fail(&format!("no {what} in time")),
-            }
-        }
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
