@@ -119,6 +119,8 @@ fn run_server(
             .with_static_files(files)
             .with_access(access);
         let server = deploy(server, deployment)?;
+        // Before the banner: from then on SIGTERM means a graceful stop.
+        let stop = shutdown_signal();
         #[cfg(feature = "forwarder")]
         let forwarder = forwarder::open(&deployment.forwarder).await?;
         #[cfg(feature = "forwarder")]
@@ -149,7 +151,7 @@ fn run_server(
         // main future, which the executor polls at every wake-up of its
         // thread, and each poll cost a `recvfrom` on the signal pipe that
         // found nothing (0.3–0.7 per round trip at 10,000 req/s).
-        let shutdown = ex.spawn(shutdown_signal());
+        let shutdown = ex.spawn(stop);
         // The seed's reply, for every request on every connection.
         server.run(&ex, SeedHandler::default(), shutdown).await
     })
@@ -365,20 +367,26 @@ fn usable_cpus() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled: a signal that
+/// arrives after the server said it is ready must stop it gracefully, not
+/// kill it (the default action) before its task has run.
 #[cfg(feature = "signals")]
-async fn shutdown_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use async_signal::{Signal, Signals};
     use futures_lite::StreamExt;
-    match Signals::new([Signal::Int, Signal::Term]) {
-        Ok(mut signals) => {
-            if let Some(Ok(signal)) = signals.next().await {
-                log::info!("received {signal:?}; shutting down");
+    let signals = Signals::new([Signal::Int, Signal::Term]);
+    async move {
+        match signals {
+            Ok(mut signals) => {
+                if let Some(Ok(signal)) = signals.next().await {
+                    log::info!("received {signal:?}; shutting down");
+                }
             }
-        }
-        Err(err) => {
-            log::warn!("cannot watch for signals ({err}); stop me with SIGKILL");
-            std::future::pending::<()>().await
+            Err(err) => {
+                log::warn!("cannot watch for signals ({err}); stop me with SIGKILL");
+                std::future::pending::<()>().await
+            }
         }
     }
 }
