@@ -89,6 +89,11 @@ fn the_client_calls_each_hook_once_per_connection_across_reconnects() {
             let Ok(Hook::Connect(first)) = hooks.recv().await else {
                 panic!("expected a connect first");
             };
+            // The client's hook can run before the server's task has
+            // registered the connection: wait for it, as push.rs does.
+            while server.hub.is_empty() {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
             // The server drops every connection: the client sees it end, then
             // connects again under a new connection id.
             // (Not `close_all`: that is shutdown, and refuses newcomers too.)
