@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::record::{Record, Status};
+use super::record::Record;
 use super::store::{NewCommand, Store, StoreError, StoreFuture};
 
 /// Final records kept per client; older ones are forgotten (their GET
@@ -77,17 +77,7 @@ impl Store for MemoryStore {
             .entry(new.client.clone())
             .or_insert(self.base);
         *counter += 1;
-        let record = Record {
-            request_id: *counter,
-            client: new.client.clone(),
-            command: new.command,
-            status: Status::Queued,
-            reply: None,
-            queued_at: new.now,
-            sent_at: None,
-            finished_at: None,
-            expires_at: new.expires_at,
-        };
+        let record = new.queued(*counter);
         let records = state.records.entry(new.client.clone()).or_default();
         records.insert(record.request_id, record.clone());
         state.clients.insert(new.client);

@@ -97,17 +97,7 @@ impl Store for RedbStore {
                 }
                 let mut counters = txn.open_table(COUNTERS).map_err(backend)?;
                 let last = counters.get(key).map_err(backend)?.map_or(0, |v| v.value());
-                let record = Record {
-                    request_id: last + 1,
-                    client: new.client.clone(),
-                    command: new.command,
-                    status: Status::Queued,
-                    reply: None,
-                    queued_at: new.now,
-                    sent_at: None,
-                    finished_at: None,
-                    expires_at: new.expires_at,
-                };
+                let record = new.queued(last + 1);
                 counters.insert(key, record.request_id).map_err(backend)?;
                 let mut records = txn.open_table(RECORDS).map_err(backend)?;
                 let bytes = encode(&record)?;

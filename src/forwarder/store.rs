@@ -59,6 +59,24 @@ pub struct NewCommand {
     pub max_queued: usize,
 }
 
+impl NewCommand {
+    /// Its record as first stored, under `request_id`: `queued`, nothing
+    /// sent or finished yet. Both stores start every record here.
+    pub fn queued(&self, request_id: i64) -> Record {
+        Record {
+            request_id,
+            client: self.client.clone(),
+            command: self.command.clone(),
+            status: super::record::Status::Queued,
+            reply: None,
+            queued_at: self.now,
+            sent_at: None,
+            finished_at: None,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// Where queued commands, their records, the id counters and the names of
 /// known clients live. See the module docs for the rules.
 pub trait Store: Send + Sync + 'static {
