@@ -85,6 +85,7 @@ SERVER OPTIONS:
     --state DIR            keep named clients' queued commands, their records
                            and requestID counters in DIR/wsloop.redb: an
                            acknowledged command survives kill -9 and restarts
+                           (the last 1000 final records per client are kept)
                            [default: in memory, kept across reconnects only]
     --tokens FILE          per-client tokens, one `NAME TOKEN` a line (#
                            comments): /server?client=NAME must present NAME's

@@ -16,8 +16,10 @@ use std::sync::{Mutex, MutexGuard};
 use super::record::Record;
 use super::store::{NewCommand, Store, StoreError, StoreFuture};
 
-/// Final records kept per client; older ones are forgotten (their GET
-/// answers 404). Pending ones are bounded by `--max-queued` instead.
+/// Final records kept per client, by this store and by
+/// [`RedbStore`](super::RedbStore) alike; older ones are forgotten (their
+/// GET answers 404), so neither grows without bound on a long-lived
+/// server. Pending ones are bounded by `--max-queued` instead.
 pub const KEEP_FINAL: usize = 1_000;
 
 /// requestIDs a store may hand out per millisecond of its life before its
