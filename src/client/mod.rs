@@ -418,7 +418,11 @@ impl Client {
         let session = Session::new(config.outbound_capacity, config.request_timeout);
         let (stop, stopped) = async_channel::bounded(1);
         let first = match dial_session(&dialer, &session).await {
-            Ok(conn) => conn,
+            // Said here only: `redial` says it for a connection it makes.
+            Ok(conn) => {
+                log::info!("connected to {}", dialer.target.url());
+                conn
+            }
             Err(err) if !err.is_transient() || !options.reconnect.enabled => return Err(err),
             Err(err) => {
                 log::warn!("cannot reach {} yet: {err}", dialer.target.url());
@@ -431,7 +435,6 @@ impl Client {
             }
         };
         let addr = first.peer().addr();
-        log::info!("connected to {}", dialer.target.url());
         let (finished_tx, finished) = async_channel::bounded(1);
         let supervisor = Supervisor {
             options,
