@@ -13,6 +13,13 @@
 // without certutil, the leaf's key pinned with Chromium's
 // --ignore-certificate-errors-spki-list), and the page opened at
 // https://127.0.0.1:PORT/ must connect over wss:// and round-trip a command.
+// Last, the Devices panel against a server with --operator-token-file and
+// --tokens and a real named device (`wsloop client --id`): it says so
+// without the operator token and with a wrong one; given the right one it
+// lists the device, sends it a command whose text is HTML (shown as text,
+// never made into elements) and shows the reply; the list follows the
+// device going offline, and a command queued meanwhile shows `queued`,
+// then `replied` once the device is back.
 // A screenshot goes to target/console.png. Prints `N passed, M failed` last.
 
 import { execFileSync, spawn } from "node:child_process";
@@ -38,6 +45,8 @@ let context = null;
 let profile = null;
 /** The TLS case's files: CA, leaf, NSS database (removed at exit). */
 let certDir = null;
+/** The Devices case's token files (removed at exit). */
+let opsDir = null;
 
 function elapsed() {
   return ((Date.now() - started) / 1000).toFixed(1) + "s";
@@ -138,6 +147,24 @@ async function cleanup() {
   if (context) await context.close().catch(() => {});
   if (profile) rmSync(profile, { recursive: true, force: true });
   if (certDir) rmSync(certDir, { recursive: true, force: true });
+  if (opsDir) rmSync(opsDir, { recursive: true, force: true });
+}
+
+/** Starts `wsloop client --id NAME --token-file FILE` against `port` (it
+ * answers pushed commands as the article's client does); killed at exit
+ * like the servers. */
+function startDevice(port, name, tokenFile) {
+  const child = spawn(BIN, ["client", "--address", `127.0.0.1:${port}`, "--id", name, "--token-file", tokenFile,
+    "--reconnect-delay", "100ms"], { stdio: ["ignore", "ignore", "pipe"] });
+  const device = { child, port, stdout: [], stderr: "", exited: false };
+  servers.add(device);
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (chunk) => (device.stderr += chunk));
+  child.on("exit", () => {
+    device.exited = true;
+    servers.delete(device);
+  });
+  return device;
 }
 
 /** A test CA and a leaf for 127.0.0.1/localhost signed by it (ECDSA P-256,
@@ -411,6 +438,73 @@ async function main() {
     }
   });
 
+  await check("Devices panel: refuses without/with a wrong operator token, lists a named device, commands it", async () => {
+    opsDir = mkdtempSync(join(tmpdir(), "wsloop-browser-ops-"));
+    const opToken = "op-browser-s3cret";
+    const files = { operator: opToken, tokens: "pump-1 pump-1-secret\n", device: "pump-1-secret" };
+    for (const [name, text] of Object.entries(files)) writeFileSync(join(opsDir, name), text);
+    const oport = await freePort();
+    await startServer(oport, {}, ["--operator-token-file", join(opsDir, "operator"), "--tokens", join(opsDir, "tokens")]);
+    let device = startDevice(oport, "pump-1", join(opsDir, "device"));
+    const opage = await context.newPage();
+    opage.setDefaultTimeout(WAIT_MS);
+    opage.on("pageerror", (err) => pageErrors.push(String(err)));
+    await opage.goto(`http://127.0.0.1:${oport}/`, { timeout: WAIT_MS });
+    const say = () => opage.textContent("#opstate");
+    const devices = opage.locator("#devices li");
+    await until("the page to say it has no operator token", async () => (await say()).includes("no operator token"));
+    if (await devices.count()) throw new Error("devices listed without a token");
+    const useToken = async (token) => {
+      await opage.fill("#optoken", token);
+      await opage.click("#opform button");
+    };
+    await useToken("not-the-token");
+    await until("the page to say the token is wrong", async () => /403.*wrong operator token/.test(await say()));
+    const wrong = await say();
+    if (await devices.count()) throw new Error("devices listed with a wrong token");
+
+    await useToken(opToken);
+    const item = opage.locator('#devices li[data-name="pump-1"]');
+    await until("pump-1 listed online", async () => (await item.count()) === 1 && (await item.getAttribute("class")) === "on");
+    // The token is kept in this tab only: sessionStorage, not localStorage or a cookie.
+    const kept = await opage.evaluate(() => [sessionStorage.getItem("wsloop-operator"), localStorage.length, document.cookie]);
+    if (kept[0] !== opToken || kept[1] !== 0 || kept[2] !== "") throw new Error(`token kept as ${JSON.stringify(kept)}`);
+
+    // A command whose text is markup; the device echoes it in its reply.
+    const cmd = `<img src=x onerror="window.pwned=1"><b>Eject</b> & "dog"`;
+    const sendTo = async (text) => {
+      await opage.selectOption("#dev", "pump-1");
+      await opage.fill("#devcmd", text);
+      await opage.click("#devsend");
+      return opage.locator("#devlog li").first();
+    };
+    const row = await sendTo(cmd);
+    await until("the command's record to end replied", async () => (await row.getAttribute("data-status")) === "replied");
+    const reply = await row.locator(".msg").textContent();
+    const want = `Command '${cmd}' processed successfully.`;
+    if (reply !== want) throw new Error(`reply shows ${JSON.stringify(reply)}, want ${JSON.stringify(want)}`);
+    if ((await row.locator(".cmd").textContent()) !== cmd) throw new Error("the command is not shown as sent");
+    if (await opage.locator("#ops img, #ops b").count()) throw new Error("peer text became elements");
+    if (await opage.evaluate(() => window.pwned)) throw new Error("peer text ran as script");
+    const id = await row.getAttribute("data-request-id");
+    // Long peer text wraps inside the panel: the page does not grow sideways.
+    const widths = await opage.evaluate(() => [document.documentElement.scrollWidth, innerWidth]);
+    if (widths[0] > widths[1]) throw new Error(`the page is ${widths[0]} px wide in a ${widths[1]} px window`);
+
+    // The device goes away: the list follows; a command waits as queued,
+    // and ends replied once the device is back.
+    await kill(device);
+    await until("pump-1 listed offline", async () => (await item.getAttribute("class")) === "off");
+    const later = await sendTo("while away");
+    await until("the command to show queued", async () => (await later.getAttribute("data-status")) === "queued");
+    device = startDevice(oport, "pump-1", join(opsDir, "device"));
+    await until("the queued command to end replied", async () => (await later.getAttribute("data-status")) === "replied", 20_000);
+    await until("pump-1 listed online again", async () => (await item.getAttribute("class")) === "on");
+    await opage.screenshot({ path: join(ROOT, "target/console-devices.png"), timeout: WAIT_MS });
+    await opage.close();
+    return `${wrong}; #${id} replied: ${reply.slice(0, 40)}…; offline, queued, then replied`;
+  });
+
   await check("no uncaught errors in the page", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("; "));
   });
@@ -425,6 +519,7 @@ process.on("exit", () => {
   }
   if (profile) rmSync(profile, { recursive: true, force: true });
   if (certDir) rmSync(certDir, { recursive: true, force: true });
+  if (opsDir) rmSync(opsDir, { recursive: true, force: true });
 });
 process.stdout.on("error", () => {}); // e.g. piped into `head`
 
