@@ -201,7 +201,10 @@ fn a_client_started_before_its_server_connects_once_it_is_up() {
     assert_replies(&run, 1);
     // One connection, logged once (the retry's success used to be logged
     // a second time by the start-up path).
-    let logged = run.stderr.iter().filter(|l| l.contains("connected to ws://"));
+    let logged = run
+        .stderr
+        .iter()
+        .filter(|l| l.contains("connected to ws://"));
     assert_eq!(logged.count(), 1, "{run:#?}");
 }
 
