@@ -282,8 +282,11 @@ fn run_client(options: &ClientOptions, verbosity: Verbosity) -> Result<(), Clien
     // One thread: replies are then reported in the order they arrive.
     let ex = Executor::new();
     let mut report = reporter(options, verbosity);
-    let summary = smol::block_on(ex.run(client::run(&ex, options, &mut report)));
-    judge(summary)
+    let mut summary = None;
+    run_on(&ex, async {
+        summary = Some(client::run(&ex, options, &mut report).await);
+    });
+    judge(completed(summary))
 }
 
 /// Runs the device (`--exec`) until the client stops or SIGINT/SIGTERM,
@@ -297,9 +300,11 @@ fn run_device(
     let ex = Executor::new();
     let mut report = reporter(options, verbosity);
     let stop = shutdown_signal();
-    let summary =
-        smol::block_on(ex.run(client::run_device(&ex, options, device, stop, &mut report)));
-    judge(summary)
+    let mut summary = None;
+    run_on(&ex, async {
+        summary = Some(client::run_device(&ex, options, device, stop, &mut report).await);
+    });
+    judge(completed(summary))
 }
 
 /// How the client prints what happens (stdout, one line each).
@@ -346,12 +351,35 @@ fn with_threads<T: Send>(
     thread::scope(|scope| {
         for _ in 0..extra {
             let stopped = stopped.clone();
-            scope.spawn(move || smol::block_on(ex.run(stopped.recv())));
+            scope.spawn(move || {
+                run_on(ex, async move {
+                    let _ = stopped.recv().await;
+                })
+            });
         }
-        let result = smol::block_on(ex.run(main));
+        let mut result = None;
+        run_on(ex, async {
+            result = Some(main.await);
+        });
         drop(stop);
-        result
+        completed(result)
     })
+}
+
+/// Runs `fut` to completion on this thread, running `ex`'s tasks
+/// meanwhile. Every caller shares this one copy of smol's `block_on` loop
+/// and the executor's run loop (each future type would otherwise get its
+/// own); results come back through what `fut` captures.
+#[inline(never)]
+fn run_on<'a>(ex: &Executor<'_>, fut: impl std::future::Future<Output = ()> + 'a) {
+    let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> = Box::pin(fut);
+    smol::block_on(ex.run(fut))
+}
+
+/// What a future given to [`run_on`] stored: always there, since `run_on`
+/// returns only once that future has completed.
+fn completed<T>(result: Option<T>) -> T {
+    result.expect("run_on returns only once its future has completed")
 }
 
 /// The CPUs this process may run on: its affinity mask, as `nproc` counts

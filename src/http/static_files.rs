@@ -63,29 +63,27 @@ impl StaticFiles {
     pub async fn serve<W: AsyncWrite + Unpin>(&self, req: &Request, w: &mut W) -> io::Result<u16> {
         let head_only = req.method.eq_ignore_ascii_case("HEAD");
         let path = req.path();
-        // Only origin-form targets name a file; `*` and absolute URLs do not.
-        if !path.starts_with('/') {
-            send_error(w, 400, "bad request target", head_only).await?;
-            return Ok(400);
-        }
-        #[cfg(feature = "static-files")]
-        if let Some(root) = &self.root {
-            return dir::serve(root, path, w, head_only).await;
-        }
-        serve_builtin(path, w, head_only).await
+        // Only origin-form targets name a file; `*` and absolute URLs do
+        // not. (Both errors share one `send_error` below: one await point.)
+        let (status, why) = if path.starts_with('/') {
+            #[cfg(feature = "static-files")]
+            if let Some(root) = &self.root {
+                return dir::serve(root, path, w, head_only).await;
+            }
+            if path == "/" || path == "/index.html" {
+                return serve_builtin(w, head_only).await;
+            }
+            (404, reason_phrase(404))
+        } else {
+            (400, "bad request target")
+        };
+        send_error(w, status, why, head_only).await?;
+        Ok(status)
     }
 }
 
-/// Answers a request when only the built-in page is served.
-async fn serve_builtin<W: AsyncWrite + Unpin>(
-    path: &str,
-    w: &mut W,
-    head_only: bool,
-) -> io::Result<u16> {
-    if path != "/" && path != "/index.html" {
-        send_error(w, 404, reason_phrase(404), head_only).await?;
-        return Ok(404);
-    }
+/// Answers a request for the built-in page (when no directory is served).
+async fn serve_builtin<W: AsyncWrite + Unpin>(w: &mut W, head_only: bool) -> io::Result<u16> {
     let headers = [
         ("Content-Type", "text/html; charset=utf-8"),
         ("X-Content-Type-Options", "nosniff"),

@@ -23,6 +23,7 @@ pub(crate) mod fd_limit;
 pub(crate) mod hub;
 pub mod metrics;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -752,98 +753,119 @@ async fn handshake<S: Stream>(
     // Every response is written under the write timeout: a peer that stops
     // reading (a large static file, say) is dropped after it.
     let stream = &mut WriteTimeout::new(stream, shared.config.write_timeout);
-    #[cfg(feature = "tls")]
-    if tls_on_plain {
-        metrics.refused(Refusal::BadRequest);
-        return refuse(stream, addr, 400, TLS_ON_PLAIN_PORT).await;
-    }
-    let (request, leftover) = match head {
-        Some(Ok(parsed)) => parsed,
-        Some(Err(HeadError::TooLarge)) => {
+    // The connection's slot, once taken here; held until the refusal is
+    // written (as `early`, not yet moved, is), so that peers being refused
+    // still count against the limits.
+    let mut held: Option<Ticket> = None;
+    // Every refusal leaves this block with who is refused, the status and
+    // why, for the one `refuse` below: one await point for all of them
+    // rather than one each in this state machine.
+    let (peer, status, why): (SocketAddr, u16, Cow<'static, str>) = 'refused: {
+        #[cfg(feature = "tls")]
+        if tls_on_plain {
             metrics.refused(Refusal::BadRequest);
-            return refuse(stream, addr, 431, "request head too large").await;
+            break 'refused (addr, 400, Cow::Borrowed(TLS_ON_PLAIN_PORT));
         }
-        Some(Err(HeadError::Malformed(why))) => {
-            metrics.refused(Refusal::BadRequest);
-            return refuse(stream, addr, 400, &format!("bad request: {why}")).await;
-        }
-        Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
-        None => {
-            metrics.refused(Refusal::BadRequest);
-            return refuse(stream, addr, 408, "request timeout").await;
-        }
-    };
+        let (request, leftover) = match head {
+            Some(Ok(parsed)) => parsed,
+            Some(Err(HeadError::TooLarge)) => {
+                metrics.refused(Refusal::BadRequest);
+                break 'refused (addr, 431, Cow::Borrowed("request head too large"));
+            }
+            Some(Err(HeadError::Malformed(why))) => {
+                metrics.refused(Refusal::BadRequest);
+                break 'refused (addr, 400, Cow::Owned(format!("bad request: {why}")));
+            }
+            Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
+            None => {
+                metrics.refused(Refusal::BadRequest);
+                break 'refused (addr, 408, Cow::Borrowed("request timeout"));
+            }
+        };
 
-    let client = client_addr(addr, &request, shared);
-    // A trusted proxy's connection takes its slot by the forwarded address.
-    let ticket = match early.map_or_else(|| shared.admission.admit(client.ip(), &shared.access), Ok)
-    {
-        Ok(ticket) => ticket,
-        Err(why) => {
-            metrics.refused(Refusal::Limit);
-            return refuse(stream, client, 503, why).await;
+        let client = client_addr(addr, &request, shared);
+        // A trusted proxy's connection takes its slot by the forwarded address.
+        let ticket =
+            match early.map_or_else(|| shared.admission.admit(client.ip(), &shared.access), Ok) {
+                Ok(ticket) => ticket,
+                Err(why) => {
+                    metrics.refused(Refusal::Limit);
+                    break 'refused (client, 503, Cow::Borrowed(why));
+                }
+            };
+        held = Some(ticket);
+        if let Err(why) = shared.access.check_host(&request, shared.local) {
+            // The Host itself is not logged: it is the peer's string.
+            metrics.refused(Refusal::BadRequest);
+            break 'refused (client, 421, Cow::Owned(why));
         }
-    };
-    if let Err(why) = shared.access.check_host(&request, shared.local) {
-        // The Host itself is not logged: it is the peer's string.
-        metrics.refused(Refusal::BadRequest);
-        return refuse(stream, client, 421, &why).await;
-    }
-    // The operator API, when a forwarder runs (else `/api/` is just a path).
-    #[cfg(feature = "forwarder")]
-    if let Some(forwarder) = &shared.forwarder {
-        if crate::forwarder::api::is_api(request.path()) {
-            let budget = shared.config.handshake_timeout;
-            crate::forwarder::api::serve(stream, client, &request, leftover, forwarder, budget)
-                .await;
-            return None;
-        }
-    }
-    if request.wants_upgrade() {
-        let upgraded = upgrade(stream, client, &request, shared, tls).await;
-        return upgraded.map(|name| (leftover, client, ticket, name));
-    }
-    let answer = match request.method.as_str() {
-        _ if shared.is_endpoint(request.path()) => {
-            refuse(stream, client, 426, "this endpoint speaks WebSocket only").await
-        }
-        "GET" | "HEAD" if request.path() == STATS_PATH => {
-            if !shared.access.check_token(&request) {
-                return unauthorized(stream, client).await;
+        // The operator API, when a forwarder runs (else `/api/` is just a path).
+        #[cfg(feature = "forwarder")]
+        if let Some(forwarder) = &shared.forwarder {
+            if crate::forwarder::api::is_api(request.path()) {
+                let budget = shared.config.handshake_timeout;
+                crate::forwarder::api::serve(stream, client, &request, leftover, forwarder, budget)
+                    .await;
+                return None;
             }
-            let body = shared.stats_json();
-            let headers = [
-                ("Content-Type", "application/json"),
-                ("Cache-Control", "no-store"),
-            ];
-            let head_only = request.method == "HEAD";
-            answer(stream, 200, &headers, body.as_bytes(), head_only).await;
-            None
         }
-        #[cfg(feature = "metrics")]
-        "GET" | "HEAD" if request.path() == METRICS_PATH => {
-            serve_metrics(stream, client, &request, shared).await;
-            None
+        if request.wants_upgrade() {
+            let upgraded = upgrade(stream, client, &request, shared, tls).await;
+            let ticket = held.take()?;
+            return upgraded.map(|name| (leftover, client, ticket, name));
         }
-        "GET" | "HEAD" => {
-            match shared.files.serve(&request, stream).await {
-                // The path only: a query string might carry a token.
-                Ok(status) => log::debug!(
-                    "{client}: {} {:?} {status}",
-                    request.method,
-                    crate::log_safe::quote(request.path())
-                ),
-                Err(err) => log::debug!(
-                    "{client}: {:?} failed: {err}",
-                    crate::log_safe::quote(request.path())
-                ),
+        match request.method.as_str() {
+            _ if shared.is_endpoint(request.path()) => {
+                break 'refused (
+                    client,
+                    426,
+                    Cow::Borrowed("this endpoint speaks WebSocket only"),
+                );
             }
-            let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
-            None
+            "GET" | "HEAD" if request.path() == STATS_PATH => {
+                if !shared.access.check_token(&request) {
+                    return unauthorized(stream, client).await;
+                }
+                let body = shared.stats_json();
+                let headers = [
+                    ("Content-Type", "application/json"),
+                    ("Cache-Control", "no-store"),
+                ];
+                let head_only = request.method == "HEAD";
+                answer(stream, 200, &headers, body.as_bytes(), head_only).await;
+            }
+            #[cfg(feature = "metrics")]
+            "GET" | "HEAD" if request.path() == METRICS_PATH => {
+                serve_metrics(stream, client, &request, shared).await;
+            }
+            "GET" | "HEAD" => {
+                match shared.files.serve(&request, stream).await {
+                    // The path only: a query string might carry a token.
+                    Ok(status) => log::debug!(
+                        "{client}: {} {:?} {status}",
+                        request.method,
+                        crate::log_safe::quote(request.path())
+                    ),
+                    Err(err) => log::debug!(
+                        "{client}: {:?} failed: {err}",
+                        crate::log_safe::quote(request.path())
+                    ),
+                }
+                let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
+            }
+            _ => {
+                break 'refused (
+                    client,
+                    405,
+                    Cow::Borrowed("only GET and HEAD are supported"),
+                )
+            }
         }
-        _ => refuse(stream, client, 405, "only GET and HEAD are supported").await,
+        return None;
     };
-    answer
+    let refused = refuse(stream, peer, status, &why).await;
+    drop(held);
+    refused
 }
 
 /// `GET /metrics`: the Prometheus text, behind the token unless public.
@@ -897,52 +919,54 @@ async fn upgrade<W: AsyncWrite + Unpin>(
     tls: bool,
 ) -> Option<Option<Box<str>>> {
     let metrics = &shared.hub.metrics;
-    if !shared.is_endpoint(request.path()) {
-        metrics.refused(Refusal::BadRequest);
-        return refuse(
-            stream,
-            client,
-            404,
-            "no WebSocket endpoint here; use /server",
-        )
-        .await;
-    }
-    let key = match handshake::check_request(request) {
-        Ok(key) => key,
-        Err((status, why)) => {
+    // Every refusal but the 401 leaves this block with its status and why,
+    // for the one `refuse` below (one await point for all).
+    let (status, why): (u16, Cow<'static, str>) = 'refused: {
+        if !shared.is_endpoint(request.path()) {
             metrics.refused(Refusal::BadRequest);
-            return refuse(stream, client, status, why).await;
+            break 'refused (
+                404,
+                Cow::Borrowed("no WebSocket endpoint here; use /server"),
+            );
         }
-    };
-    if let Err(why) = shared.access.check_origin(request, tls) {
-        metrics.refused(Refusal::Origin);
-        return refuse(stream, client, 403, &why).await;
-    }
-    let name = match shared.client_name(request) {
-        Ok(name) => name,
-        Err((status, why)) => {
-            let refusal = if status == 400 {
-                Refusal::BadRequest
-            } else {
-                Refusal::Token
-            };
-            metrics.refused(refusal);
-            return refuse(stream, client, status, &why).await;
+        let key = match handshake::check_request(request) {
+            Ok(key) => key,
+            Err((status, why)) => {
+                metrics.refused(Refusal::BadRequest);
+                break 'refused (status, Cow::Borrowed(why));
+            }
+        };
+        if let Err(why) = shared.access.check_origin(request, tls) {
+            metrics.refused(Refusal::Origin);
+            break 'refused (403, Cow::Owned(why));
         }
+        let name = match shared.client_name(request) {
+            Ok(name) => name,
+            Err((status, why)) => {
+                let refusal = if status == 400 {
+                    Refusal::BadRequest
+                } else {
+                    Refusal::Token
+                };
+                metrics.refused(refusal);
+                break 'refused (status, Cow::Owned(why));
+            }
+        };
+        if shared.needs_shared_token(name.is_some()) && !shared.access.check_token(request) {
+            metrics.refused(Refusal::Token);
+            return unauthorized(stream, client).await;
+        }
+        let response = handshake::switching_protocols(key);
+        let written = async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.flush().await
+        };
+        return match timeout(CLOSE_TIMEOUT, written).await {
+            Some(Ok(())) => Some(name),
+            _ => None,
+        };
     };
-    if shared.needs_shared_token(name.is_some()) && !shared.access.check_token(request) {
-        metrics.refused(Refusal::Token);
-        return unauthorized(stream, client).await;
-    }
-    let response = handshake::switching_protocols(key);
-    let written = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.flush().await
-    };
-    match timeout(CLOSE_TIMEOUT, written).await {
-        Some(Ok(())) => Some(name),
-        _ => None,
-    }
+    refuse(stream, client, status, &why).await
 }
 
 /// Answers with an error status and a one-line reason (logged once,
