@@ -85,7 +85,7 @@ impl Stream for Tcp {
 }
 
 #[cfg(feature = "tls")]
-impl Stream for crate::tls::stream::TlsStream<Tcp> {
+impl Stream for Box<crate::tls::stream::TlsStream<Tcp>> {
     fn plain_tcp(&self) -> Option<&Tcp> {
         None
     }
@@ -524,7 +524,7 @@ async fn accept_tls(
     mut stream: Tcp,
     addr: SocketAddr,
     shared: &Shared,
-) -> Option<crate::tls::stream::TlsStream<Tcp>> {
+) -> Option<Box<crate::tls::stream::TlsStream<Tcp>>> {
     let tls = shared.tls.as_ref()?;
     let budget = shared.config.handshake_timeout;
     let started = Instant::now();

