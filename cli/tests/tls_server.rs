@@ -109,6 +109,26 @@ fn wss_round_trip_and_https_pages() {
     stop(server);
 }
 
+/// Messages that span many TLS records, and many records in one read:
+/// the server's own TLS stream (src/tls/stream.rs) keeps partial records
+/// and decrypted bytes that do not fit the reader's buffer.
+#[test]
+fn large_and_pipelined_messages_over_wss() {
+    if !have_python_websockets() {
+        return;
+    }
+    let pki = TestPki::new("tls-bulk");
+    let (server, addr) = start_tls_server(&pki.cert, &pki.key, &[]);
+    let run = python("bulk", &format!("wss://{addr}/server"), &pki.ca);
+    assert!(run.status.success(), "{run:#?}");
+    // The seed reply quotes the command: 200,000 bytes of it and the rest.
+    let expected = "Command '' processed successfully.".len() + 200_000;
+    assert_eq!(run.stdout[0], "cn leaf", "{run:#?}");
+    assert_eq!(run.stdout[1], format!("big 1 {expected}"), "{run:#?}");
+    assert_eq!(run.stdout[2], "in order", "{run:#?}");
+    stop(server);
+}
+
 #[test]
 fn plain_http_on_the_tls_port_gets_a_400_and_one_log_line() {
     let pki = TestPki::new("tls-plain");

@@ -86,7 +86,7 @@ impl Stream for Tcp {
 }
 
 #[cfg(feature = "tls")]
-impl Stream for futures_rustls::server::TlsStream<Tcp> {
+impl Stream for Box<crate::tls::stream::TlsStream<Tcp>> {
     fn plain_tcp(&self) -> Option<&Tcp> {
         None
     }
@@ -525,7 +525,7 @@ async fn accept_tls(
     mut stream: Tcp,
     addr: SocketAddr,
     shared: &Shared,
-) -> Option<futures_rustls::server::TlsStream<Tcp>> {
+) -> Option<Box<crate::tls::stream::TlsStream<Tcp>>> {
     let tls = shared.tls.as_ref()?;
     let budget = shared.config.handshake_timeout;
     let started = Instant::now();
@@ -547,7 +547,7 @@ async fn accept_tls(
         _ => return None,
     }
     let left = budget.saturating_sub(started.elapsed());
-    match timeout(left, tls.acceptor().accept(stream)).await {
+    match timeout(left, crate::tls::stream::accept(stream, tls.config())).await {
         Some(Ok(stream)) => Some(stream),
         Some(Err(err)) => {
             metrics.tls_failed();

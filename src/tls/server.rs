@@ -34,7 +34,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_rustls::rustls::pki_types::pem::PemObject;
 use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use futures_rustls::rustls::{self as tls, ServerConfig};
-use futures_rustls::TlsAcceptor;
 
 use crate::Error;
 
@@ -49,7 +48,7 @@ pub struct ServerTls {
 
 enum Source {
     /// A configuration of the caller's own, used as it is.
-    Fixed(TlsAcceptor),
+    Fixed(Arc<ServerConfig>),
     /// PEM files, reloaded when they change on disk.
     Files(Watched),
 }
@@ -63,7 +62,7 @@ struct Watched {
 struct Loaded {
     /// Of the files as last looked at (loaded or not).
     stamp: Stamp,
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
 }
 
 /// Modification time and length of the certificate and key files.
@@ -80,8 +79,8 @@ impl ServerTls {
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
         let (cert, key) = (cert.as_ref().to_path_buf(), key.as_ref().to_path_buf());
         let stamp = stamp(&cert, &key);
-        let acceptor = load(&cert, &key)?;
-        let state = Mutex::new(Loaded { stamp, acceptor });
+        let config = load(&cert, &key)?;
+        let state = Mutex::new(Loaded { stamp, config });
         Ok(ServerTls {
             source: Source::Files(Watched { cert, key, state }),
         })
@@ -92,16 +91,16 @@ impl ServerTls {
     /// `alpn_protocols` to `http/1.1` if clients ask for ALPN.
     pub fn from_config(config: Arc<ServerConfig>) -> Self {
         ServerTls {
-            source: Source::Fixed(TlsAcceptor::from(config)),
+            source: Source::Fixed(config),
         }
     }
 
-    /// The acceptor for the next handshake, reloading the files first if
-    /// they changed.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+    /// The configuration for the next handshake, reloading the files
+    /// first if they changed.
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
         match &self.source {
-            Source::Fixed(acceptor) => acceptor.clone(),
-            Source::Files(watched) => watched.acceptor(),
+            Source::Fixed(config) => config.clone(),
+            Source::Files(watched) => watched.config(),
         }
     }
 }
@@ -116,7 +115,7 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl Watched {
-    fn acceptor(&self) -> TlsAcceptor {
+    fn config(&self) -> Arc<ServerConfig> {
         let now = stamp(&self.cert, &self.key);
         let mut loaded = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if now != loaded.stamp {
@@ -124,14 +123,14 @@ impl Watched {
             // renewal is logged once rather than on every handshake.
             loaded.stamp = now;
             match load(&self.cert, &self.key) {
-                Ok(acceptor) => {
+                Ok(config) => {
                     log::info!("reloaded the TLS certificate from {}", self.cert.display());
-                    loaded.acceptor = acceptor;
+                    loaded.config = config;
                 }
                 Err(err) => log::warn!("{err}; keeping the previous certificate"),
             }
         }
-        loaded.acceptor.clone()
+        loaded.config.clone()
     }
 }
 
@@ -144,8 +143,8 @@ fn stamp(cert: &Path, key: &Path) -> Stamp {
     Some([one(cert)?, one(key)?])
 }
 
-/// Reads, checks and assembles the files into an acceptor.
-fn load(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, Error> {
+/// Reads, checks and assembles the files into a configuration.
+fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, Error> {
     let file_error = |what: &str, path: &Path, err: &dyn std::fmt::Display| {
         Error::Config(format!("TLS {what} {}: {err}", path.display()))
     };
@@ -176,7 +175,7 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, Error> {
         })?;
     // Only HTTP/1.1 is spoken here (WebSocket upgrades need it).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// The PEM reader's errors, worded for a file.

@@ -7,6 +7,9 @@
     wss_peer.py hold URL CA             connects, prints the CN, then does a
                                         round trip per stdin line until EOF
     wss_peer.py get URL CA              HTTPS GET; prints the status and body
+    wss_peer.py bulk URL CA             a 200 KB request (many TLS records),
+                                        then 100 small ones written at once;
+                                        prints the reply sizes and order
 """
 import json
 import ssl
@@ -37,6 +40,17 @@ def round_trip(ws, request_id):
     print("reply " + json.dumps(reply, sort_keys=True), flush=True)
 
 
+def bulk(ws):
+    command = "x" * 200_000
+    ws.send(json.dumps({"requestID": 1, "command": command}))
+    reply = json.loads(ws.recv(timeout=10))
+    print(f"big {reply['requestID']} {len(reply['someOtherThing'])}", flush=True)
+    for n in range(2, 102):
+        ws.send(json.dumps({"requestID": n, "command": f"c{n}"}))
+    ids = [json.loads(ws.recv(timeout=10))["requestID"] for _ in range(100)]
+    print("in order" if ids == list(range(2, 102)) else f"out of order {ids}", flush=True)
+
+
 def main():
     mode, url, ca = sys.argv[1:4]
     if mode == "get":
@@ -48,6 +62,9 @@ def main():
         print("cn " + common_name(ws.socket), flush=True)
         if mode == "roundtrip":
             round_trip(ws, 1)
+            return
+        if mode == "bulk":
+            bulk(ws)
             return
         for n, _line in enumerate(sys.stdin, start=1):
             round_trip(ws, n)
