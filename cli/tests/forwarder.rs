@@ -494,3 +494,46 @@ fn a_command_past_its_time_to_live_ends_expired() {
         record(addr, "dev-1", id_of(&body))["status"] == "expired"
     });
 }
+
+/// The status line's code of a raw upgrade of `/server?query` (no
+/// WebSocket client in between, so nothing re-encodes the query).
+fn upgrade_status(addr: SocketAddr, query: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let request = format!(
+        "GET /server?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send upgrade");
+    let head = common::read_head(&mut stream);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+#[test]
+fn a_badly_encoded_or_bare_parameter_is_refused_not_ignored() {
+    // Found by the outside check: `?client=%zz` (an escape that is not
+    // hex) and a bare `?client` were read as "no name" and the connection
+    // went through as anonymous (101), where `?client=` gets 400; likewise
+    // `?wait=%zz` was no wait at all (202) where `?wait=abc` gets 400.
+    let dir = scratch("encoding");
+    let (_server, addr) = server(&dir, "dev-1 t1\n", &[]);
+    for query in [
+        "client=%zz&token=t1",
+        "client=dev-1%&token=t1",
+        "client&token=t1",
+    ] {
+        assert_eq!(upgrade_status(addr, query), 400, "?{query}");
+    }
+    // The same name, well encoded, still proves itself.
+    assert_eq!(upgrade_status(addr, "client=dev%2D1&token=t1"), 101);
+    for wait in ["?wait=%zz", "?wait"] {
+        let (status, body) = send(addr, "dev-1", "x", wait);
+        assert_eq!(status, 400, "{wait}: {body}");
+    }
+}
