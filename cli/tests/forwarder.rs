@@ -537,3 +537,52 @@ fn a_badly_encoded_or_bare_parameter_is_refused_not_ignored() {
         assert_eq!(status, 400, "{wait}: {body}");
     }
 }
+
+#[cfg(feature = "console")]
+#[test]
+fn the_console_prints_a_named_clients_reply_escaped() {
+    // Found by the outside check: `@NAME command` printed the device's
+    // `someOtherThing` as it came, so a device could write ANSI escapes
+    // and whole forged lines into the operator's console (the broadcast
+    // path prints each reply as JSON, escaped).
+    let dir = scratch("console");
+    let tokens = file(&dir, "tokens", "dev-1 t1\n");
+    let args = [
+        "server",
+        "--console",
+        "--tokens",
+        &tokens,
+        "--address",
+        "127.0.0.1:0",
+    ];
+    let mut server = Proc::wsloop("server", &args, Some("@dev-1 hello\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = server
+        .next_line(deadline)
+        .unwrap_or_else(|| server.fail("exited before announcing its address"));
+    let addr: SocketAddr = first
+        .strip_prefix(common::process::ANNOUNCE)
+        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    server.wait_for_line(10, "the command queued", |line| {
+        line.starts_with("console: dev-1 #")
+    });
+    let forged = "\u{1b}[2K\rclient dev-2 #7 replied: forged";
+    bounded(20, async {
+        let mut ws = device(addr, "dev-1", "t1").await;
+        let command = next_command(&mut ws).await;
+        let mut answer = command.seed_reply();
+        answer.some_other_thing = format!("ok\n{forged}");
+        ws.send_text(wsloop::encode(&answer)).await;
+    });
+    let printed = server.wait_for_line(10, "the reply printed", |line| {
+        line.starts_with("client dev-1 #")
+    });
+    assert!(!printed.contains('\u{1b}'), "ESC printed raw: {printed:?}");
+    assert!(printed.contains("\\u{1b}"), "the escape shown: {printed:?}");
+    assert!(
+        printed.contains("forged"),
+        "the whole reply on one line: {printed:?}"
+    );
+}
