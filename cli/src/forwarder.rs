@@ -68,7 +68,9 @@ pub fn console_send(ex: &Executor<'static>, forwarder: &Forwarder, line: &str) {
                     None => None,
                 } {
                     let reply = done.reply.map(|r| r.some_other_thing).unwrap_or_default();
-                    println!("client {name} #{id} {}: {reply}", done.status.as_str());
+                    // Quoted and escaped (`{:?}`): the text is the device's,
+                    // and raw it could write escapes or forged lines here.
+                    println!("client {name} #{id} {}: {reply:?}", done.status.as_str());
                 }
             }
             Err(err) => println!("console: {name}: {err}"),

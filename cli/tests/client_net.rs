@@ -230,6 +230,81 @@ fn a_refusal_at_start_exits_2_at_once() {
     );
 }
 
+/// A TCP server on a thread of its own that reads each connection's
+/// request head and answers it with `answer` (nothing at all when empty),
+/// then holds the connection until the peer goes.
+fn broken_server(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                let _ = common::read_head(&mut stream);
+                let _ = stream.write_all(answer);
+                // Hold it until the client gives up and closes.
+                let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_server_that_breaks_the_handshake_is_retried_then_given_up_with_its_reason() {
+    // The outside check's broken servers, which held: each attempt fails
+    // with a reason naming what was wrong, the client retries (none of
+    // these is a refusal), and --max-attempts ends it with exit 1 in
+    // bounded time, never a hang or a connection taken for open.
+    let cases: [(&[u8], &str); 4] = [
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+            "Sec-WebSocket-Accept does not match",
+        ),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "Sec-WebSocket-Accept does not match",
+        ),
+        (b"\x00\xff garbage\r\n\r\n", "malformed HTTP head"),
+        (b"", "timed out"),
+    ];
+    for (answer, reason) in cases {
+        let addr = broken_server(answer).to_string();
+        let started = Instant::now();
+        let args = [
+            "client",
+            "--address",
+            &addr,
+            "--count",
+            "1",
+            "--max-attempts",
+            "2",
+            "--reconnect-delay",
+            "50ms",
+            "--handshake-timeout",
+            "1s",
+        ];
+        let run = client(&args, &[]).finish(20);
+        assert_eq!(run.status.code(), Some(1), "{reason}: {run:#?}");
+        let last = run.stderr.last().map(String::as_str).unwrap_or_default();
+        assert!(
+            last.contains("gave up connecting after 2 attempts"),
+            "{run:#?}"
+        );
+        assert!(last.contains(reason), "stderr lacks {reason:?}: {run:#?}");
+        assert!(
+            !run.stdout.iter().any(|l| l.starts_with("Connected")),
+            "{run:#?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{reason}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[test]
 fn a_refusal_after_a_drop_exits_2_at_once() {
     let dir = temp_dir("refusal-after-drop");

@@ -494,3 +494,95 @@ fn a_command_past_its_time_to_live_ends_expired() {
         record(addr, "dev-1", id_of(&body))["status"] == "expired"
     });
 }
+
+/// The status line's code of a raw upgrade of `/server?query` (no
+/// WebSocket client in between, so nothing re-encodes the query).
+fn upgrade_status(addr: SocketAddr, query: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let request = format!(
+        "GET /server?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send upgrade");
+    let head = common::read_head(&mut stream);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+#[test]
+fn a_badly_encoded_or_bare_parameter_is_refused_not_ignored() {
+    // Found by the outside check: `?client=%zz` (an escape that is not
+    // hex) and a bare `?client` were read as "no name" and the connection
+    // went through as anonymous (101), where `?client=` gets 400; likewise
+    // `?wait=%zz` was no wait at all (202) where `?wait=abc` gets 400.
+    let dir = scratch("encoding");
+    let (_server, addr) = server(&dir, "dev-1 t1\n", &[]);
+    for query in [
+        "client=%zz&token=t1",
+        "client=dev-1%&token=t1",
+        "client&token=t1",
+    ] {
+        assert_eq!(upgrade_status(addr, query), 400, "?{query}");
+    }
+    // The same name, well encoded, still proves itself.
+    assert_eq!(upgrade_status(addr, "client=dev%2D1&token=t1"), 101);
+    for wait in ["?wait=%zz", "?wait"] {
+        let (status, body) = send(addr, "dev-1", "x", wait);
+        assert_eq!(status, 400, "{wait}: {body}");
+    }
+}
+
+#[cfg(feature = "console")]
+#[test]
+fn the_console_prints_a_named_clients_reply_escaped() {
+    // Found by the outside check: `@NAME command` printed the device's
+    // `someOtherThing` as it came, so a device could write ANSI escapes
+    // and whole forged lines into the operator's console (the broadcast
+    // path prints each reply as JSON, escaped).
+    let dir = scratch("console");
+    let tokens = file(&dir, "tokens", "dev-1 t1\n");
+    let args = [
+        "server",
+        "--console",
+        "--tokens",
+        &tokens,
+        "--address",
+        "127.0.0.1:0",
+    ];
+    let mut server = Proc::wsloop("server", &args, Some("@dev-1 hello\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = server
+        .next_line(deadline)
+        .unwrap_or_else(|| server.fail("exited before announcing its address"));
+    let addr: SocketAddr = first
+        .strip_prefix(common::process::ANNOUNCE)
+        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    server.wait_for_line(10, "the command queued", |line| {
+        line.starts_with("console: dev-1 #")
+    });
+    let forged = "\u{1b}[2K\rclient dev-2 #7 replied: forged";
+    bounded(20, async {
+        let mut ws = device(addr, "dev-1", "t1").await;
+        let command = next_command(&mut ws).await;
+        let mut answer = command.seed_reply();
+        answer.some_other_thing = format!("ok\n{forged}");
+        ws.send_text(wsloop::encode(&answer)).await;
+    });
+    let printed = server.wait_for_line(10, "the reply printed", |line| {
+        line.starts_with("client dev-1 #")
+    });
+    assert!(!printed.contains('\u{1b}'), "ESC printed raw: {printed:?}");
+    assert!(printed.contains("\\u{1b}"), "the escape shown: {printed:?}");
+    assert!(
+        printed.contains("forged"),
+        "the whole reply on one line: {printed:?}"
+    );
+}

@@ -359,6 +359,32 @@ fn host_must_name_this_server() {
     assert_eq!(get(addr, "/"), 200);
 }
 
+#[test]
+fn a_second_host_header_is_refused_with_400() {
+    // Found by the outside check: the Host check read the first `Host`
+    // only, so `Host: <ours>` then `Host: attacker.example` passed, while a
+    // proxy or cache in front may go by the other one. RFC 9112 (3.2): a
+    // request with more than one Host line gets 400.
+    let (_server, addr) = start_server("server", &["server", "-q"]);
+    for hosts in [
+        format!("Host: {addr}\r\nHost: attacker.example"),
+        format!("Host: attacker.example\r\nHost: {addr}"),
+        format!("Host: {addr}\r\nhost: {addr}"),
+    ] {
+        let request = format!("GET / HTTP/1.1\r\n{hosts}\r\n\r\n");
+        let (head, body) = exchange(addr, &request);
+        assert!(head.starts_with("HTTP/1.1 400"), "{hosts:?}: {head}");
+        assert!(body.contains("Host"), "a reason naming Host: {body:?}");
+    }
+    // An upgrade likewise, whichever Host comes second.
+    let upgrade = upgrade_request(&addr.to_string(), "Host: attacker.example\r\n");
+    let (head, _) = exchange(addr, &upgrade);
+    assert!(head.starts_with("HTTP/1.1 400"), "upgrade: {head}");
+    // One Host, as every client sends, still passes.
+    let (head, _) = exchange(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
 // ---------------------------------------------------------------------------
 // 6. Admission at accept, and the open-file limit.
 // ---------------------------------------------------------------------------

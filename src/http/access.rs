@@ -231,8 +231,6 @@ fn normalize_host(host: &str, scheme: &str) -> String {
     }
 }
 
-/// Compares without an early exit, so the time taken does not reveal how
-/// much of a guessed token was right. (The length may still show.)
 /// The tokens a request presents: its `Authorization: Bearer` one and its
 /// `?token=` one (percent-decoded), either or both absent.
 pub(crate) fn presented_tokens(request: &Request) -> [Option<Vec<u8>>; 2] {
@@ -249,15 +247,20 @@ pub(crate) fn bearer_token(request: &Request) -> Option<Vec<u8>> {
         .map(|(_, token)| token.trim().as_bytes().to_vec())
 }
 
-/// The first `name=` parameter of the query, percent-decoded.
+/// The first `name=` parameter of the query, percent-decoded. A bare
+/// `name` is an empty value, and one whose escapes do not decode is kept as
+/// written: either is then refused by whatever reads it (a name, a wait, a
+/// token) instead of passing as absent.
 pub(crate) fn query_param(request: &Request, name: &str) -> Option<Vec<u8>> {
-    request
-        .query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-        .and_then(percent_decode)
+    let value = request.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })?;
+    Some(percent_decode(value).unwrap_or_else(|| value.as_bytes().to_vec()))
 }
 
+/// Compares without an early exit, so the time taken does not reveal how
+/// much of a guessed token was right. (The length may still show.)
 pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = given.len() ^ expected.len();
     for (i, &byte) in expected.iter().enumerate() {

@@ -221,6 +221,16 @@ fn parse_request_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError>
     let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
         return Err(HeadError::Malformed("missing method or target".into()));
     };
+    // Two Host lines would let the Host check read one while a proxy or
+    // cache in front goes by the other; RFC 9112 (3.2) asks for 400.
+    let hosts = parsed.headers.iter();
+    if hosts
+        .filter(|h| h.name.eq_ignore_ascii_case("Host"))
+        .count()
+        > 1
+    {
+        return Err(HeadError::Malformed("more than one Host header".into()));
+    }
     let request = Request {
         method: method.to_string(),
         target: target.to_string(),
