@@ -127,6 +127,38 @@ fn an_on_frame_override_still_gets_replies_to_its_requests() {
     });
 }
 
+/// Today's API, unannotated: a seed client whose handler is a channel
+/// (the protocol is inferred as the seed's) gets the server's pushes.
+#[test]
+fn a_channel_is_still_a_seed_clients_handler() {
+    use std::sync::Arc;
+
+    use wsloop::client::{Client, ClientOptions};
+
+    let server = TestServer::start(Config::default());
+    let ex = Arc::new(smol::Executor::new());
+    bounded(
+        20,
+        ex.run(async {
+            let (pushes_tx, pushes) = async_channel::unbounded::<Message>();
+            let options = ClientOptions::new(server.addr.to_string());
+            let client = Client::connect(&ex, options, pushes_tx)
+                .await
+                .expect("connect");
+            while server.hub.is_empty() {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+            assert_eq!(server.hub.broadcast(&Message::request(3, "pushed")), 1);
+            let pushed = pushes.recv().await.expect("the push");
+            assert_eq!((pushed.request_id, pushed.command.as_str()), (3, "pushed"));
+            client
+                .send(Message::request(4, "typed as before"))
+                .expect("queued");
+            client.close().await.expect("close");
+        }),
+    );
+}
+
 #[cfg(feature = "topics")]
 #[test]
 fn publish_reaches_the_subscribers_only_and_ends_with_the_connection() {

@@ -131,12 +131,40 @@ where
     }
 }
 
-impl<P: Protocol> Handler<P> for Sender<P::Message> {
-    async fn on_message(&self, _peer: &Peer<P>, message: P::Message) -> Option<P::Message> {
-        // A closed channel means nobody listens any more; drop the message.
-        let _ = self.send(message).await;
-        None
+/// Forwards into the channel; see [`Handler`]. One impl per ready-made
+/// protocol rather than one for every `Sender<P::Message>`: from the latter
+/// `Client::connect(&ex, options, sender)` could not tell `P`.
+impl Handler for Sender<Message> {
+    async fn on_message(&self, _peer: &Peer, message: Message) -> Option<Message> {
+        forward(self, message).await
     }
+}
+
+#[cfg(feature = "serde")]
+impl<T: Send + 'static> Handler<crate::Json<T>> for Sender<T>
+where
+    crate::Json<T>: Protocol<Message = T>,
+{
+    async fn on_message(&self, _peer: &Peer<crate::Json<T>>, message: T) -> Option<T> {
+        forward(self, message).await
+    }
+}
+
+#[cfg(feature = "nanoserde")]
+impl<T: Send + 'static> Handler<crate::NanoJson<T>> for Sender<T>
+where
+    crate::NanoJson<T>: Protocol<Message = T>,
+{
+    async fn on_message(&self, _peer: &Peer<crate::NanoJson<T>>, message: T) -> Option<T> {
+        forward(self, message).await
+    }
+}
+
+/// Sends `message` into `channel`, waiting while it is full; answers nothing.
+async fn forward<M>(channel: &Sender<M>, message: M) -> Option<M> {
+    // A closed channel means nobody listens any more; drop the message.
+    let _ = channel.send(message).await;
+    None
 }
 
 /// The original program's handler, on either side: answers every message

@@ -584,11 +584,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     /// Sends one encoded frame (perhaps shared with other connections:
     /// tungstenite copies it into this connection's write buffer), counted.
     async fn send_queued(&mut self, frame: Frame) -> Result<(), Error> {
-        if log::log_enabled!(log::Level::Trace) {
-            if let Frame::Text(text) = &frame {
-                let body = crate::log_safe::body(text.as_bytes());
-                log::trace!("{} <- {body}", self.peer);
-            }
+        if let Frame::Text(text) = &frame {
+            let body = crate::log_safe::body(text.as_bytes());
+            log::trace!("{} <- {body}", self.peer);
         }
         if let Some(m) = &self.peer.inner.metrics {
             m.sent_bytes(frame.len())

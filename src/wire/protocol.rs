@@ -97,12 +97,10 @@ impl Protocol for Seed {
 /// ```
 /// use wsloop::Correlated;
 ///
-/// #[derive(serde::Serialize, serde::Deserialize)]
+/// // With `#[derive(serde::Serialize, serde::Deserialize)]` for `Json<Chat>`.
 /// struct Chat {
 ///     id: i64,
-///     #[serde(default)]
 ///     text: String,
-///     #[serde(default)]
 ///     ok: bool,
 /// }
 ///
