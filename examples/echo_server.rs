@@ -5,7 +5,8 @@
 //! close handshake, large messages — rather than wsloop's JSON protocol.
 //!
 //! What it shows: overriding [`Handler::on_frame`] to speak something other
-//! than the JSON protocol, accepting upgrades at any path with
+//! than the JSON protocol (keeping reply routing with [`Peer::route_reply`]),
+//! accepting upgrades at any path with
 //! [`Server::with_websocket_path`]`(None)`, and raising the message limit
 //! through [`Config`].
 //!
@@ -51,7 +52,13 @@ impl Handler for Echo {
     /// Called with each complete text or binary message (fragments already
     /// joined, text already checked to be UTF-8 by the protocol layer);
     /// returning it queues the same message back to the peer.
-    async fn on_frame(&self, _peer: &Peer, frame: Frame) -> Option<Frame> {
+    async fn on_frame(&self, peer: &Peer, frame: Frame) -> Option<Frame> {
+        // An override replaces the default's routing of replies too: a
+        // handler that also sends requests (`peer.request(..)`) hands each
+        // frame to `route_reply` first, which keeps the replies to them
+        // (None) and gives everything else back. The echo sends none, so
+        // this costs one atomic load; it is here to show the pattern.
+        let frame = peer.route_reply(frame)?;
         Some(frame)
     }
 }

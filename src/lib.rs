@@ -11,7 +11,7 @@
 //!                  ┌──────────────────────────────────────────────────┐
 //!  peer ──frames──▶│ inbound frame ─▶ decode ─▶ Handler ─▶ reply ─────┼──▶ peer
 //!                  │                                                  │
-//!  any task ──────▶│ Peer::send ─▶ outbound queue ─▶ encode ──────────┼──▶ peer
+//!  any task ──────▶│ Peer::send ─▶ encode ─▶ outbound queue ──────────┼──▶ peer
 //!                  │                                                  │
 //!                  │ heartbeat timer ─▶ ping quiet peer / drop silent │
 //!                  │                                                  │
@@ -25,7 +25,9 @@
 //! flowing top to bottom:
 //!
 //! - `wire/` — the wire format ([`Message`]); `codec`, JSON to and from it;
-//!   `json_check`, the small codec's strict check.
+//!   `json_check`, the small codec's strict check; `protocol`, the
+//!   [`Protocol`] trait the layers below are generic over ([`Seed`] by
+//!   default; [`Json<T>`](Json) for your own serde types).
 //! - `connection/` — the loop above ([`Connection`]: heartbeat, batching,
 //!   close), generic over any `futures-io` stream; `handler` ([`Handler`]),
 //!   `peer` ([`Peer`]), `session` (outbound queue, reply routing), `guard`
@@ -68,6 +70,10 @@
 //! }))?;
 //! # Ok::<(), wsloop::Error>(())
 //! ```
+//!
+//! Your own message types instead of [`Message`]: implement [`Correlated`]
+//! on a serde type and speak [`Json<T>`](Json) (`Server::speaking`, a
+//! `Handler<Json<T>>`); `examples/typed_chat.rs` is a whole program.
 //!
 //! Nothing is spawned behind your back: functions that spawn tasks take a
 //! [`Spawn`]er (a smol executor, or a closure such as
@@ -116,6 +122,11 @@ pub use tcp::Tcp;
 pub use time::{parse_duration, timeout, Timeout};
 pub use wire::codec::{decode, encode, DecodeError};
 pub use wire::message::Message;
+#[cfg(feature = "serde")]
+pub use wire::protocol::Json;
+#[cfg(feature = "nanoserde")]
+pub use wire::protocol::NanoJson;
+pub use wire::protocol::{Correlated, Protocol, Seed};
 
 /// One WebSocket frame (tungstenite's message type), as seen by
 /// [`Handler::on_frame`].

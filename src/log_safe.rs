@@ -140,7 +140,7 @@ fn escape_char(f: &mut fmt::Formatter<'_>, c: char) -> fmt::Result {
 
 /// Log lines name a connection as `peer ID (ADDR)`: the id every line about
 /// it shares and the address it came from.
-impl fmt::Display for Peer {
+impl<P> fmt::Display for Peer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr() {
             Some(addr) => write!(f, "peer {} ({addr})", self.id()),
@@ -235,7 +235,7 @@ static MALFORMED: LogLimit = LogLimit::new();
 
 /// Logs one malformed message; the decoder's reason may quote the peer's
 /// text (serde_json's "invalid type: string ..." does).
-pub(crate) fn malformed(peer: &Peer, err: &crate::DecodeError) {
+pub(crate) fn malformed<P>(peer: &Peer<P>, err: &crate::DecodeError) {
     log_limited!(
         MALFORMED,
         log::Level::Debug,

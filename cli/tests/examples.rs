@@ -15,6 +15,9 @@ use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[allow(unused)]
+mod common;
+
 /// The examples this file tests.
 const EXAMPLES: [&str; 7] = [
     "one_shot_bug",
@@ -25,6 +28,14 @@ const EXAMPLES: [&str; 7] = [
     "loadgen",
     "fanout_server",
 ];
+
+/// The examples that need features beyond the codec (their
+/// `required-features`), built when this test run has them.
+const FEATURED_EXAMPLES: &[&str] = if cfg!(all(feature = "serde", feature = "topics")) {
+    &["typed_chat"]
+} else {
+    &[]
+};
 
 /// Bound for the one nested build (a cold build compiles the examples only;
 /// the library is already built for this test).
@@ -53,7 +64,7 @@ fn build_examples() -> HashMap<String, PathBuf> {
     cargo
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args(["build", "--quiet", "--offline", "--message-format=json"]);
-    for name in EXAMPLES {
+    for name in EXAMPLES.iter().chain(FEATURED_EXAMPLES) {
         cargo.args(["--example", name]);
     }
     let child = cargo
@@ -374,4 +385,85 @@ fn loadgen_times_broadcasts_from_the_fanout_server() {
     assert_eq!(number_after(result, "fanout_clients="), 19.0, "{result}");
     assert!(number_after(result, "fanout_ms=") > 0.0, "{result}");
     assert!(number_after(result, "fanout_cpu_ms=") > 0.0, "{result}");
+}
+
+#[test]
+#[cfg(all(feature = "serde", feature = "topics"))]
+fn typed_chat_demo_delivers_to_the_room_only() {
+    let (status, out) = run_demo("typed_chat");
+    assert!(status.success(), "typed_chat failed:\n{out}");
+    // Replies correlated by their request's id, each client counting from 1.
+    assert!(out.contains("alice: Joined { id: 1, members: 2 }"), "{out}");
+    assert!(out.contains("alice: Sent { id: 2, delivered: 2 }"), "{out}");
+    assert!(out.contains("bob heard alice: hello, bob"), "{out}");
+    assert!(out.contains("carol heard 0 message(s)"), "{out}");
+    assert!(
+        out.contains("alice: Error { id: 3, error: \"not in room"),
+        "{out}"
+    );
+    // on_disconnect, once per client.
+    for name in ["alice", "bob", "carol"] {
+        assert_eq!(
+            out.matches(&format!("server: {name} left")).count(),
+            1,
+            "{out}"
+        );
+    }
+}
+
+/// A raw WebSocket peer (tungstenite, JSON by hand) against the example's
+/// server: the wire format its header documents.
+#[test]
+#[cfg(all(feature = "serde", feature = "topics"))]
+fn typed_chat_server_speaks_its_documented_json_to_a_raw_peer() {
+    use async_tungstenite::tungstenite::Message as Frame;
+    use serde_json::{json, Value};
+
+    let (_server, address) = start_server("typed_chat");
+    let addr: std::net::SocketAddr = address.parse().expect("an address");
+    common::bounded(20, async {
+        async fn exchange(ws: &mut common::Ws, out: Value) -> Value {
+            ws.send(Frame::text(out.to_string())).await.expect("send");
+            next_json(ws).await
+        }
+        async fn next_json(ws: &mut common::Ws) -> Value {
+            use futures_lite::StreamExt;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Frame::Text(text))) => {
+                        return serde_json::from_str(&text).expect("JSON from the server")
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        }
+        let mut ann = common::ws_connect(addr).await;
+        let mut ben = common::ws_connect(addr).await;
+        let join = |id, name| json!({"type":"join","id":id,"room":"lobby","name":name});
+        assert_eq!(
+            exchange(&mut ann, join(7, "ann")).await,
+            json!({"type":"joined","id":7,"members":1})
+        );
+        assert_eq!(
+            exchange(&mut ben, join(8, "ben")).await,
+            json!({"type":"joined","id":8,"members":2})
+        );
+        let say = json!({"type":"say","id":9,"room":"lobby","text":"hi"});
+        let said = json!({"type":"said","room":"lobby","from":"ann","text":"hi"});
+        // Ann's reply comes straight back from the handler; the push to
+        // every member (ann too) through each one's queue, after it.
+        assert_eq!(
+            exchange(&mut ann, say).await,
+            json!({"type":"sent","id":9,"delivered":2})
+        );
+        assert_eq!(next_json(&mut ann).await, said);
+        assert_eq!(next_json(&mut ben).await, said);
+        // Malformed: an unknown type, answered under the id still readable.
+        let reply = exchange(&mut ben, json!({"type":"shout","id":10})).await;
+        assert_eq!(
+            (&reply["type"], &reply["id"]),
+            (&json!("error"), &json!(10))
+        );
+    });
 }

@@ -115,13 +115,16 @@ use std::time::Duration;
 
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::tungstenite::{Bytes, Message as Frame};
 use futures_lite::io::BufReader;
 use futures_lite::{future, AsyncBufReadExt, StreamExt};
 
 use crate::connection::session::{PendingReply, RequestError, SendError, Session};
 use crate::spawn::{BoxTask, Spawn};
 use crate::time::human;
-use crate::{Config, Connection, Ended, Error, Handler, Message, SeedHandler, CLOSE_NORMAL};
+use crate::{
+    Config, Connection, Ended, Error, Handler, Message, Protocol, Seed, SeedHandler, CLOSE_NORMAL,
+};
 use dial::Dialer;
 
 #[cfg(feature = "exec")]
@@ -188,11 +191,14 @@ pub async fn connect_with(options: &ClientOptions) -> Result<ClientConnection, E
 
 /// Dials for the reconnecting client: the connection sends from (and routes
 /// replies into) `session`, which outlives it.
-async fn dial_session(dialer: &Dialer, session: &Session) -> Result<ClientConnection, Error> {
+async fn dial_session<P: Protocol>(
+    dialer: &Dialer,
+    session: &Session,
+) -> Result<Connection<ClientStream, P>, Error> {
     let (stream, leftover, addr) = dialer.dial().await?;
-    let session = session.clone();
+    let session = Some(session.clone());
     let config = &dialer.config;
-    Ok(Connection::with_session(stream, Role::Client, leftover, Some(addr), config, session).await)
+    Ok(Connection::open(stream, Role::Client, leftover, Some(addr), config, session).await)
 }
 
 /// When and how often [`Client`] reconnects.
@@ -370,8 +376,9 @@ pub(crate) fn check_header(name: &str, value: &str) -> Result<(), Error> {
 
 /// A client that keeps one logical connection up across reconnects.
 /// Dropping it stops the supervisor task; [`close`](Self::close) does so
-/// gracefully.
-pub struct Client {
+/// gracefully. It speaks the [`Protocol`] `P` of its handler ([`Seed`] by
+/// default).
+pub struct Client<P = Seed> {
     session: Session,
     addr: Option<SocketAddr>,
     /// The supervisor's verdict, sent once when it ends.
@@ -382,9 +389,10 @@ pub struct Client {
     stop: async_channel::Sender<()>,
     /// Reports closed once the supervisor has finished.
     finished: async_channel::Receiver<()>,
+    protocol: std::marker::PhantomData<fn() -> P>,
 }
 
-impl Client {
+impl<P: Protocol> Client<P> {
     /// Connects to `options.address`, then keeps the connection up from a
     /// task spawned on `spawner` (any [`Spawn`]: a smol `Executor` or
     /// `LocalExecutor`, an `Arc` of one, `|task| { tokio::spawn(task); }`).
@@ -399,8 +407,8 @@ impl Client {
     pub async fn connect(
         spawner: &impl Spawn,
         options: ClientOptions,
-        handler: impl Handler,
-    ) -> Result<Client, Error> {
+        handler: impl Handler<P>,
+    ) -> Result<Client<P>, Error> {
         let (client, supervisor) = Client::start(options, handler).await?;
         spawner.spawn(supervisor);
         Ok(client)
@@ -410,14 +418,14 @@ impl Client {
     /// supervisor task, one copy of this code whatever the spawner type.
     async fn start(
         options: ClientOptions,
-        handler: impl Handler,
-    ) -> Result<(Client, BoxTask), Error> {
+        handler: impl Handler<P>,
+    ) -> Result<(Client<P>, BoxTask), Error> {
         let config = &options.config;
         config.validate()?;
         let dialer = Dialer::new(&options, None)?;
         let session = Session::new(config.outbound_capacity, config.request_timeout);
         let (stop, stopped) = async_channel::bounded(1);
-        let first = match dial_session(&dialer, &session).await {
+        let first = match dial_session::<P>(&dialer, &session).await {
             // Said here only: `redial` says it for a connection it makes.
             Ok(conn) => {
                 log::info!("connected to {}", dialer.target.url());
@@ -443,6 +451,7 @@ impl Client {
             handler: Arc::new(handler),
             stopped,
             _finished: finished_tx,
+            protocol: std::marker::PhantomData,
         };
         let (verdict_tx, verdict) = async_channel::bounded(1);
         let (cancel, cancelled) = async_channel::bounded::<()>(1);
@@ -465,6 +474,7 @@ impl Client {
             _cancel: cancel,
             stop,
             finished,
+            protocol: std::marker::PhantomData,
         };
         Ok((client, task))
     }
@@ -474,20 +484,34 @@ impl Client {
         self.addr
     }
 
-    /// Queues `message` (fire and forget). While disconnected it waits in
-    /// the queue and goes out after the reconnect.
-    pub fn send(&self, message: Message) -> Result<(), SendError> {
-        self.session.send(message)
+    /// Queues `message` (fire and forget), encoded in `P`. While
+    /// disconnected it waits in the queue and goes out after the reconnect.
+    pub fn send(&self, message: P::Message) -> Result<(), SendError<P::Message>> {
+        self.session.send_message::<P>(message)
     }
 
-    /// Sends `command` under a fresh `requestID` and waits for its reply.
-    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
-        self.session.request(command).await
+    /// Queues one raw text frame, as [`send`](Self::send) does a message.
+    pub fn send_text(&self, text: impl Into<String>) -> Result<(), SendError<Frame>> {
+        self.session.send_frame(Frame::text(text.into()))
     }
 
-    /// Queues a request now; await [`PendingReply::wait`] for the reply.
-    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
-        self.session.start_request(command)
+    /// Queues one raw binary frame, as [`send`](Self::send) does a message.
+    pub fn send_binary(&self, bytes: impl Into<Bytes>) -> Result<(), SendError<Frame>> {
+        self.session.send_frame(Frame::Binary(bytes.into()))
+    }
+
+    /// Sends `request` under a fresh correlation id and waits for its reply.
+    pub async fn request_message(&self, request: P::Message) -> Result<P::Message, RequestError> {
+        self.start_request_message(request)?.wait().await
+    }
+
+    /// Queues `request` under a fresh correlation id now; await
+    /// [`PendingReply::wait`] for the reply.
+    pub fn start_request_message(
+        &self,
+        request: P::Message,
+    ) -> Result<PendingReply<P>, RequestError> {
+        self.session.start_request_message::<P>(request)
     }
 
     /// The queue and outstanding requests (shared by every connection).
@@ -517,8 +541,20 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends `command` under a fresh `requestID` and waits for its reply.
+    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
+        self.session.request(command).await
+    }
+
+    /// Queues a request now; await [`PendingReply::wait`] for the reply.
+    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        self.session.start_request(command)
+    }
+}
+
 /// The task that alone owns the client's connections, one at a time.
-struct Supervisor<H> {
+struct Supervisor<P, H> {
     options: ClientOptions,
     /// The prepared dial: address, proxy, TLS roots, headers.
     dialer: Dialer,
@@ -528,11 +564,12 @@ struct Supervisor<H> {
     stopped: async_channel::Receiver<()>,
     /// Dropped when this task ends, which [`Client::stopped`] observes.
     _finished: async_channel::Sender<()>,
+    protocol: std::marker::PhantomData<fn() -> P>,
 }
 
-impl<H: Handler> Supervisor<H> {
+impl<P: Protocol, H: Handler<P>> Supervisor<P, H> {
     /// Runs connections until the client closes or reconnecting gives up.
-    async fn run(self, first: ClientConnection) -> Result<(), Error> {
+    async fn run(self, first: Connection<ClientStream, P>) -> Result<(), Error> {
         let mut conn = first;
         loop {
             // The hooks bracket every connection, the first and each
@@ -574,13 +611,13 @@ impl<H: Handler> Supervisor<H> {
 /// out or the server refuses for good (`Some(Err)`), or `stopped` closes
 /// (`None`). `first_failure` is the first dial's at start, which counts
 /// as an attempt; after a drop there is none.
-async fn redial(
+async fn redial<P: Protocol>(
     dialer: &Dialer,
     session: &Session,
     policy: &Reconnect,
     stopped: &async_channel::Receiver<()>,
     first_failure: Option<Error>,
-) -> Option<Result<ClientConnection, Error>> {
+) -> Option<Result<Connection<ClientStream, P>, Error>> {
     let url = dialer.target.url();
     let (verb, noun, mut attempt) = match first_failure {
         Some(_) => ("connecting", "connect", 1),

@@ -46,7 +46,7 @@ use std::{fmt, io};
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use async_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
+use async_tungstenite::tungstenite::{self, Message as Frame};
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
 use futures_sink::Sink;
@@ -56,8 +56,7 @@ use crate::connection::guard::{Guarded, Limits, Violation};
 use crate::connection::session::{Outgoing, Session};
 use crate::server::metrics::Metrics;
 use crate::time::{human, timeout};
-use crate::wire::codec;
-use crate::{Config, Error, Message};
+use crate::{Config, Error, Protocol, Seed};
 
 /// Most events one connection handles back to back before it flushes and
 /// yields to the executor: large enough to batch a pipelining peer's
@@ -118,12 +117,14 @@ impl fmt::Display for Ended {
 }
 
 /// One established WebSocket connection and its outbound queue, ready to
-/// [`run`](Connection::run). Works on any `futures-io` stream.
-pub struct Connection<S> {
+/// [`run`](Connection::run). Works on any `futures-io` stream; speaks the
+/// [`Protocol`] `P` ([`Seed`] unless [`speaking`](Connection::speaking)
+/// says otherwise).
+pub struct Connection<S, P = Seed> {
     /// `None` only for the instant [`release_buffers`](Self::release_buffers)
     /// swaps it for a fresh one.
     ws: Option<WebSocketStream<Guarded<S>>>,
-    peer: Peer,
+    peer: Peer<P>,
     settings: LoopSettings,
     /// Whether the session ends with this connection (server side) or
     /// outlives it (the reconnecting client).
@@ -236,13 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         addr: Option<SocketAddr>,
         config: &Config,
     ) -> impl Future<Output = Self> + Send {
-        let session = Session::new(config.outbound_capacity, config.request_timeout);
-        let conn = Self::with_session(stream, role, leftover, addr, config, session);
-        async move {
-            let mut conn = conn.await;
-            conn.owns_session = true;
-            conn
-        }
+        Self::open(stream, role, leftover, addr, config, None)
     }
 
     /// Like [`new`](Self::new), but sends from (and routes replies into) an
@@ -256,6 +251,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         config: &Config,
         session: Session,
     ) -> impl Future<Output = Self> + Send {
+        Self::open(stream, role, leftover, addr, config, Some(session))
+    }
+
+    /// The same connection, speaking protocol `Q` (before it runs): its
+    /// [`Peer`] encodes in `Q`, and [`run`](Connection::run) takes a
+    /// `Handler<Q>`.
+    pub fn speaking<Q: Protocol>(self) -> Connection<S, Q> {
+        Connection {
+            ws: self.ws,
+            peer: self.peer.retyped(),
+            settings: self.settings,
+            owns_session: self.owns_session,
+            unflushed: self.unflushed,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
+    /// [`new`](Connection::new) (no `session`: one of its own, which ends
+    /// with it) or [`with_session`](Connection::with_session), in any
+    /// protocol: what the server and the client build theirs with.
+    pub(crate) fn open(
+        stream: S,
+        role: Role,
+        leftover: Vec<u8>,
+        addr: Option<SocketAddr>,
+        config: &Config,
+        session: Option<Session>,
+    ) -> impl Future<Output = Self> + Send {
+        let owns_session = session.is_none();
+        let session = session
+            .unwrap_or_else(|| Session::new(config.outbound_capacity, config.request_timeout));
         let guarded = Guarded::new(stream, Limits::from(config), &leftover);
         let websocket = Some(config.websocket());
         let ws = WebSocketStream::from_partially_read(guarded, leftover, role, websocket);
@@ -266,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 ws: Some(ws.await),
                 peer,
                 settings,
-                owns_session: false,
+                owns_session,
                 unflushed: false,
             }
         }
@@ -304,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// The handle other tasks use to send to this peer or close it.
-    pub fn peer(&self) -> &Peer {
+    pub fn peer(&self) -> &Peer<P> {
         &self.peer
     }
 
@@ -317,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     #[allow(clippy::manual_async_fn)]
     pub fn run(
         mut self,
-        handler: impl Handler,
+        handler: impl Handler<P>,
     ) -> impl Future<Output = Result<Ended, Error>> + Send {
         // A plain fn returning an `async move` block: an `async fn` taking
         // `mut self` would keep two copies of the connection in its future.
@@ -339,7 +366,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// The loop itself. Returns only when the connection is over.
-    async fn serve(&mut self, handler: &impl Handler) -> Result<Ended, Error> {
+    async fn serve(&mut self, handler: &impl Handler<P>) -> Result<Ended, Error> {
         let heartbeat = self.settings.heartbeat;
         let idle_timeout = self.settings.idle_timeout;
         let mut last_seen = Instant::now();
@@ -398,15 +425,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     let _ = self.flush().await;
                     return Ok(Ended::Eof);
                 }
-                Event::Outbound(Some(Outgoing::Message(message))) => {
-                    Box::pin(self.send(&message)).await?
+                Event::Outbound(Some(Outgoing::Frame(frame))) => {
+                    Box::pin(self.send_queued(frame)).await?
                 }
-                Event::Outbound(Some(Outgoing::Shared(text))) => {
-                    Box::pin(self.send_text(text)).await?
-                }
-                Event::Outbound(Some(Outgoing::Request(message))) => {
-                    Box::pin(self.send(&message)).await?;
-                    self.peer.inner.session.mark_in_flight(message.request_id);
+                Event::Outbound(Some(Outgoing::Request(id, frame))) => {
+                    Box::pin(self.send_queued(frame)).await?;
+                    self.peer.inner.session.mark_in_flight(id);
                 }
                 Event::Outbound(Some(Outgoing::Close(code, reason))) => {
                     // Every message queued before Peer::close has been sent.
@@ -541,7 +565,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// Handles one data or control frame from the peer.
-    async fn on_frame(&mut self, frame: Frame, handler: &impl Handler) -> Result<(), Error> {
+    async fn on_frame(&mut self, frame: Frame, handler: &impl Handler<P>) -> Result<(), Error> {
         // Pings are answered by tungstenite on the next read; pongs only
         // prove the peer is alive.
         if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
@@ -552,35 +576,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             m.received_bytes(frame.len())
         }
         match handler.on_frame(&self.peer, frame).await {
-            Some(reply) => {
-                if let Some(m) = &self.peer.inner.metrics {
-                    m.sent_bytes(reply.len())
-                }
-                self.send_frame(reply).await?;
-                self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Some(reply) => self.send_queued(reply).await,
             None => Ok(()),
         }
     }
 
-    /// Encodes and sends one message.
-    async fn send(&mut self, message: &Message) -> Result<(), Error> {
-        self.send_text(codec::encode(message).into()).await
-    }
-
-    /// Sends one encoded message (perhaps shared with other connections:
-    /// tungstenite copies it into this connection's write buffer).
-    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Error> {
-        log::trace!(
-            "{} <- {}",
-            self.peer,
-            crate::log_safe::body(text.as_bytes())
-        );
-        if let Some(m) = &self.peer.inner.metrics {
-            m.sent_bytes(text.len())
+    /// Sends one encoded frame (perhaps shared with other connections:
+    /// tungstenite copies it into this connection's write buffer), counted.
+    async fn send_queued(&mut self, frame: Frame) -> Result<(), Error> {
+        if let Frame::Text(text) = &frame {
+            let body = crate::log_safe::body(text.as_bytes());
+            log::trace!("{} <- {body}", self.peer);
         }
-        self.send_frame(Frame::Text(text)).await?;
+        if let Some(m) = &self.peer.inner.metrics {
+            m.sent_bytes(frame.len())
+        }
+        self.send_frame(frame).await?;
         self.peer.inner.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

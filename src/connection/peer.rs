@@ -3,21 +3,39 @@
 //! the connection loop in `connection/mod.rs` is what acts on it.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use async_tungstenite::tungstenite::{Bytes, Message as Frame};
+
 use super::session::{PendingReply, RequestError, SendError, Session};
 use super::Connection;
 use crate::server::metrics::Metrics;
-use crate::Message;
+use crate::{Message, Protocol, Seed};
 
 /// A cloneable handle to one live connection: any task may use it to send
 /// to that peer or to close it. It owns nothing of the socket itself.
-#[derive(Clone)]
-pub struct Peer {
+///
+/// `P` is the [`Protocol`] the connection speaks ([`Seed`] unless said
+/// otherwise): [`send`](Self::send) encodes in it. The handle is only a
+/// typed view of an untyped record (the queue carries encoded frames), so
+/// raw frames go through [`send_text`](Self::send_text) and
+/// [`send_binary`](Self::send_binary) beside typed messages.
+pub struct Peer<P = Seed> {
     pub(super) inner: Arc<PeerInner>,
+    protocol: PhantomData<fn() -> P>,
+}
+
+impl<P> Clone for Peer<P> {
+    fn clone(&self) -> Self {
+        Peer {
+            inner: self.inner.clone(),
+            protocol: PhantomData,
+        }
+    }
 }
 
 /// The record behind every handle; the loop updates its counters.
@@ -65,10 +83,11 @@ pub trait ReplyRoute: Send + Sync + 'static {
 /// [`Hub`]: crate::Hub
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-impl Peer {
+impl<P> Peer<P> {
     /// A fresh handle for a new connection over `session`, with the next id.
-    pub(super) fn new(addr: Option<SocketAddr>, session: Session) -> Peer {
+    pub(super) fn new(addr: Option<SocketAddr>, session: Session) -> Peer<P> {
         Peer {
+            protocol: PhantomData,
             inner: Arc::new(PeerInner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 addr,
@@ -107,6 +126,15 @@ impl Peer {
         None
     }
 
+    /// The same connection seen in protocol `Q` (the forwarder, which
+    /// speaks the seed's, takes any server's peers).
+    pub(crate) fn retyped<Q>(&self) -> Peer<Q> {
+        Peer {
+            inner: self.inner.clone(),
+            protocol: PhantomData,
+        }
+    }
+
     /// The reply-routing hook of a named connection, if any.
     #[cfg(feature = "forwarder")]
     pub(crate) fn reply_route(&self) -> Option<&dyn ReplyRoute> {
@@ -128,24 +156,16 @@ impl Peer {
         self.inner.sent.load(Ordering::Relaxed)
     }
 
-    /// Queues `message` for the peer without waiting.
-    ///
-    /// The queue is bounded by [`Config::outbound_capacity`](crate::Config::outbound_capacity); when it is full
-    /// the message comes back in [`SendError::Full`] and the caller decides
-    /// (retry, drop, or [`close`](Self::close) the slow peer).
-    pub fn send(&self, message: Message) -> Result<(), SendError> {
-        self.inner.session.send(message)
+    /// Queues one text frame for the peer as is, without waiting, beside
+    /// the typed messages (same queue, same bound as [`send`](Peer::send)).
+    pub fn send_text(&self, text: impl Into<String>) -> Result<(), SendError<Frame>> {
+        self.inner.session.send_frame(Frame::text(text.into()))
     }
 
-    /// Sends `command` to the peer under a fresh `requestID` and waits for
-    /// its reply, at most [`Config::request_timeout`](crate::Config::request_timeout).
-    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
-        self.inner.session.request(command).await
-    }
-
-    /// Queues a request now; await [`PendingReply::wait`] for the reply.
-    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
-        self.inner.session.start_request(command)
+    /// Queues one binary frame for the peer as is, without waiting (a
+    /// `Vec<u8>`, a `&'static [u8]` or [`Bytes`]).
+    pub fn send_binary(&self, bytes: impl Into<Bytes>) -> Result<(), SendError<Frame>> {
+        self.inner.session.send_frame(Frame::Binary(bytes.into()))
     }
 
     /// Asks the connection to close with `code` (for example
@@ -168,7 +188,76 @@ impl Peer {
     }
 }
 
-impl fmt::Debug for Peer {
+impl<P: Protocol> Peer<P> {
+    /// Queues `message` for the peer without waiting, encoded in `P`.
+    ///
+    /// The queue is bounded by [`Config::outbound_capacity`](crate::Config::outbound_capacity); when it is full
+    /// the message comes back in [`SendError::Full`] and the caller decides
+    /// (retry, drop, or [`close`](Self::close) the slow peer).
+    pub fn send(&self, message: P::Message) -> Result<(), SendError<P::Message>> {
+        self.inner.session.send_message::<P>(message)
+    }
+
+    /// Sends `request` under a fresh correlation id (stamped through
+    /// [`Protocol::set_correlation_id`]) and waits for the reply with that
+    /// id, at most [`Config::request_timeout`](crate::Config::request_timeout).
+    pub async fn request_message(&self, request: P::Message) -> Result<P::Message, RequestError> {
+        self.start_request_message(request)?.wait().await
+    }
+
+    /// Routes `frame` to the outstanding request it answers, if it is a
+    /// reply in `P` to one of this side's requests ([`request`](Peer::request),
+    /// [`Hub::request`](crate::Hub::request)): then it is consumed and
+    /// `None` comes back; any other frame comes back untouched.
+    ///
+    /// The default [`Handler::on_frame`](crate::Handler::on_frame) routes
+    /// replies itself. A handler that overrides it and still sends
+    /// requests calls this first, or their replies never arrive (they time
+    /// out):
+    ///
+    /// ```
+    /// # use wsloop::{Frame, Message, Peer};
+    /// # struct Raw;
+    /// # impl wsloop::Handler for Raw {
+    /// # async fn on_message(&self, _: &Peer, _: Message) -> Option<Message> { None }
+    /// async fn on_frame(&self, peer: &Peer, frame: Frame) -> Option<Frame> {
+    ///     let frame = peer.route_reply(frame)?;
+    ///     // ... the handler's own frames from here on
+    /// #   Some(frame)
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// While nothing is awaited it costs one atomic load (the frame is not
+    /// decoded).
+    pub fn route_reply(&self, frame: Frame) -> Option<Frame> {
+        self.inner.session.route_frame(frame, self)
+    }
+
+    /// Queues `request` under a fresh correlation id now; await
+    /// [`PendingReply::wait`] for the reply.
+    pub fn start_request_message(
+        &self,
+        request: P::Message,
+    ) -> Result<PendingReply<P>, RequestError> {
+        self.inner.session.start_request_message::<P>(request)
+    }
+}
+
+impl Peer {
+    /// Sends `command` to the peer under a fresh `requestID` and waits for
+    /// its reply, at most [`Config::request_timeout`](crate::Config::request_timeout).
+    pub async fn request(&self, command: impl Into<String>) -> Result<Message, RequestError> {
+        self.inner.session.request(command).await
+    }
+
+    /// Queues a request now; await [`PendingReply::wait`] for the reply.
+    pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        self.inner.session.start_request(command)
+    }
+}
+
+impl<P> fmt::Debug for Peer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Peer")
             .field("id", &self.inner.id)
@@ -178,7 +267,7 @@ impl fmt::Debug for Peer {
     }
 }
 
-impl<S> Connection<S> {
+impl<S, P> Connection<S, P> {
     /// Gives this connection the id `id` (a server's own numbering). Call
     /// it before the [`Peer`] is cloned (no other handle may see the
     /// change).

@@ -5,27 +5,36 @@
 //! client keeps one session across reconnects, so messages queued while it
 //! is disconnected are sent once it is back, and request ids never repeat.
 //!
-//! Correlation rule (both directions): an inbound message is a *reply* when
-//! its `command` is empty and it reports a result (`success` or an `error`).
-//! A reply completes the outstanding request with its `requestID`; a reply
-//! that matches nothing is logged and dropped, never handed to anyone else.
-//! Every other message is a request for the [`Handler`](crate::Handler).
+//! The session is untyped: its queue carries encoded frames, its table of
+//! outstanding requests is keyed by correlation id. The [`Protocol`] says
+//! which inbound messages are replies (the seed's: no `command`, and a
+//! result, `success` or an `error`) and reads their id. A reply completes
+//! the outstanding request with its id; a reply that matches nothing is
+//! logged and dropped, never handed to anyone else. Every other message is
+//! a request for the [`Handler`](crate::Handler).
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use async_tungstenite::tungstenite::Utf8Bytes;
+use async_tungstenite::tungstenite::Message as Frame;
 
 use crate::log_safe::{log_limited, LogLimit};
 #[cfg(feature = "metrics")]
 use crate::server::metrics::Metrics;
 use crate::time::timeout;
-use crate::{Message, Peer};
+use crate::{Message, Peer, Protocol, Seed};
+
+/// A decoded reply on its way to the request that awaits it. Boxed as
+/// `Any` so that the session stays untyped (one copy of it whatever the
+/// protocol); the [`PendingReply`] of that protocol downcasts it back.
+type AnyReply = Box<dyn Any + Send>;
 
 /// Log lines about replies that match no outstanding request.
 static UNMATCHED: LogLimit = LogLimit::new();
@@ -44,32 +53,33 @@ fn close_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
-/// One item in the outbound queue.
+/// One item in the outbound queue: frames already encoded (by
+/// [`Peer::send`] for typed messages), so the queue is the same whatever
+/// the protocol.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A message to send as is.
-    Message(Message),
-    /// A message already encoded, its bytes shared with other queues (a
-    /// broadcast encodes once for every peer; see [`Session::send_shared`]).
-    Shared(Utf8Bytes),
-    /// A request registered as outstanding; marked in flight once written.
-    Request(Message),
+    /// A frame to send as is; a broadcast's bytes are shared with the
+    /// other queues (cloning a frame only counts a reference).
+    Frame(Frame),
+    /// A request registered as outstanding under this id; marked in flight
+    /// once written.
+    Request(i64, Frame),
     /// Close the connection with this code and reason once everything
-    /// before it is sent. (Boxed: no bigger than a message's strings.)
+    /// before it is sent. (Boxed: no bigger than a frame.)
     Close(u16, Box<str>),
 }
 
-/// Why a message could not be queued; the message comes back.
+/// Why a message could not be queued; the message (or frame) comes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum SendError {
+pub enum SendError<M = Message> {
     /// The outbound queue holds [`Config::outbound_capacity`](crate::Config::outbound_capacity) messages.
-    Full(Message),
+    Full(M),
     /// The connection (or client) is closed for good.
-    Closed(Message),
+    Closed(M),
 }
 
-impl fmt::Display for SendError {
+impl<M> fmt::Display for SendError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::Full(_) => write!(f, "outbound queue full"),
@@ -78,7 +88,18 @@ impl fmt::Display for SendError {
     }
 }
 
-impl std::error::Error for SendError {}
+impl<M: fmt::Debug> std::error::Error for SendError<M> {}
+
+impl<M> SendError<M> {
+    /// The same error around something else (the message a frame was
+    /// encoded from).
+    fn map<N>(self, f: impl FnOnce(M) -> N) -> SendError<N> {
+        match self {
+            SendError::Full(m) => SendError::Full(f(m)),
+            SendError::Closed(m) => SendError::Closed(f(m)),
+        }
+    }
+}
 
 /// Why a request got no reply.
 ///
@@ -226,7 +247,7 @@ impl Outbox {
 
 /// One outstanding request.
 struct Pending {
-    reply: Sender<Message>,
+    reply: Sender<AnyReply>,
     /// Written to a connection; lost with it if that connection drops.
     in_flight: bool,
 }
@@ -250,24 +271,38 @@ impl Session {
 
     /// Queues `message` without waiting (fire and forget).
     pub fn send(&self, message: Message) -> Result<(), SendError> {
+        self.send_message::<Seed>(message)
+    }
+
+    /// Encodes `message` in protocol `P` and queues it without waiting;
+    /// when it cannot be queued, the message comes back in the error.
+    pub fn send_message<P: Protocol>(
+        &self,
+        message: P::Message,
+    ) -> Result<(), SendError<P::Message>> {
+        self.send_frame(P::encode(&message))
+            .map_err(|err| err.map(|_| message))
+    }
+
+    /// Queues one raw frame (text or binary) without waiting, under the
+    /// same bound as [`send`](Self::send).
+    pub fn send_frame(&self, frame: Frame) -> Result<(), SendError<Frame>> {
         let capacity = Some(self.inner.capacity);
-        match self.inner.outbox.push(Outgoing::Message(message), capacity) {
+        match self.inner.outbox.push(Outgoing::Frame(frame), capacity) {
             Ok(()) => Ok(()),
-            Err((Outgoing::Message(m), Refused::Full)) => Err(SendError::Full(m)),
-            Err((Outgoing::Message(m), Refused::Closed)) => Err(SendError::Closed(m)),
+            Err((Outgoing::Frame(f), Refused::Full)) => Err(SendError::Full(f)),
+            Err((Outgoing::Frame(f), Refused::Closed)) => Err(SendError::Closed(f)),
             Err(_) => unreachable!("push returns what it was given"),
         }
     }
 
-    /// Queues an encoded message whose bytes other queues share (cloning
-    /// `text` only counts a reference), under the same bound as
-    /// [`send`](Self::send).
-    pub(crate) fn send_shared(&self, text: Utf8Bytes) -> Result<(), Refused> {
+    /// Queues a frame whose bytes other queues share (a broadcast's),
+    /// under the same bound as [`send`](Self::send).
+    pub(crate) fn send_shared(&self, frame: Frame) -> Result<(), Refused> {
         let capacity = Some(self.inner.capacity);
-        let shared = Outgoing::Shared(text);
         self.inner
             .outbox
-            .push(shared, capacity)
+            .push(Outgoing::Frame(frame), capacity)
             .map_err(|(_, refused)| refused)
     }
 
@@ -280,11 +315,21 @@ impl Session {
     /// Queues a request now and returns a handle to await its reply later,
     /// so many requests can be in flight at once (for example a broadcast).
     pub fn start_request(&self, command: impl Into<String>) -> Result<PendingReply, RequestError> {
+        self.start_request_message::<Seed>(Message::request(0, command))
+    }
+
+    /// Stamps `request` with a fresh correlation id, queues it in protocol
+    /// `P` and returns the handle to await its reply with.
+    pub fn start_request_message<P: Protocol>(
+        &self,
+        mut request: P::Message,
+    ) -> Result<PendingReply<P>, RequestError> {
         let inner = &self.inner;
         if inner.outbox.len() >= inner.capacity {
             return Err(RequestError::Full);
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        P::set_correlation_id(&mut request, id);
         let (reply_tx, reply_rx) = async_channel::bounded(1);
         self.lock().insert(
             id,
@@ -302,8 +347,9 @@ impl Session {
             deadline: Instant::now() + inner.request_timeout,
             #[cfg(feature = "metrics")]
             metrics: None,
+            protocol: PhantomData,
         };
-        let request = Outgoing::Request(Message::request(id, command));
+        let request = Outgoing::Request(id, P::encode(&request));
         match inner.outbox.push(request, Some(inner.capacity)) {
             Ok(()) => Ok(handle),
             Err((_, Refused::Full)) => Err(RequestError::Full),
@@ -362,40 +408,59 @@ impl Session {
         self.fail(|pending| pending.in_flight);
     }
 
-    /// Routes an inbound message from `peer`. Returns it back when it is a request for
-    /// the handler; consumes it when it is a reply (matched or dropped).
-    pub(crate) fn route(&self, message: Message, peer: &Peer) -> Option<Message> {
-        // The connection's own reply hook (the forwarder's, on a named
-        // client) comes first: its replies are never timed out here. It
-        // sees every message without a command, so that a reply reporting
-        // failure (`success:false`, no `error`) reaches it too; it takes
-        // only those answering its own requestIDs.
-        // (Only the forwarder installs one: the small build skips the check.)
+    /// [`Peer::route_reply`]: a frame that decodes as a reply in protocol
+    /// `P` is routed here and consumed (`None`); anything else comes back.
+    /// While no request is outstanding (and without a reply hook) nothing
+    /// can match, so the frame is not even decoded.
+    pub(crate) fn route_frame<P: Protocol>(&self, frame: Frame, peer: &Peer<P>) -> Option<Frame> {
         #[cfg(feature = "forwarder")]
-        let message = match peer.reply_route() {
-            Some(route) if message.command.is_empty() => route.take_reply(peer, message)?,
-            _ => message,
+        let hooked = peer.reply_route().is_some();
+        #[cfg(not(feature = "forwarder"))]
+        let hooked = false;
+        if !hooked && self.inner.pending_len.load(Ordering::Relaxed) == 0 {
+            return Some(frame);
+        }
+        let bytes: &[u8] = match &frame {
+            Frame::Text(text) => text.as_bytes(),
+            Frame::Binary(bytes) => bytes,
+            _ => return Some(frame),
         };
-        let is_reply = message.command.is_empty() && (message.success || !message.error.is_empty());
-        if !is_reply {
+        match P::decode(bytes).map(|message| self.route(message, peer)) {
+            // A reply, routed (or the hook's, taken).
+            Ok(None) => None,
+            // A request, or something the handler reads its own way.
+            Ok(Some(_)) | Err(_) => Some(frame),
+        }
+    }
+
+    /// Routes an inbound message from `peer`. Returns it back when it is a
+    /// request for the handler; consumes it when it is a reply (matched or
+    /// dropped).
+    pub(crate) fn route<P: Protocol>(
+        &self,
+        message: P::Message,
+        peer: &Peer<P>,
+    ) -> Option<P::Message> {
+        // The connection's own reply hook (the forwarder's, on a named
+        // client) comes first: its replies are never timed out here.
+        // (Only the forwarder installs one: the small build skips it.)
+        #[cfg(feature = "forwarder")]
+        let message = offer_to_hook(message, peer)?;
+        if !P::is_reply(&message) {
             return Some(message);
         }
+        // Ids are given out from 1: a reply without one matches nothing.
+        let id = P::correlation_id(&message).unwrap_or(0);
         let pending = match self.inner.pending_len.load(Ordering::Relaxed) {
             0 => None,
-            _ => self.lock().remove(&message.request_id),
+            _ => self.lock().remove(&id),
         };
         match pending {
             Some(pending) => {
                 self.inner.pending_len.fetch_sub(1, Ordering::Relaxed);
-                let _ = pending.reply.try_send(message);
+                let _ = pending.reply.try_send(Box::new(message));
             }
-            // The peer decides how often this happens: debug, rate-limited.
-            None => log_limited!(
-                UNMATCHED,
-                log::Level::Debug,
-                "{peer} sent a reply for requestID {} that matches no outstanding request; dropped",
-                message.request_id
-            ),
+            None => unmatched(peer, id),
         }
         None
     }
@@ -432,20 +497,54 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Logs a reply that matches no outstanding request (it is dropped). The
+/// peer decides how often this happens: debug, rate-limited. One copy,
+/// whatever the protocol.
+fn unmatched(peer: &dyn fmt::Display, id: i64) {
+    log_limited!(
+        UNMATCHED,
+        log::Level::Debug,
+        "{peer} sent a reply for id {id} that matches no outstanding request; dropped"
+    );
+}
+
+/// Offers an inbound seed message without a `command` to the connection's
+/// reply hook (see [`ReplyRoute`](crate::ReplyRoute)); it sees a reply
+/// reporting failure (`success:false`, no `error`) too, and takes only
+/// those answering its own requestIDs. Connections of other protocols
+/// have no hook (the forwarder speaks the seed's).
+#[cfg(feature = "forwarder")]
+fn offer_to_hook<P: Protocol>(message: P::Message, peer: &Peer<P>) -> Option<P::Message> {
+    let Some(route) = peer.reply_route() else {
+        return Some(message);
+    };
+    let mut slot = Some(message);
+    if let Some(seed) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Message>>() {
+        if let Some(message) = seed.take() {
+            *seed = match message.command.is_empty() {
+                true => route.take_reply(&peer.retyped(), message),
+                false => Some(message),
+            };
+        }
+    }
+    slot
+}
+
 /// A request that has been queued; [`wait`](Self::wait) for its reply.
 /// Dropping it forgets the request (a late reply is then dropped).
-pub struct PendingReply {
+pub struct PendingReply<P: Protocol = Seed> {
     id: i64,
     session: Session,
-    reply: Receiver<Message>,
+    reply: Receiver<AnyReply>,
     deadline: Instant,
     /// Where the reply's latency is counted (a server's hub sets it).
     #[cfg(feature = "metrics")]
     metrics: Option<Arc<Metrics>>,
+    protocol: PhantomData<fn() -> P>,
 }
 
-impl PendingReply {
-    /// The `requestID` the request was sent under.
+impl<P: Protocol> PendingReply<P> {
+    /// The correlation id (`requestID`) the request was sent under.
     pub fn id(&self) -> i64 {
         self.id
     }
@@ -458,7 +557,7 @@ impl PendingReply {
     }
 
     /// Waits for the reply, until the deadline set when it was queued.
-    pub async fn wait(self) -> Result<Message, RequestError> {
+    pub async fn wait(self) -> Result<P::Message, RequestError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         match timeout(left, self.reply.recv()).await {
             Some(Ok(reply)) => {
@@ -468,7 +567,12 @@ impl PendingReply {
                     metrics
                         .request_latency(self.session.inner.request_timeout.saturating_sub(left));
                 }
-                Ok(reply)
+                // The session's loop decodes replies in the protocol its
+                // peer speaks, which is this one: the downcast holds.
+                reply
+                    .downcast::<P::Message>()
+                    .map(|reply| *reply)
+                    .map_err(|_| RequestError::ConnectionLost)
             }
             Some(Err(_)) => Err(RequestError::ConnectionLost),
             None => Err(RequestError::Timeout),
@@ -476,13 +580,13 @@ impl PendingReply {
     }
 }
 
-impl Drop for PendingReply {
+impl<P: Protocol> Drop for PendingReply<P> {
     fn drop(&mut self) {
         self.session.forget(self.id);
     }
 }
 
-impl fmt::Debug for PendingReply {
+impl<P: Protocol> fmt::Debug for PendingReply<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingReply")
             .field("id", &self.id)

@@ -178,7 +178,7 @@ impl Metrics {
     /// The Prometheus text exposition of these counters and of `hub`'s
     /// gauges and message totals.
     #[cfg(feature = "metrics")]
-    pub fn render(&self, hub: &Hub) -> String {
+    pub fn render<P>(&self, hub: &Hub<P>) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(4096);
         let (open, queued) = hub.open_and_queued();

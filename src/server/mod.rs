@@ -26,6 +26,7 @@ pub mod metrics;
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,7 +54,7 @@ use crate::tcp::Tcp;
 use crate::time::timeout;
 #[cfg(feature = "tls")]
 use crate::tls::server::ServerTls;
-use crate::{Config, Connection, Ended, Error, Handler, Hub, CLOSE_GOING_AWAY};
+use crate::{Config, Connection, Ended, Error, Handler, Hub, Protocol, Seed, CLOSE_GOING_AWAY};
 
 /// The path of the WebSocket endpoint, as in the original program.
 pub const WEBSOCKET_PATH: &str = "/server";
@@ -108,10 +109,13 @@ const ACCEPT_BATCH: usize = 64;
 /// accept is a syscall plus a spawn; 64 of them take well under this).
 const ACCEPT_BATCH_TIME: Duration = Duration::from_millis(2);
 
-/// A bound listening socket with its settings, ready to [`run`](Server::run).
-pub struct Server {
+/// A bound listening socket with its settings, ready to [`run`](Server::run),
+/// speaking the [`Protocol`] `P` on its WebSocket connections ([`Seed`]
+/// unless [`speaking`](Server::speaking) says otherwise).
+pub struct Server<P = Seed> {
     listener: Async<TcpListener>,
     shared: Arc<Shared>,
+    protocol: PhantomData<fn() -> P>,
 }
 
 /// What every connection task of one server reads.
@@ -166,9 +170,24 @@ impl Server {
                 #[cfg(feature = "forwarder")]
                 forwarder: None,
             }),
+            protocol: PhantomData,
         })
     }
 
+    /// The same server, speaking protocol `Q` (for example
+    /// [`Json<T>`](crate::Json) of the application's own types): its
+    /// [`hub`](Server::hub) and handler are `Q`'s. The HTTP side and every
+    /// limit stay as they are.
+    pub fn speaking<Q: Protocol>(self) -> Server<Q> {
+        Server {
+            listener: self.listener,
+            shared: self.shared,
+            protocol: PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> Server<P> {
     /// Serves `files` at `/` instead of the built-in page.
     pub fn with_static_files(mut self, files: StaticFiles) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
@@ -245,8 +264,8 @@ impl Server {
     }
 
     /// The registry of live WebSocket connections, for pushing and listing.
-    pub fn hub(&self) -> Arc<Hub> {
-        self.shared.hub.clone()
+    pub fn hub(&self) -> Arc<Hub<P>> {
+        Arc::new(self.shared.hub.retyped())
     }
 
     /// Accepts connections until `shutdown` completes, on a task of its
@@ -265,7 +284,7 @@ impl Server {
     ) -> Result<(), Error>
     where
         S: Spawn + Clone + Send + Sync + 'static,
-        H: Handler,
+        H: Handler<P>,
     {
         self.run_on(Arc::new(spawner.clone()), handler, shutdown)
             .await
@@ -273,7 +292,7 @@ impl Server {
 
     /// [`run`](Self::run) with the spawner shared: one copy of this code
     /// whatever spawner type the callers use.
-    async fn run_on<H: Handler>(
+    async fn run_on<H: Handler<P>>(
         self,
         spawner: SharedSpawn,
         handler: H,
@@ -294,6 +313,7 @@ impl Server {
             handler: Arc::new(handler),
             alive,
             spawner: spawner.clone(),
+            protocol: PhantomData,
         };
         spawner.spawn(Box::pin(async move {
             future::or(acceptor.run(), async {
@@ -318,16 +338,17 @@ impl Server {
 
 /// The accept task: it alone owns the listening socket, and decides for
 /// each new connection whether it is admitted (see [`Shared::admit`]).
-struct Acceptor<H> {
+struct Acceptor<P, H> {
     listener: Async<TcpListener>,
     shared: Arc<Shared>,
     handler: Arc<H>,
     /// Cloned into every connection task, for the shutdown wait.
     alive: Sender<()>,
     spawner: SharedSpawn,
+    protocol: PhantomData<fn() -> P>,
 }
 
-impl<H: Handler> Acceptor<H> {
+impl<P: Protocol, H: Handler<P>> Acceptor<P, H> {
     /// Accepts until cancelled.
     async fn run(self) {
         loop {
@@ -393,11 +414,11 @@ impl<H: Handler> Acceptor<H> {
         let alive = self.alive.clone();
         #[cfg(feature = "tls")]
         if shared.tls.is_some() {
-            let task = serve_tls(stream, addr, started, early, shared, handler, alive);
+            let task = serve_tls::<P, H>(stream, addr, started, early, shared, handler, alive);
             self.spawner.spawn(Box::pin(task));
             return;
         }
-        let task = serve(stream, addr, started, early, shared, handler, alive);
+        let task = serve::<Tcp, P, H>(stream, addr, started, early, shared, handler, alive);
         self.spawner.spawn(Box::pin(task));
     }
 }
@@ -564,7 +585,7 @@ async fn accept_tls(
 
 /// A connection on the TLS port: the TLS handshake, then [`serve`].
 #[cfg(feature = "tls")]
-async fn serve_tls<H: Handler>(
+async fn serve_tls<P: Protocol, H: Handler<P>>(
     stream: Tcp,
     addr: SocketAddr,
     started: Instant,
@@ -578,7 +599,7 @@ async fn serve_tls<H: Handler>(
     // `if let` around the connection.
     let accepted = Box::pin(accept_tls(stream, addr, &shared)).await;
     if let Some(stream) = accepted {
-        serve(stream, addr, started, early, shared, handler, alive).await;
+        serve::<_, P, H>(stream, addr, started, early, shared, handler, alive).await;
     }
 }
 
@@ -592,7 +613,7 @@ async fn serve_tls<H: Handler>(
 /// latter copies its arguments into a second set of locals, and this future
 /// lives as long as the connection.
 #[allow(clippy::manual_async_fn)]
-fn serve<S: Stream, H: Handler>(
+fn serve<S: Stream, P: Protocol, H: Handler<P>>(
     mut stream: S,
     addr: SocketAddr,
     started: Instant,
@@ -618,8 +639,15 @@ fn serve<S: Stream, H: Handler>(
                 return;
             };
             // The read guard goes under tungstenite, above TLS.
-            let conn =
-                Connection::new(stream, Role::Server, leftover, Some(client), &shared.config);
+            let config = &shared.config;
+            let conn = Connection::<S, P>::open(
+                stream,
+                Role::Server,
+                leftover,
+                Some(client),
+                config,
+                None,
+            );
             (named(Box::pin(conn).await, name, &shared), client, ticket)
         };
         connected(conn, client, &shared, handler).await;
@@ -628,7 +656,11 @@ fn serve<S: Stream, H: Handler>(
 
 /// Names a connection that claimed a name on its upgrade, and hands its
 /// replies to the forwarder first (see [`ReplyRoute`](crate::ReplyRoute)).
-fn named<S: Stream>(conn: Connection<S>, name: Option<Box<str>>, shared: &Shared) -> Connection<S> {
+fn named<S: Stream, P: Protocol>(
+    conn: Connection<S, P>,
+    name: Option<Box<str>>,
+    shared: &Shared,
+) -> Connection<S, P> {
     #[cfg(feature = "forwarder")]
     if let (Some(name), Some(forwarder)) = (name, &shared.forwarder) {
         return conn.with_name(name, forwarder.route());
@@ -651,8 +683,8 @@ fn client_addr(addr: SocketAddr, request: &Request, shared: &Shared) -> SocketAd
 
 /// Registers an upgraded connection with the hub, and returns its loop
 /// followed by its removal from the hub.
-fn connected<S: Stream, H: Handler>(
-    conn: Connection<S>,
+fn connected<S: Stream, P: Protocol, H: Handler<P>>(
+    conn: Connection<S, P>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
@@ -671,7 +703,7 @@ fn connected<S: Stream, H: Handler>(
     let forwarder = shared.forwarder.clone();
     #[cfg(feature = "forwarder")]
     if let Some(forwarder) = &forwarder {
-        forwarder.connected(conn.peer());
+        forwarder.connected(&conn.peer().retyped());
     }
     handler.on_connect(conn.peer());
     let hub = shared.hub.clone();
@@ -689,7 +721,7 @@ fn connected<S: Stream, H: Handler>(
             hub.remove(id);
             #[cfg(feature = "forwarder")]
             if let Some(forwarder) = &forwarder {
-                forwarder.disconnected(&peer);
+                forwarder.disconnected(&peer.retyped());
             }
             handler.on_disconnect(&peer, &ended);
         }),

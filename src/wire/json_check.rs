@@ -141,13 +141,16 @@ enum Mode {
     Message,
     /// The codec's salvage struct: only `requestID` known, and required.
     IdOnly,
+    /// Any object: no field known, every value skipped (the syntax check
+    /// in front of [`NanoJson`](crate::NanoJson)).
+    Syntax,
 }
 
 impl Mode {
     fn field(self, key: &[u8]) -> Option<Field> {
         match (self, Field::from_name(key)) {
             (Mode::IdOnly, Some(Field::RequestId)) => Some(Field::RequestId),
-            (Mode::IdOnly, _) => None,
+            (Mode::IdOnly | Mode::Syntax, _) => None,
             (Mode::Message, f) => f,
         }
     }
@@ -175,6 +178,24 @@ pub(crate) fn check(input: &[u8]) -> Result<Fields<'_>, DecodeError> {
             })
         }
     }
+}
+
+/// Checks that `input` is one syntactically valid JSON object (the rules
+/// above, every field unknown), so that nanoserde never reads the malformed
+/// input it mishandles.
+pub(crate) fn check_syntax(input: &[u8]) -> Result<(), DecodeError> {
+    Scan::new(input)
+        .top(Mode::Syntax)
+        .map(drop)
+        .map_err(|fault| {
+            let (line, column) = position_of_index(input, fault.at);
+            DecodeError {
+                request_id: None,
+                line,
+                column: column.max(1),
+                reason: fault.reason,
+            }
+        })
 }
 
 /// serde_json's position of byte index `at`: 1-based line, and the number of
