@@ -96,6 +96,11 @@ SERVER OPTIONS:
                            the API answers 429 [default: 1000]
     --command-ttl DURATION a command not final by then ends `expired`
                            [default: 24h]
+    --redis URL            one of several nodes sharing named clients, queues
+                           and records through Redis (redis://HOST:PORT[/DB]);
+                           instead of --state (feature `redis`) [default: off]
+    --node-id ID           this node's name in the cluster (A-Z a-z 0-9 . _ -
+                           :) [default: HOSTNAME:PORT]
 
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
@@ -253,6 +258,10 @@ pub struct ForwarderArgs {
     pub operator_token_file: Option<PathBuf>,
     pub max_queued: usize,
     pub command_ttl: Duration,
+    /// `--redis URL` (feature `redis`).
+    pub redis: Option<String>,
+    /// `--node-id ID`.
+    pub node_id: Option<String>,
 }
 
 #[cfg(feature = "forwarder")]
@@ -264,6 +273,8 @@ impl Default for ForwarderArgs {
             operator_token_file: None,
             max_queued: wsloop::forwarder::DEFAULT_MAX_QUEUED,
             command_ttl: wsloop::forwarder::DEFAULT_COMMAND_TTL,
+            redis: None,
+            node_id: None,
         }
     }
 }
@@ -369,6 +380,14 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-queued") => deployment.forwarder.max_queued = parser.value()?.parse()?,
             #[cfg(feature = "forwarder")]
             Long("command-ttl") => deployment.forwarder.command_ttl = duration(&mut parser)?,
+            #[cfg(feature = "redis")]
+            Long("redis") => deployment.forwarder.redis = Some(parser.value()?.string()?),
+            #[cfg(feature = "redis")]
+            Long("node-id") => deployment.forwarder.node_id = Some(parser.value()?.string()?),
+            #[cfg(not(feature = "redis"))]
+            Long("redis" | "node-id") => {
+                return Err(missing_feature("--redis and --node-id", "redis"))
+            }
             #[cfg(not(feature = "forwarder"))]
             Long("tokens" | "operator-token-file" | "max-queued" | "command-ttl") => {
                 return Err(missing_feature("the forwarder options", "forwarder"))
@@ -424,6 +443,13 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             // record on a client).
             #[cfg(feature = "forwarder")]
             {
+                let forwarder = &deployment.forwarder;
+                if state.is_some() && forwarder.redis.is_some() {
+                    return Err("--state and --redis are two stores: give one".into());
+                }
+                if forwarder.node_id.is_some() && forwarder.redis.is_none() {
+                    return Err("--node-id needs --redis".into());
+                }
                 deployment.forwarder.state = state;
             }
             #[cfg(not(feature = "forwarder"))]
@@ -581,7 +607,7 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 
 /// The Cargo features `wsloop --version` names when this build has them
 /// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 12] = [
+pub const FEATURES: [(&str, bool); 13] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
@@ -593,6 +619,7 @@ pub const FEATURES: [(&str, bool); 12] = [
     ("metrics", cfg!(feature = "metrics")),
     ("trusted-proxy", cfg!(feature = "trusted-proxy")),
     ("forwarder", cfg!(feature = "forwarder")),
+    ("redis", cfg!(feature = "redis")),
     ("exec", cfg!(feature = "exec")),
 ];
 
