@@ -17,12 +17,15 @@
 //! Skipped, with a message on stderr, when `redis-server` or nginx is
 //! missing (`.ci/run` installs both). `WSLOOP_CLUSTER_DEVICES` changes the
 //! device count (default 300); `WSLOOP_CLUSTER_NODES=1` runs step 1 on a
-//! single node, for the one-node figure (and skips step 2).
+//! single node, for the one-node figure (and skips step 2);
+//! `WSLOOP_CLUSTER_BIN` runs another wsloop binary (a release build gives
+//! the README's figures).
 #![cfg(feature = "redis")]
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::process::{start_server, Proc, BIN};
+use common::process::{Proc, ANNOUNCE, BIN};
 use common::wait_until;
 
 const OPERATOR: &str = "op-secret";
@@ -42,6 +45,9 @@ const API_THREADS: usize = 8;
 
 /// Commands per device in each round.
 const PER_DEVICE: usize = 2;
+
+/// Longer than a node's heartbeat: what an outage must outlast.
+const HEARTBEAT_AND_A_HALF: Duration = Duration::from_secs(3);
 
 /// The longest the whole test may take: a couple of minutes on 2 cores.
 const BUDGET: Duration = Duration::from_secs(170);
@@ -99,6 +105,12 @@ impl Drop for Scratch {
 /// it answers PING.
 fn start_redis(program: &Path, dir: &Path) -> (Killed, u16) {
     let port = free_port();
+    (restart_redis(program, dir, port), port)
+}
+
+/// Starts `redis-server` on `port` in `dir` (its data, if any, reloaded
+/// from the append-only file) and waits until it answers PING.
+fn restart_redis(program: &Path, dir: &Path, port: u16) -> Killed {
     let child = Command::new(program)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .arg("--dir")
@@ -127,7 +139,7 @@ fn start_redis(program: &Path, dir: &Path) -> (Killed, u16) {
             && stream.read_exact(&mut answer).is_ok()
             && &answer == b"+PONG\r\n"
     });
-    (redis, port)
+    redis
 }
 
 /// The nginx configuration the README shows, around `upstreams`.
@@ -188,41 +200,52 @@ fn start_nginx(program: &Path, dir: &Path, upstreams: &[SocketAddr]) -> (Killed,
     (nginx, addr)
 }
 
-/// Starts node `id` on Redis `port`.
-fn start_node(id: &str, port: u16, operator: &Path) -> (Proc, SocketAddr) {
-    let url = format!("redis://127.0.0.1:{port}");
-    let operator = operator.to_string_lossy().into_owned();
-    start_server(
-        id,
-        &[
-            "server",
-            "-q",
-            "--redis",
-            &url,
-            "--node-id",
-            id,
-            "--operator-token-file",
-            &operator,
-            "--max-connections-per-ip",
-            "0",
-            "--trusted-proxy",
-            "127.0.0.1",
-        ],
-    )
+/// The binary under test: Cargo's, or `WSLOOP_CLUSTER_BIN`.
+fn binary() -> String {
+    std::env::var("WSLOOP_CLUSTER_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
-/// One device process: `wsloop client --id NAME --exec RUN` through nginx.
-fn start_device(name: &str, nginx: SocketAddr, run: &Path, logs: &Path) -> Killed {
+/// Starts node `id` on Redis `port` (logging warnings only, or with
+/// `verbose` the info lines too).
+fn start_node(id: &str, port: u16, operator: &Path, verbose: bool) -> (Proc, SocketAddr) {
+    let url = format!("redis://127.0.0.1:{port}");
+    let operator = operator.to_string_lossy().into_owned();
+    let args = [
+        "server",
+        if verbose { "-v" } else { "-q" },
+        "--redis",
+        &url,
+        "--node-id",
+        id,
+        "--operator-token-file",
+        &operator,
+        "--max-connections-per-ip",
+        "0",
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--address",
+        "127.0.0.1:0",
+    ];
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let mut node = Proc::spawn(id, OsStr::new(&binary()), &args, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = node
+        .next_line(deadline)
+        .unwrap_or_else(|| node.fail("exited before announcing its address"));
+    let addr = first
+        .strip_prefix(ANNOUNCE)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line of {id}: {first:?}"));
+    (node, addr)
+}
+
+/// One device process: `wsloop client --id NAME --exec RUN` to `addr`
+/// (nginx, or a node).
+fn start_device(name: &str, addr: SocketAddr, run: &Path, logs: &Path) -> Killed {
     let log = std::fs::File::create(logs.join(format!("{name}.log"))).expect("device log");
     let child = Command::new(BIN)
-        .args([
-            "client",
-            "-q",
-            "--address",
-            &nginx.to_string(),
-            "--id",
-            name,
-        ])
+        .args(["client", "-q", "--address", &addr.to_string(), "--id", name])
         .args(["--reconnect-delay", "100ms", "--max-reconnect-delay", "1s"])
         .arg("--exec")
         .arg(run)
@@ -403,26 +426,165 @@ fn wait_latency(node: SocketAddr, name: &str, count: usize) -> Duration {
     times[count / 2]
 }
 
+/// redis-server and nginx, or `None` after saying on stderr that `test`
+/// is skipped.
+fn programs(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let found = find("redis-server").zip(find("nginx"));
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED {test}: redis-server or nginx is not installed (Debian: apt-get install \
+             redis-server nginx-light; .ci/run does)"
+        );
+    }
+    found
+}
+
+/// Writes the devices' program: it appends its requestID to
+/// `runs/DEVICE` and says `ok`.
+fn write_program(dir: &Path, runs_dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let run = dir.join("run.sh");
+    let script = format!(
+        "#!/bin/sh\necho \"$WSLOOP_REQUEST_ID\" >> '{}'/\"$WSLOOP_CLIENT\"\necho ok\n",
+        runs_dir.display()
+    );
+    std::fs::write(&run, script).expect("run.sh");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    run
+}
+
+/// A fresh scratch directory with `runs/` and `logs/` in it.
+fn scratch(name: &str) -> (Scratch, PathBuf, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (runs_dir, logs) = (dir.join("runs"), dir.join("logs"));
+    for sub in [&runs_dir, &logs] {
+        std::fs::create_dir_all(sub).expect("scratch dirs");
+    }
+    (Scratch(dir), runs_dir, logs)
+}
+
+/// The requestIDs `name`'s program ran, none twice.
+fn ran_once(runs_dir: &Path, name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(runs_dir.join(name)).unwrap_or_default();
+    let ids: Vec<String> = text.lines().map(str::to_string).collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "{name} ran a command twice: {ids:?}"
+    );
+    ids
+}
+
+/// Redis goes away and comes back; a device's name moves between nodes.
+#[test]
+fn redis_outage_keeps_devices_and_a_name_moves_between_nodes() {
+    let Some((redis_server, _)) = programs("redis outage test") else {
+        return;
+    };
+    let (scratch, runs_dir, logs) = scratch("outage");
+    let dir = scratch.0.clone();
+    let (redis, redis_port) = start_redis(&redis_server, &dir);
+    let operator = dir.join("operator");
+    std::fs::write(&operator, OPERATOR).expect("operator token");
+    let (mut n1, a1) = start_node("n1", redis_port, &operator, true);
+    let (_n2, a2) = start_node("n2", redis_port, &operator, false);
+    let run = write_program(&dir, &runs_dir);
+    let _device = start_device("pump", a1, &run, &logs);
+    wait_until(10, "pump on n1, as n2 sees it", || {
+        holders(a2).get("pump").map(String::as_str) == Some("n1")
+    });
+
+    // Another connection claims the name on n2: n1 closes the device's
+    // with 4000; the device reconnects to n1, and n2 closes the intruder.
+    let intruder = common::bounded(20, async {
+        let stream = smol::net::TcpStream::connect(a2)
+            .await
+            .expect("tcp connect");
+        let url = format!("ws://{a2}/server?client=pump");
+        let (mut ws, _) = async_tungstenite::client_async(url, stream)
+            .await
+            .expect("websocket handshake");
+        common::next_close_code(&mut ws).await
+    });
+    assert_eq!(
+        intruder,
+        Some(4000),
+        "the older connection on n2 is closed with 4000"
+    );
+    let device_log = logs.join("pump.log");
+    let replaced = std::fs::read_to_string(&device_log).unwrap_or_default();
+    assert!(
+        replaced.contains("4000"),
+        "the device saw its 4000: {replaced}"
+    );
+    wait_until(10, "pump back on n1", || {
+        holders(a2).get("pump").map(String::as_str) == Some("n1")
+    });
+    let (status, body) = api(
+        a2,
+        "POST",
+        "/api/clients/pump/commands?wait=10s",
+        r#"{"command":"a"}"#,
+    );
+    assert_eq!(
+        (status, json(&body)["status"].as_str()),
+        (200, Some("replied")),
+        "{body}"
+    );
+
+    // Redis goes away: the device stays, the API answers 503, n1 says so once.
+    let drops_before = replaced.matches("lost").count();
+    drop(redis);
+    let command = r#"{"command":"b"}"#;
+    for _ in 0..3 {
+        let (status, body) = api(a1, "POST", "/api/clients/pump/commands", command);
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("Redis unreachable"), "{body}");
+    }
+    let (status, _) = api(a2, "GET", "/api/clients", "");
+    assert_eq!(status, 503);
+    n1.wait_for_stderr(10, "the outage", |l| l.contains("unreachable"));
+    // Beyond a heartbeat of the outage, the device is still connected.
+    thread::sleep(HEARTBEAT_AND_A_HALF);
+    let after = std::fs::read_to_string(&device_log).unwrap_or_default();
+    assert_eq!(
+        after.matches("lost").count(),
+        drops_before,
+        "the device kept its connection: {after}"
+    );
+
+    // Redis is back (its data from the append-only file): commands flow.
+    let _redis = restart_redis(&redis_server, &dir, redis_port);
+    wait_until(30, "a command replied after Redis came back", || {
+        let (status, body) = api(a2, "POST", "/api/clients/pump/commands?wait=5s", command);
+        status == 200 && json(&body)["status"] == "replied"
+    });
+    n1.wait_for_stderr(10, "the recovery", |l| l.contains("reachable again"));
+    n1.collect_stderr();
+    let outages = n1
+        .stderr_seen()
+        .iter()
+        .filter(|l| l.contains(": unreachable ("))
+        .count();
+    assert_eq!(outages, 1, "one line per change: {:#?}", n1.stderr_seen());
+    let ids = ran_once(&runs_dir, "pump");
+    assert_eq!(ids.len(), 2, "a, then b once Redis was back: {ids:?}");
+    drop(scratch);
+}
+
 #[test]
 fn three_nodes_behind_nginx_one_killed_mid_run() {
-    let (Some(redis_server), Some(nginx)) = (find("redis-server"), find("nginx")) else {
-        eprintln!(
-            "SKIPPED cluster test: redis-server or nginx is not installed (Debian: apt-get \
-             install redis-server nginx-light; .ci/run does)"
-        );
+    let Some((redis_server, nginx)) = programs("cluster test") else {
         return;
     };
     let started = Instant::now();
     let n = devices();
     let node_count = env_number("WSLOOP_CLUSTER_NODES").unwrap_or(3).clamp(1, 3);
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let scratch = Scratch(dir.clone());
-    let (runs_dir, logs) = (dir.join("runs"), dir.join("logs"));
-    for sub in [&runs_dir, &logs] {
-        std::fs::create_dir_all(sub).expect("scratch dirs");
-    }
+    let (scratch, runs_dir, logs) = scratch("nginx");
+    let dir = scratch.0.clone();
     let (_redis, redis_port) = start_redis(&redis_server, &dir);
 
     // Three nodes, nginx in front.
@@ -431,20 +593,13 @@ fn three_nodes_behind_nginx_one_killed_mid_run() {
     let ids = ["n1", "n2", "n3"];
     let mut nodes: Vec<(Proc, SocketAddr)> = ids[..node_count]
         .iter()
-        .map(|id| start_node(id, redis_port, &operator))
+        .map(|id| start_node(id, redis_port, &operator, false))
         .collect();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|(_, a)| *a).collect();
     let (_nginx, front) = start_nginx(&nginx, &dir, &addrs);
 
     // The devices: their program notes each run, one line per requestID.
-    let run = dir.join("run.sh");
-    let script = format!(
-        "#!/bin/sh\necho \"$WSLOOP_REQUEST_ID\" >> '{}'/\"$WSLOOP_CLIENT\"\necho ok\n",
-        runs_dir.display()
-    );
-    std::fs::write(&run, script).expect("run.sh");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let run = write_program(&dir, &runs_dir);
     let _devices: Vec<Killed> = (0..n)
         .map(|d| start_device(&format!("dev-{d}"), front, &run, &logs))
         .collect();

@@ -527,10 +527,19 @@ impl Inner {
         let records = self.store.pending(name.to_string()).await?;
         let now = now_ms();
         let mut state = self.lock();
+        let state = &mut *state;
         let Some(client) = state.clients.get_mut(name) else {
             return Ok(());
         };
         for record in records {
+            // Final here already, its save still on the way to Redis: not
+            // to be sent again.
+            if state
+                .unsaved
+                .contains_key(&(Box::from(name), record.request_id))
+            {
+                continue;
+            }
             client
                 .pending
                 .entry(record.request_id)

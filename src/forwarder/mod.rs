@@ -600,6 +600,9 @@ impl Forwarder {
     /// Cancels command `id` of `name` if it is still queued (never written
     /// to the client); returns its final record.
     pub async fn cancel(&self, name: &str, id: i64) -> Result<Record, CancelError> {
+        self.learn(name)
+            .await
+            .map_err(|err| CancelError::Store(err.to_string()))?;
         {
             let mut state = self.inner.lock();
             let state = &mut *state;
