@@ -12,7 +12,9 @@ use wsloop::{parse_duration, AccessPolicy, Config, TOKEN_ENV};
 /// The address both modes use unless told otherwise.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8080";
 
-pub const USAGE: &str = "\
+macro_rules! server_usage {
+    () => {
+        "\
 wsloop — persistent WebSocket messaging
 
 USAGE:
@@ -96,12 +98,27 @@ SERVER OPTIONS:
                            the API answers 429 [default: 1000]
     --command-ttl DURATION a command not final by then ends `expired`
                            [default: 24h]
+"
+    };
+}
+
+/// The cluster's server options (feature `redis`).
+#[cfg(feature = "redis")]
+macro_rules! cluster_usage {
+    () => {
+        "\
     --redis URL            one of several nodes sharing named clients, queues
                            and records through Redis (redis://HOST:PORT[/DB]);
-                           instead of --state (feature `redis`) [default: off]
+                           instead of --state [default: off]
     --node-id ID           this node's name in the cluster (A-Z a-z 0-9 . _ -
                            :) [default: HOSTNAME:PORT]
+"
+    };
+}
 
+macro_rules! client_usage {
+    () => {
+        "
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
     --count N              stop after N replies; exit 0 only if all matched
@@ -131,7 +148,16 @@ CLIENT OPTIONS:
                            with ?client=NAME; its --token-file is its own
                            [default: anonymous]
 
-";
+"
+    };
+}
+
+/// The help text up to the device options: the server's part, the
+/// cluster's options when the build has them, the client's part.
+#[cfg(feature = "redis")]
+pub const USAGE: &str = concat!(server_usage!(), cluster_usage!(), client_usage!());
+#[cfg(not(feature = "redis"))]
+pub const USAGE: &str = concat!(server_usage!(), client_usage!());
 
 /// `--help`'s device section (feature `exec`; the small build leaves the
 /// text out with the options).
@@ -384,14 +410,21 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("redis") => deployment.forwarder.redis = Some(parser.value()?.string()?),
             #[cfg(feature = "redis")]
             Long("node-id") => deployment.forwarder.node_id = Some(parser.value()?.string()?),
-            #[cfg(not(feature = "redis"))]
+            // (Without the forwarder, the arm below refuses them: no
+            // message of their own in the small build.)
+            #[cfg(all(feature = "forwarder", not(feature = "redis")))]
             Long("redis" | "node-id") => {
                 return Err(missing_feature("--redis and --node-id", "redis"))
             }
             #[cfg(not(feature = "forwarder"))]
-            Long("tokens" | "operator-token-file" | "max-queued" | "command-ttl") => {
-                return Err(missing_feature("the forwarder options", "forwarder"))
-            }
+            Long(
+                "tokens"
+                | "operator-token-file"
+                | "max-queued"
+                | "command-ttl"
+                | "redis"
+                | "node-id",
+            ) => return Err(missing_feature("the forwarder options", "forwarder")),
             Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
             Long("max-bytes-per-sec") => config.max_bytes_per_second = parser.value()?.parse()?,
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
@@ -606,8 +639,10 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
 }
 
 /// The Cargo features `wsloop --version` names when this build has them
-/// (what the binary can do depends on them).
-pub const FEATURES: [(&str, bool); 13] = [
+/// (what the binary can do depends on them). `redis` is named after
+/// them, by main.rs, only in the builds that have it: one more entry here
+/// costs the small build 128 bytes.
+pub const FEATURES: [(&str, bool); 12] = [
     ("serde", cfg!(feature = "serde")),
     ("nanoserde", cfg!(feature = "nanoserde")),
     ("console", cfg!(feature = "console")),
@@ -619,7 +654,6 @@ pub const FEATURES: [(&str, bool); 13] = [
     ("metrics", cfg!(feature = "metrics")),
     ("trusted-proxy", cfg!(feature = "trusted-proxy")),
     ("forwarder", cfg!(feature = "forwarder")),
-    ("redis", cfg!(feature = "redis")),
     ("exec", cfg!(feature = "exec")),
 ];
 

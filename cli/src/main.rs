@@ -43,6 +43,8 @@ fn main() -> ExitCode {
             for (name, _) in cli::FEATURES.iter().filter(|(_, on)| *on) {
                 print!(" {name}");
             }
+            #[cfg(feature = "redis")]
+            print!(" redis");
             println!();
             return ExitCode::SUCCESS;
         }

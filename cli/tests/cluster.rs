@@ -149,6 +149,7 @@ fn nginx_conf(prefix: &Path, port: u16, upstreams: &[SocketAddr]) -> String {
         .map(|addr| format!("        server {addr};\n"))
         .collect();
     let p = prefix.display();
+    let upstream = format!("    upstream wsloop {{\n{servers}    }}");
     format!(
         "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 8192;\npid {p}/nginx.pid;\n\
          error_log {p}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
@@ -156,7 +157,6 @@ fn nginx_conf(prefix: &Path, port: u16, upstreams: &[SocketAddr]) -> String {
          proxy_temp_path {p}/proxy;\n    fastcgi_temp_path {p}/fastcgi;\n\
          uwsgi_temp_path {p}/uwsgi;\n    scgi_temp_path {p}/scgi;\n\
          {upstream}\n    server {{\n        listen 127.0.0.1:{port};\n{location}    }}\n}}\n",
-        upstream = format!("    upstream wsloop {{\n{servers}    }}"),
         location = LOCATION,
     )
 }

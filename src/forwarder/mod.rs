@@ -53,7 +53,7 @@ pub use redb::{RedbStore, FILE_NAME};
 pub use store::{NewCommand, Store, StoreError, StoreFuture};
 #[cfg(feature = "redis")]
 pub use {
-    cluster::{valid_node_id, Cluster, HEARTBEAT, HOLD_TTL},
+    cluster::{valid_node_id, Cluster, HEARTBEAT, HOLD_TTL, MAX_NODE_ID_LEN},
     redis::RedisStore,
 };
 
