@@ -534,6 +534,13 @@ fn redis_outage_keeps_devices_and_a_name_moves_between_nodes() {
         (200, Some("replied")),
         "{body}"
     );
+    // /metrics on either node: both nodes alive, the device on n1.
+    wait_until(10, "the cluster's gauges", || {
+        let (_, text) = api(a2, "GET", "/metrics", "");
+        text.contains("wsloop_cluster_nodes 2\n")
+            && text.contains("wsloop_cluster_named_clients{node=\"n1\"} 1\n")
+            && text.contains("wsloop_cluster_named_clients{node=\"n2\"} 0\n")
+    });
 
     // Redis goes away: the device stays, the API answers 503, n1 says so once.
     let drops_before = replaced.matches("lost").count();
@@ -626,6 +633,29 @@ fn three_nodes_behind_nginx_one_killed_mid_run() {
         acked.len(),
         all_replied.as_secs_f64()
     );
+
+    // A broadcast through one node reaches the devices on every node.
+    let (status, body) = api(
+        addrs[node_count - 1],
+        "POST",
+        "/api/broadcast",
+        r#"{"command":"all"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let answer = json(&body);
+    let broadcast: Vec<Acked> = answer["commands"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| Some((c["client"].as_str()?.to_string(), c["requestID"].as_i64()?)))
+        .collect();
+    assert_eq!(broadcast.len(), n, "one command per device: {body}");
+    assert_eq!(answer["refused"], serde_json::json!([]), "{body}");
+    let states = final_states(&addrs, &broadcast, 60);
+    assert!(states.values().all(|s| s == "replied"), "{states:?}");
+    let acked: Vec<Acked> = acked.into_iter().chain(broadcast).collect();
+    assert_exactly_once(&runs(&runs_dir, n), &acked);
 
     // The same device through its own node and through another one.
     if node_count > 1 {
