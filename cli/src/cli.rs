@@ -106,8 +106,7 @@ SERVER OPTIONS:
 #[cfg(feature = "redis")]
 macro_rules! cluster_usage {
     () => {
-        "\
-    --redis URL            one of several nodes sharing named clients, queues
+        "    --redis URL            one of several nodes sharing named clients, queues
                            and records through Redis (redis://HOST:PORT[/DB]);
                            instead of --state [default: off]
     --node-id ID           this node's name in the cluster (A-Z a-z 0-9 . _ -
@@ -805,5 +804,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn cluster_options_parse_and_go_with_redis_only() {
+        match parse_str("server --redis redis://127.0.0.1:6379/2 --node-id n-1") {
+            Ok(Command::Server { deployment, .. }) => {
+                let forwarder = &deployment.forwarder;
+                assert_eq!(forwarder.redis.as_deref(), Some("redis://127.0.0.1:6379/2"));
+                assert_eq!(forwarder.node_id.as_deref(), Some("n-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse_str("server --node-id n-1").is_err(),
+            "--node-id alone"
+        );
+        assert!(
+            parse_str("server --redis redis://h:1 --state st").is_err(),
+            "two stores"
+        );
     }
 }

@@ -682,3 +682,19 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        assert!(valid_node_id("host-1.example:8080"));
+        assert!(valid_node_id(&"a".repeat(MAX_NODE_ID_LEN)));
+        assert!(!valid_node_id(&"a".repeat(MAX_NODE_ID_LEN + 1)));
+        assert!(!valid_node_id(""));
+        // A quote or a space would break a metric label or a message.
+        assert!(!valid_node_id("a\"b"));
+        assert!(!valid_node_id("a b"));
+    }
+}

@@ -457,3 +457,28 @@ impl Store for RedisStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_the_logs() {
+        assert_eq!(redacted("redis://:s3cret@db:6379/1"), "redis://…@db:6379/1");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn a_record_takes_its_id_from_the_hash_field() {
+        let new = NewCommand {
+            client: "dev".into(),
+            command: "x".into(),
+            now: 1,
+            expires_at: 2,
+            max_queued: 1,
+        };
+        let json = encode(&new.queued(0)).unwrap_or_default();
+        let record = decode(&json, 1_796_126_390_017_001).map(|r| r.request_id);
+        assert_eq!(record, Ok(1_796_126_390_017_001));
+    }
+}
