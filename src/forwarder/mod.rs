@@ -26,6 +26,12 @@
 //! answers a requestID it has already answered with its stored reply, and
 //! one it started but never finished with `success:false` and
 //! `someOtherThing` starting with [`INTERRUPTED_PREFIX`].
+//!
+//! In a cluster (feature `redis`, `Forwarder::open_cluster`) the store
+//! is Redis and a client's pending commands are in this node's memory only
+//! while it is connected here: loaded when it connects, forgotten when it
+//! leaves; a command for a client held by another node is handed to that
+//! node (see the `cluster` module).
 
 pub(crate) mod api;
 #[cfg(feature = "redis")]
