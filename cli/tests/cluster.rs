@@ -431,7 +431,9 @@ fn wait_latency(node: SocketAddr, name: &str, count: usize) -> Duration {
 fn programs(test: &str) -> Option<(PathBuf, PathBuf)> {
     let found = find("redis-server").zip(find("nginx"));
     if found.is_none() {
-        eprintln!(
+        // Straight to stderr: libtest captures `eprintln!` but not this.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED {test}: redis-server or nginx is not installed (Debian: apt-get install \
              redis-server nginx-light; .ci/run does)"
         );
