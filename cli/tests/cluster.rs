@@ -89,6 +89,28 @@ impl Drop for Killed {
     }
 }
 
+/// nginx, stopped with SIGTERM when dropped: its master then ends its
+/// worker, which a SIGKILL of the master would leave behind, still
+/// listening. SIGKILL only if it has not exited within a few seconds.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            // No signal to await from a child's exit here but its status.
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The scratch directory, removed when the test passes.
 struct Scratch(PathBuf);
 
@@ -179,7 +201,7 @@ const LOCATION: &str = "        location / {
         }
 ";
 
-fn start_nginx(program: &Path, dir: &Path, upstreams: &[SocketAddr]) -> (Killed, SocketAddr) {
+fn start_nginx(program: &Path, dir: &Path, upstreams: &[SocketAddr]) -> (Nginx, SocketAddr) {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(&prefix).expect("nginx dir");
     let port = free_port();
@@ -194,7 +216,7 @@ fn start_nginx(program: &Path, dir: &Path, upstreams: &[SocketAddr]) -> (Killed,
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start nginx");
-    let nginx = Killed(child);
+    let nginx = Nginx(child);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until(10, "nginx listens", || TcpStream::connect(addr).is_ok());
     (nginx, addr)
