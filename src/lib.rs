@@ -40,7 +40,9 @@
 //!   `hub` knows every live peer, [`metrics`] counts for `/metrics`,
 //!   `fd_limit` raises the open-file limit.
 //! - [`forwarder`] (feature `forwarder`) — named clients' durable command
-//!   queues, records and delivery, and the operator API under `/api/`.
+//!   queues, records and delivery, and the operator API under `/api/`;
+//!   with feature `redis`, the store in Redis (`redis`) and several nodes
+//!   sharing it (`cluster`: registry, routing, cluster-wide views).
 //! - `tls/` — rustls around the TCP stream, before the handshake (`wss://`),
 //!   on both sides.
 //! - [`client`] — dial `ws://`/`wss://` (through a proxy if need be), keep

@@ -1,6 +1,6 @@
-//! The binary's forwarder: builds it from `--state`, `--tokens`,
-//! `--operator-token-file`, `--max-queued` and `--command-ttl`, and the
-//! console's `@NAME command`.
+//! The binary's forwarder: builds it from `--state` or `--redis` and
+//! `--node-id`, `--tokens`, `--operator-token-file`, `--max-queued` and
+//! `--command-ttl`, and the console's `@NAME command`.
 
 use smol::Executor;
 use wsloop::forwarder::{parse_tokens, Forwarder, ForwarderOptions, MemoryStore, RedbStore, Store};
@@ -8,8 +8,10 @@ use wsloop::Error;
 
 use crate::cli::ForwarderArgs;
 
-/// Opens the store (redb under `--state`, else memory) and the forwarder.
-pub async fn open(args: &ForwarderArgs) -> Result<Forwarder, Error> {
+/// Opens the store (Redis under `--redis`, redb under `--state`, else
+/// memory) and the forwarder; `port` is the server's, for the default
+/// `--node-id`.
+pub async fn open(args: &ForwarderArgs, port: u16) -> Result<Forwarder, Error> {
     let store: Box<dyn Store> = match &args.state {
         Some(dir) => Box::new(
             RedbStore::open(dir)
@@ -43,9 +45,48 @@ pub async fn open(args: &ForwarderArgs) -> Result<Forwarder, Error> {
         tokens,
         operator_token,
     };
+    #[cfg(feature = "redis")]
+    if let Some(url) = &args.redis {
+        return open_cluster(url, args.node_id.as_deref(), port, options).await;
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = port;
     Forwarder::open(store, options)
         .await
         .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Joins the cluster on the Redis at `url` as `node` (default: host name
+/// and port) and opens the forwarder over it.
+#[cfg(feature = "redis")]
+async fn open_cluster(
+    url: &str,
+    node: Option<&str>,
+    port: u16,
+    options: ForwarderOptions,
+) -> Result<Forwarder, Error> {
+    let node = match node {
+        Some(node) => node.to_string(),
+        None => format!("{}:{port}", host_name()),
+    };
+    let (cluster, store) = wsloop::forwarder::Cluster::open(url, &node)
+        .await
+        .map_err(|e| Error::Config(format!("--redis: {e}")))?;
+    log::info!("cluster: node {node} on Redis {url}");
+    Forwarder::open_cluster(cluster, store, options)
+        .await
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// This machine's host name (Linux's, from /proc), or `localhost`.
+#[cfg(feature = "redis")]
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    match wsloop::forwarder::valid_node_id(name) {
+        true => name.to_string(),
+        false => "localhost".into(),
+    }
 }
 
 /// The console's `@NAME command`: queues it for NAME and prints its

@@ -43,6 +43,8 @@ fn main() -> ExitCode {
             for (name, _) in cli::FEATURES.iter().filter(|(_, on)| *on) {
                 print!(" {name}");
             }
+            #[cfg(feature = "redis")]
+            print!(" redis");
             println!();
             return ExitCode::SUCCESS;
         }
@@ -122,7 +124,7 @@ fn run_server(
         // Before the banner: from then on SIGTERM means a graceful stop.
         let stop = shutdown_signal();
         #[cfg(feature = "forwarder")]
-        let forwarder = forwarder::open(&deployment.forwarder).await?;
+        let forwarder = forwarder::open(&deployment.forwarder, server.local_addr()?.port()).await?;
         #[cfg(feature = "forwarder")]
         ex.spawn(forwarder.run()).detach();
         #[cfg(feature = "forwarder")]

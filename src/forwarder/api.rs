@@ -137,7 +137,10 @@ async fn answer<S: AsyncRead + Unpin>(
     let parts: Vec<&str> = path.split('/').skip(2).collect();
     let method = request.method.as_str();
     match (parts.as_slice(), method) {
-        (["clients"], "GET") => Answer::ok(200, json!({ "clients": forwarder.clients() })),
+        (["clients"], "GET") => match forwarder.list_clients().await {
+            Ok(clients) => Answer::ok(200, json!({ "clients": clients })),
+            Err(err) => Answer::error(503, err.to_string()),
+        },
         (["clients"], _) => Answer::method("GET"),
         (["clients", name, "commands"], "POST") => {
             let command = match read_command(stream, request, leftover, read_budget).await {
@@ -219,8 +222,12 @@ async fn submit(forwarder: &Forwarder, name: &str, command: &str, request: &Requ
         if let Some(Ok(done)) = timeout(wait, waiter.recv()).await {
             return Answer::ok(200, record_json(&done));
         }
-        // Not final in time: what it is now.
+        // Not final in time: what it is now (final, if the news of it
+        // was late).
         if let Ok(Some(now)) = forwarder.get(name, record.request_id).await {
+            if now.status.is_final() {
+                return Answer::ok(200, record_json(&now));
+            }
             return accepted(&now);
         }
     }
@@ -250,8 +257,10 @@ fn record_json(record: &Record) -> serde_json::Value {
 
 /// `GET /api/clients/NAME/commands/N`.
 async fn get(forwarder: &Forwarder, name: &str, id: i64) -> Answer {
-    if !forwarder.is_known(name) {
-        return Answer::error(404, "no such client");
+    match forwarder.knows(name).await {
+        Ok(true) => {}
+        Ok(false) => return Answer::error(404, "no such client"),
+        Err(err) => return Answer::error(503, err.to_string()),
     }
     match forwarder.get(name, id).await {
         Ok(Some(record)) => Answer::ok(200, record_json(&record)),
@@ -280,7 +289,11 @@ async fn cancel(forwarder: &Forwarder, name: &str, id: i64) -> Answer {
 async fn broadcast(forwarder: &Forwarder, command: &str) -> Answer {
     let mut sent = Vec::new();
     let mut refused = Vec::new();
-    for name in forwarder.connected_names() {
+    let names = match forwarder.connected_everywhere().await {
+        Ok(names) => names,
+        Err(err) => return Answer::error(503, err.to_string()),
+    };
+    for name in names {
         match forwarder.submit(&name, command, false).await {
             Ok((record, _)) => sent.push(json!({
                 "client": name,

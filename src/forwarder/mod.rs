@@ -26,11 +26,21 @@
 //! answers a requestID it has already answered with its stored reply, and
 //! one it started but never finished with `success:false` and
 //! `someOtherThing` starting with [`INTERRUPTED_PREFIX`].
+//!
+//! In a cluster (feature `redis`, `Forwarder::open_cluster`) the store
+//! is Redis and a client's pending commands are in this node's memory only
+//! while it is connected here: loaded when it connects, forgotten when it
+//! leaves; a command for a client held by another node is handed to that
+//! node (see the `cluster` module).
 
 pub(crate) mod api;
+#[cfg(feature = "redis")]
+mod cluster;
 mod memory;
 mod record;
 mod redb;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +57,11 @@ pub use memory::{MemoryStore, KEEP_FINAL};
 pub use record::{now_ms, Record, Reply, Status, INTERRUPTED_PREFIX};
 pub use redb::{RedbStore, FILE_NAME};
 pub use store::{NewCommand, Store, StoreError, StoreFuture};
+#[cfg(feature = "redis")]
+pub use {
+    cluster::{valid_node_id, Cluster, HEARTBEAT, HOLD_TTL, MAX_NODE_ID_LEN},
+    redis::RedisStore,
+};
 
 use crate::http::access::{constant_time_eq, presented_tokens, query_param};
 use crate::http::Request;
@@ -110,6 +125,9 @@ struct Inner {
     /// State changes for the store, written in order by [`Forwarder::run`].
     saves: Sender<Save>,
     saves_rx: Receiver<Save>,
+    /// With `--redis`: this node's part in the cluster.
+    #[cfg(feature = "redis")]
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// One write for the store task.
@@ -140,6 +158,10 @@ struct Client {
     pending: BTreeMap<i64, Pending>,
     /// Submits between their queue check and their enqueue.
     reserved: usize,
+    /// With `--redis`: the sequence number of this node's claim of the
+    /// name for the current connection (`None` while it is in flight).
+    #[cfg(feature = "redis")]
+    claim: Option<u64>,
 }
 
 struct Pending {
@@ -163,6 +185,9 @@ pub struct ClientInfo {
     pub last_seen: Option<u64>,
     /// Its commands not yet final.
     pub queued: usize,
+    /// With `--redis`: the node it is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Why a command was not accepted.
@@ -211,12 +236,43 @@ impl Forwarder {
         store: Box<dyn Store>,
         options: ForwarderOptions,
     ) -> Result<Self, StoreError> {
+        Self::open_inner(store, options, None).await
+    }
+
+    /// A forwarder that is one node of a cluster sharing `store` (the
+    /// cluster's [`RedisStore`]): a client's pending commands are loaded
+    /// when it connects here, not at start (they belong to whichever node
+    /// holds it). Spawn [`run`](Self::run) next to it.
+    #[cfg(feature = "redis")]
+    pub async fn open_cluster(
+        cluster: Cluster,
+        store: RedisStore,
+        options: ForwarderOptions,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(Box::new(store), options, Some(Arc::new(cluster))).await
+    }
+
+    async fn open_inner(
+        store: Box<dyn Store>,
+        options: ForwarderOptions,
+        #[cfg(feature = "redis")] cluster: Option<Arc<cluster::Cluster>>,
+        #[cfg(not(feature = "redis"))] _cluster: Option<()>,
+    ) -> Result<Self, StoreError> {
+        #[cfg(feature = "redis")]
+        let shared = cluster.is_some();
+        #[cfg(not(feature = "redis"))]
+        let shared = false;
         let mut state = State::default();
         let mut names = store.clients().await?;
         names.extend(options.tokens.keys().cloned());
         for name in names {
             let mut client = Client::default();
-            for record in store.pending(name.clone()).await? {
+            // In a cluster, the node that holds the client loads them.
+            let pending = match shared {
+                true => Vec::new(),
+                false => store.pending(name.clone()).await?,
+            };
+            for record in pending {
                 let pending = Pending {
                     record,
                     on_wire: false,
@@ -232,6 +288,8 @@ impl Forwarder {
             state: Mutex::new(state),
             saves,
             saves_rx,
+            #[cfg(feature = "redis")]
+            cluster,
         };
         Ok(Forwarder {
             inner: Arc::new(inner),
@@ -243,7 +301,11 @@ impl Forwarder {
     /// dropped.
     pub fn run(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let inner = self.inner.clone();
-        async move {
+        #[cfg(feature = "redis")]
+        let cluster = self.inner.clone().run_cluster();
+        #[cfg(not(feature = "redis"))]
+        let cluster = std::future::pending::<()>();
+        let saves = async move {
             let mut tick = Timer::interval(EXPIRY_TICK);
             loop {
                 let save = async { inner.saves_rx.recv().await.ok() };
@@ -256,7 +318,8 @@ impl Forwarder {
                     None => inner.expire(now_ms()),
                 }
             }
-        }
+        };
+        future::or(saves, cluster)
     }
 
     /// The options it runs with.
@@ -341,6 +404,14 @@ impl Forwarder {
         // Nothing is on this connection yet: everything pending goes out.
         client.pending.values_mut().for_each(|p| p.on_wire = false);
         self.inner.deliver(client, now);
+        // In a cluster: claim the name, then load its queue from Redis.
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.inner.cluster {
+            client.claim = None;
+            let _ = cluster
+                .jobs
+                .try_send(cluster::Job::Claim(name.into(), peer.id()));
+        }
     }
 
     /// A named connection has ended; unless a newer one replaced it, its
@@ -356,6 +427,15 @@ impl Forwarder {
             client.connected_since = None;
             client.last_seen = Some(now_ms());
             client.pending.values_mut().for_each(|p| p.on_wire = false);
+            // In a cluster the queue is Redis's: the next holder loads it.
+            #[cfg(feature = "redis")]
+            if let Some(cluster) = &self.inner.cluster {
+                client.pending.clear();
+                client.claim = None;
+                let _ = cluster
+                    .jobs
+                    .try_send(cluster::Job::Release(name.into(), peer.id()));
+            }
         }
     }
 
@@ -369,6 +449,7 @@ impl Forwarder {
         wait: bool,
     ) -> Result<(Record, Option<Receiver<Record>>), SubmitError> {
         let max = self.inner.options.max_queued;
+        self.learn(name).await?;
         {
             let mut state = self.inner.lock();
             let client = state
@@ -390,16 +471,35 @@ impl Forwarder {
             max_queued: max,
         };
         let enqueued = self.inner.store.enqueue(new).await;
+        let (record, waiter, elsewhere) = self.accepted(name, enqueued, wait, now)?;
+        #[cfg(feature = "redis")]
+        if let (Some(cluster), true) = (&self.inner.cluster, elsewhere) {
+            self.route_to_holder(cluster, name).await;
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = elsewhere;
+        Ok((record, waiter))
+    }
+
+    /// The enqueued command (or the store's refusal) of `submit`: sent at
+    /// once if its client is connected here, with a waiter if asked for.
+    /// The flag says the client is not connected here and it is a
+    /// cluster: the command is for whichever node holds the client.
+    #[allow(clippy::type_complexity)]
+    fn accepted(
+        &self,
+        name: &str,
+        enqueued: Result<Record, StoreError>,
+        wait: bool,
+        now: u64,
+    ) -> Result<(Record, Option<Receiver<Record>>, bool), SubmitError> {
         let mut state = self.inner.lock();
         let state = &mut *state;
         let Some(client) = state.clients.get_mut(name) else {
             return Err(SubmitError::UnknownClient);
         };
         client.reserved -= 1;
-        let record = enqueued.map_err(|err| match err {
-            StoreError::Full(max) => SubmitError::Full(max),
-            StoreError::Backend(why) => SubmitError::Store(why),
-        })?;
+        let record = enqueued.map_err(store_error)?;
         let id = record.request_id;
         let waiter = wait.then(|| {
             let (tx, rx) = async_channel::bounded(1);
@@ -407,6 +507,12 @@ impl Forwarder {
             state.waiters.entry(key).or_default().push(tx);
             rx
         });
+        // In a cluster, a client held elsewhere (or nowhere) gets it from
+        // its holder, or from Redis on its next connect.
+        #[cfg(feature = "redis")]
+        if self.inner.cluster.is_some() && client.peer.is_none() {
+            return Ok((record, waiter, true));
+        }
         let pending = Pending {
             record,
             on_wire: false,
@@ -417,7 +523,46 @@ impl Forwarder {
             Some(pending) => pending.record.clone(),
             None => return Err(SubmitError::Store("record vanished".into())),
         };
-        Ok((record, waiter))
+        Ok((record, waiter, false))
+    }
+
+    /// Hands a new command of `name` to the node that holds it.
+    #[cfg(feature = "redis")]
+    async fn route_to_holder(&self, cluster: &Cluster, name: &str) {
+        match cluster.route(name).await {
+            Ok(Some(node)) => {
+                log::debug!("client {:?}: command routed to node {node}", quote(name))
+            }
+            Ok(None) => log::debug!(
+                "client {:?}: offline; the command waits in Redis",
+                quote(name)
+            ),
+            // Its holder re-reads the queue at its next heartbeat anyway.
+            Err(err) => log::debug!("client {:?}: routing failed: {err}", quote(name)),
+        }
+    }
+
+    /// In a cluster, makes a client first seen by another node known here
+    /// (Redis knows every name); elsewhere a no-op.
+    async fn learn(&self, name: &str) -> Result<(), SubmitError> {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.inner.cluster {
+            if !self.is_known(name) && cluster.is_client(name).await.map_err(store_error)? {
+                self.inner.lock().clients.entry(name.into()).or_default();
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = name;
+        Ok(())
+    }
+
+    /// Whether `name` is a known client, asking Redis in a cluster.
+    pub async fn knows(&self, name: &str) -> Result<bool, StoreError> {
+        self.learn(name).await.map_err(|err| match err {
+            SubmitError::Store(why) => StoreError::Backend(why),
+            _ => StoreError::Backend(err.to_string()),
+        })?;
+        Ok(self.is_known(name))
     }
 
     /// The record of command `id` of client `name`, if there is one.
@@ -434,12 +579,36 @@ impl Forwarder {
                 return Ok(Some(record.clone()));
             }
         }
-        self.inner.store.get(name.to_string(), id).await
+        let record = self.inner.store.get(name.to_string(), id).await?;
+        #[cfg(feature = "redis")]
+        if let (Some(_), Some(record)) = (&self.inner.cluster, &record) {
+            return self.expire_stored(record.clone()).await.map(Some);
+        }
+        Ok(record)
+    }
+
+    /// In a cluster, a command for a client no node holds expires when it
+    /// is read past its time to live (no node has it in memory to expire).
+    #[cfg(feature = "redis")]
+    async fn expire_stored(&self, mut record: Record) -> Result<Record, StoreError> {
+        let now = now_ms();
+        if record.status.is_final() || record.expires_at > now {
+            return Ok(record);
+        }
+        record.finish(Status::Expired, now);
+        if self.inner.store.transition(record.clone()).await? {
+            return Ok(record);
+        }
+        let (client, id) = (record.client.clone(), record.request_id);
+        Ok(self.inner.store.get(client, id).await?.unwrap_or(record))
     }
 
     /// Cancels command `id` of `name` if it is still queued (never written
     /// to the client); returns its final record.
     pub async fn cancel(&self, name: &str, id: i64) -> Result<Record, CancelError> {
+        self.learn(name)
+            .await
+            .map_err(|err| CancelError::Store(err.to_string()))?;
         {
             let mut state = self.inner.lock();
             let state = &mut *state;
@@ -457,6 +626,19 @@ impl Forwarder {
             }
         }
         match self.get(name, id).await {
+            // In a cluster, a command no node has in memory is cancelled
+            // in Redis (which refuses if it became final meanwhile).
+            #[cfg(feature = "redis")]
+            Ok(Some(mut record))
+                if self.inner.cluster.is_some() && record.status == Status::Queued =>
+            {
+                record.finish(Status::Cancelled, now_ms());
+                match self.inner.store.transition(record.clone()).await {
+                    Ok(true) => Ok(record),
+                    Ok(false) => Err(CancelError::NotQueued(Status::Sent)),
+                    Err(err) => Err(CancelError::Store(err.to_string())),
+                }
+            }
             Ok(Some(record)) => Err(CancelError::NotQueued(record.status)),
             Ok(None) => Err(CancelError::NotFound),
             Err(err) => Err(CancelError::Store(err.to_string())),
@@ -488,10 +670,41 @@ impl Forwarder {
                 connected_since: c.connected_since,
                 last_seen: c.last_seen,
                 queued: c.pending.len(),
+                node: None,
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// Every known client; in a cluster, of the whole cluster (from
+    /// Redis), with the node that holds each connected one.
+    pub async fn list_clients(&self) -> Result<Vec<ClientInfo>, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.inner.cluster {
+            let listed: Vec<String> = self.inner.options.tokens.keys().cloned().collect();
+            return cluster.clients(&listed).await;
+        }
+        Ok(self.clients())
+    }
+
+    /// The names of the clients connected now; in a cluster, on any node.
+    pub async fn connected_everywhere(&self) -> Result<Vec<String>, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.connected_everywhere().await;
+        }
+        Ok(self.connected_names())
+    }
+
+    /// The forwarder's lines for `/metrics`: in a cluster, the cluster's
+    /// nodes and where its named clients are; else nothing.
+    pub fn metrics_text(&self) -> String {
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.metrics_text();
+        }
+        String::new()
     }
 }
 
@@ -602,6 +815,14 @@ impl ReplyRoute for Inner {
         record.complete(&reply, now);
         self.finished(state, record);
         None
+    }
+}
+
+/// A store failure as a submit error.
+fn store_error(err: StoreError) -> SubmitError {
+    match err {
+        StoreError::Full(max) => SubmitError::Full(max),
+        StoreError::Backend(why) => SubmitError::Store(why),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one small trait every command store implements: in memory
 //! ([`MemoryStore`](super::MemoryStore)), on disk in redb
-//! ([`RedbStore`](super::RedbStore), `--state DIR`), and next a broker
-//! shared by several nodes. Async, owned arguments, boxed futures (so it is
+//! ([`RedbStore`](super::RedbStore), `--state DIR`), and in Redis, shared
+//! by several nodes (`RedisStore`, feature `redis`, `--redis URL`). Async, owned arguments, boxed futures (so it is
 //! object-safe) and no backend's types in it.
 //!
 //! The rules every implementation keeps:

@@ -911,7 +911,13 @@ async fn serve_metrics<W: AsyncWrite + Unpin>(
     if !shared.public_metrics && !shared.access.check_token(request) {
         return unauthorized(stream, client).await.unwrap_or(());
     }
-    let body = shared.hub.metrics.render(&shared.hub);
+    #[cfg_attr(not(feature = "forwarder"), allow(unused_mut))]
+    let mut body = shared.hub.metrics.render(&shared.hub);
+    // With `--redis`, the cluster's gauges too.
+    #[cfg(feature = "forwarder")]
+    if let Some(forwarder) = &shared.forwarder {
+        body.push_str(&forwarder.metrics_text());
+    }
     let headers = [
         ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
         ("Cache-Control", "no-store"),
