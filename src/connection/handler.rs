@@ -71,7 +71,7 @@ pub trait Handler: Send + Sync + 'static {
                 Frame::Binary(bytes) => bytes,
                 _ => return None,
             };
-            log::trace!("{peer} -> {}", crate::log_safe::body(bytes));
+            log::debug!("{peer} -> {}", crate::log_safe::body(bytes));
             let reply = match codec::decode(bytes) {
                 Ok(message) => {
                     // Replies complete our own outstanding requests; only
@@ -87,7 +87,7 @@ pub trait Handler: Send + Sync + 'static {
             };
             reply.map(|reply| {
                 let text = codec::encode(&reply);
-                log::trace!("{peer} <- {}", crate::log_safe::body(text.as_bytes()));
+                log::debug!("{peer} <- {}", crate::log_safe::body(text.as_bytes()));
                 Frame::text(text)
             })
         }

@@ -507,7 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         stream.buffers_released();
         let role = self.settings.role;
         self.ws = Some(WebSocketStream::from_raw_socket(stream, role, Some(websocket)).await);
-        log::trace!("peer {}: buffers released", self.peer.id());
+        log::debug!("peer {}: buffers released", self.peer.id());
         Ok(())
     }
 
@@ -572,7 +572,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Sends one encoded message (perhaps shared with other connections:
     /// tungstenite copies it into this connection's write buffer).
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Error> {
-        log::trace!(
+        log::debug!(
             "{} <- {}",
             self.peer,
             crate::log_safe::body(text.as_bytes())
