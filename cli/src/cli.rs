@@ -304,15 +304,15 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("www") => www = Some(PathBuf::from(parser.value()?)),
             Long("heartbeat") => config.heartbeat = duration(&mut parser)?,
             Long("idle-timeout") => config.idle_timeout = Some(duration(&mut parser)?),
-            Long("max-message-size") => config.max_message_size = parser.value()?.parse()?,
+            Long("max-message-size") => config.max_message_size = number(&mut parser)?,
             Long("handshake-timeout") => config.handshake_timeout = duration(&mut parser)?,
-            Long("queue") => config.outbound_capacity = parser.value()?.parse()?,
+            Long("queue") => config.outbound_capacity = number(&mut parser)?,
             Long("interval") => {
                 client.interval = duration(&mut parser)?;
                 device.requests = true;
             }
             Long("count") => {
-                client.count = Some(parser.value()?.parse()?);
+                client.count = Some(number(&mut parser)?);
                 device.requests = true;
             }
             Long("stdin") => {
@@ -326,7 +326,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             #[cfg(feature = "exec")]
             Long("exec-timeout") => device.timeout = Some(duration(&mut parser)?),
             #[cfg(feature = "exec")]
-            Long("exec-concurrency") => device.concurrency = Some(parser.value()?.parse()?),
+            Long("exec-concurrency") => device.concurrency = Some(number(&mut parser)?),
             #[cfg(not(feature = "exec"))]
             Long("exec" | "exec-timeout" | "exec-concurrency") => {
                 return Err(missing_feature("--exec", "exec"))
@@ -335,13 +335,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
             Long("allow-any-origin") => access.allow_any_origin = true,
             Long("allow-host") => access.allowed_hosts.push(parser.value()?.string()?),
-            Long("max-connections") => access.max_connections = parser.value()?.parse()?,
-            Long("max-connections-per-ip") => {
-                access.max_connections_per_ip = parser.value()?.parse()?
-            }
-            Long("max-messages-per-sec") => {
-                config.max_messages_per_second = parser.value()?.parse()?
-            }
+            Long("max-connections") => access.max_connections = number(&mut parser)?,
+            Long("max-connections-per-ip") => access.max_connections_per_ip = number(&mut parser)?,
+            Long("max-messages-per-sec") => config.max_messages_per_second = number(&mut parser)?,
             // Options of left-out features are refused at once: parsing
             // their values would cost the small build ~3 KB.
             #[cfg(feature = "tls")]
@@ -367,21 +363,21 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 deployment.forwarder.operator_token_file = Some(PathBuf::from(parser.value()?))
             }
             #[cfg(feature = "forwarder")]
-            Long("max-queued") => deployment.forwarder.max_queued = parser.value()?.parse()?,
+            Long("max-queued") => deployment.forwarder.max_queued = number(&mut parser)?,
             #[cfg(feature = "forwarder")]
             Long("command-ttl") => deployment.forwarder.command_ttl = duration(&mut parser)?,
             #[cfg(not(feature = "forwarder"))]
             Long("tokens" | "operator-token-file" | "max-queued" | "command-ttl") => {
                 return Err(missing_feature("the forwarder options", "forwarder"))
             }
-            Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
-            Long("max-bytes-per-sec") => config.max_bytes_per_second = parser.value()?.parse()?,
+            Long("max-frames-per-sec") => config.max_frames_per_second = number(&mut parser)?,
+            Long("max-bytes-per-sec") => config.max_bytes_per_second = number(&mut parser)?,
             Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
             Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
             Long("max-reconnect-delay") => client.reconnect.max_delay = duration(&mut parser)?,
-            Long("max-attempts") => client.reconnect.max_attempts = Some(parser.value()?.parse()?),
+            Long("max-attempts") => client.reconnect.max_attempts = Some(number(&mut parser)?),
             Long("header") => headers.push(parser.value()?.string()?),
             Long("ca") => ca = Some(PathBuf::from(parser.value()?)),
             Long("proxy") => proxy = Some(parser.value()?.string()?),
@@ -597,6 +593,27 @@ pub const FEATURES: [(&str, bool); 12] = [
     ("exec", cfg!(feature = "exec")),
 ];
 
+/// The next value as a number of type `T`: read as a `u64` by the one
+/// copy of the digit parser ([`digits`]), then checked against `T`'s
+/// range, so each number type adds only that check.
+fn number<T: TryFrom<u64>>(parser: &mut lexopt::Parser) -> Result<T, lexopt::Error> {
+    let (n, text) = digits(parser)?;
+    T::try_from(n).map_err(|_| {
+        // Worded as lexopt words the overflow of a narrower type's parse.
+        let why = format!("cannot parse argument {text:?}: number too large to fit in target type");
+        lexopt::Error::Custom(why.into())
+    })
+}
+
+/// The next value as a `u64`, with the text it was read from.
+#[inline(never)]
+fn digits(parser: &mut lexopt::Parser) -> Result<(u64, String), lexopt::Error> {
+    let value = parser.value()?;
+    let n = value.parse()?;
+    Ok((n, value.string()?))
+}
+
+/// The next value as a duration ([`parse_duration`]).
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
     let text = parser.value()?.string()?;
     parse_duration(&text).map_err(|e| e.into())
@@ -665,6 +682,23 @@ mod tests {
         assert!(parse_str("client --address http://127.0.0.1:8080/").is_err());
         assert!(parse_str("server --cert c.pem").is_err(), "--key missing");
         assert!(parse_str("server --trusted-proxy 10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn numbers_are_refused_in_lexopts_words() {
+        // What lexopt's own parse said before `number` read every type as u64.
+        let err = |line| parse_str(line).err().unwrap_or_default();
+        let too_large =
+            "cannot parse argument \"4294967296\": number too large to fit in target type";
+        assert_eq!(err("client --max-attempts 4294967296"), too_large);
+        assert_eq!(
+            err("client --count -1"),
+            "cannot parse argument \"-1\": invalid digit found in string"
+        );
+        assert!(matches!(
+            parse_str("client --max-attempts 4294967295"),
+            Ok(Command::Client { options, .. }) if options.reconnect.max_attempts == Some(u32::MAX)
+        ));
     }
 
     #[test]
