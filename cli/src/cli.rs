@@ -299,9 +299,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     while let Some(arg) = parser.next()? {
         match arg {
             Value(word) if mode.is_none() => mode = Some(word.string()?),
-            Long("mode") => mode = Some(parser.value()?.string()?),
-            Long("address") => address = parser.value()?.string()?,
-            Long("www") => www = Some(PathBuf::from(parser.value()?)),
+            Long("mode") => mode = Some(text(&mut parser)?),
+            Long("address") => address = text(&mut parser)?,
+            Long("www") => www = Some(path(&mut parser)?),
             Long("heartbeat") => config.heartbeat = duration(&mut parser)?,
             Long("idle-timeout") => config.idle_timeout = Some(duration(&mut parser)?),
             Long("max-message-size") => config.max_message_size = number(&mut parser)?,
@@ -319,8 +319,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 client.stdin = true;
                 device.requests = true;
             }
-            Long("id") => id = Some(parser.value()?.string()?),
-            Long("state") => state = Some(PathBuf::from(parser.value()?)),
+            Long("id") => id = Some(text(&mut parser)?),
+            Long("state") => state = Some(path(&mut parser)?),
             #[cfg(feature = "exec")]
             Long("exec") => device.exec = exec_argv(&mut parser)?,
             #[cfg(feature = "exec")]
@@ -332,18 +332,18 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 return Err(missing_feature("--exec", "exec"))
             }
             Long("console") => console = true,
-            Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
+            Long("allow-origin") => access.allowed_origins.push(text(&mut parser)?),
             Long("allow-any-origin") => access.allow_any_origin = true,
-            Long("allow-host") => access.allowed_hosts.push(parser.value()?.string()?),
+            Long("allow-host") => access.allowed_hosts.push(text(&mut parser)?),
             Long("max-connections") => access.max_connections = number(&mut parser)?,
             Long("max-connections-per-ip") => access.max_connections_per_ip = number(&mut parser)?,
             Long("max-messages-per-sec") => config.max_messages_per_second = number(&mut parser)?,
             // Options of left-out features are refused at once: parsing
             // their values would cost the small build ~3 KB.
             #[cfg(feature = "tls")]
-            Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
+            Long("cert") => cert = Some(path(&mut parser)?),
             #[cfg(feature = "tls")]
-            Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            Long("key") => key = Some(path(&mut parser)?),
             #[cfg(not(feature = "tls"))]
             Long("cert" | "key") => return Err(missing_feature("--cert/--key", "tls")),
             #[cfg(feature = "trusted-proxy")]
@@ -357,10 +357,10 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             #[cfg(not(feature = "metrics"))]
             Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
             #[cfg(feature = "forwarder")]
-            Long("tokens") => deployment.forwarder.tokens = Some(PathBuf::from(parser.value()?)),
+            Long("tokens") => deployment.forwarder.tokens = Some(path(&mut parser)?),
             #[cfg(feature = "forwarder")]
             Long("operator-token-file") => {
-                deployment.forwarder.operator_token_file = Some(PathBuf::from(parser.value()?))
+                deployment.forwarder.operator_token_file = Some(path(&mut parser)?)
             }
             #[cfg(feature = "forwarder")]
             Long("max-queued") => deployment.forwarder.max_queued = number(&mut parser)?,
@@ -372,15 +372,15 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             }
             Long("max-frames-per-sec") => config.max_frames_per_second = number(&mut parser)?,
             Long("max-bytes-per-sec") => config.max_bytes_per_second = number(&mut parser)?,
-            Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
+            Long("token-file") => token_file = Some(path(&mut parser)?),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
             Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
             Long("max-reconnect-delay") => client.reconnect.max_delay = duration(&mut parser)?,
             Long("max-attempts") => client.reconnect.max_attempts = Some(number(&mut parser)?),
-            Long("header") => headers.push(parser.value()?.string()?),
-            Long("ca") => ca = Some(PathBuf::from(parser.value()?)),
-            Long("proxy") => proxy = Some(parser.value()?.string()?),
+            Long("header") => headers.push(text(&mut parser)?),
+            Long("ca") => ca = Some(path(&mut parser)?),
+            Long("proxy") => proxy = Some(text(&mut parser)?),
             Short('q') | Long("quiet") => verbosity = Verbosity::Quiet,
             Short('v') | Long("verbose") => verbosity = Verbosity::Verbose,
             Long("log-format") => log_format = self::log_format(&mut parser)?,
@@ -543,7 +543,7 @@ fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
 /// One `--trusted-proxy` value, checked now so a typo fails at start.
 #[cfg(feature = "trusted-proxy")]
 fn trusted_proxy(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
-    let spec = parser.value()?.string()?;
+    let spec = text(parser)?;
     wsloop::forwarded::TrustedProxies::new().add(&spec)?;
     Ok(spec)
 }
@@ -566,7 +566,7 @@ fn read_token(file: Option<PathBuf>) -> Result<Option<String>, lexopt::Error> {
 }
 
 fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
-    match parser.value()?.string()?.as_str() {
+    match text(parser)?.as_str() {
         "text" => Ok(LogFormat::Text),
         #[cfg(feature = "json-logs")]
         "json" => Ok(LogFormat::Json),
@@ -613,9 +613,21 @@ fn digits(parser: &mut lexopt::Parser) -> Result<(u64, String), lexopt::Error> {
     Ok((n, value.string()?))
 }
 
+/// The next value as a string.
+#[inline(never)]
+fn text(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
+    parser.value()?.string()
+}
+
+/// The next value as a path.
+#[inline(never)]
+fn path(parser: &mut lexopt::Parser) -> Result<PathBuf, lexopt::Error> {
+    Ok(parser.value()?.into())
+}
+
 /// The next value as a duration ([`parse_duration`]).
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
-    let text = parser.value()?.string()?;
+    let text = self::text(parser)?;
     parse_duration(&text).map_err(|e| e.into())
 }
 
