@@ -335,55 +335,51 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     while let Some(arg) = parser.next()? {
         match arg {
             Value(word) if mode.is_none() => mode = Some(word.string()?),
-            Long("mode") => mode = Some(parser.value()?.string()?),
-            Long("address") => address = parser.value()?.string()?,
-            Long("www") => www = Some(PathBuf::from(parser.value()?)),
+            Long("mode") => mode = Some(text(&mut parser)?),
+            Long("address") => address = text(&mut parser)?,
+            Long("www") => www = Some(path(&mut parser)?),
             Long("heartbeat") => config.heartbeat = duration(&mut parser)?,
             Long("idle-timeout") => config.idle_timeout = Some(duration(&mut parser)?),
-            Long("max-message-size") => config.max_message_size = parser.value()?.parse()?,
+            Long("max-message-size") => config.max_message_size = number(&mut parser)?,
             Long("handshake-timeout") => config.handshake_timeout = duration(&mut parser)?,
-            Long("queue") => config.outbound_capacity = parser.value()?.parse()?,
+            Long("queue") => config.outbound_capacity = number(&mut parser)?,
             Long("interval") => {
                 client.interval = duration(&mut parser)?;
                 device.requests = true;
             }
             Long("count") => {
-                client.count = Some(parser.value()?.parse()?);
+                client.count = Some(number(&mut parser)?);
                 device.requests = true;
             }
             Long("stdin") => {
                 client.stdin = true;
                 device.requests = true;
             }
-            Long("id") => id = Some(parser.value()?.string()?),
-            Long("state") => state = Some(PathBuf::from(parser.value()?)),
+            Long("id") => id = Some(text(&mut parser)?),
+            Long("state") => state = Some(path(&mut parser)?),
             #[cfg(feature = "exec")]
             Long("exec") => device.exec = exec_argv(&mut parser)?,
             #[cfg(feature = "exec")]
             Long("exec-timeout") => device.timeout = Some(duration(&mut parser)?),
             #[cfg(feature = "exec")]
-            Long("exec-concurrency") => device.concurrency = Some(parser.value()?.parse()?),
+            Long("exec-concurrency") => device.concurrency = Some(number(&mut parser)?),
             #[cfg(not(feature = "exec"))]
             Long("exec" | "exec-timeout" | "exec-concurrency") => {
                 return Err(missing_feature("--exec", "exec"))
             }
             Long("console") => console = true,
-            Long("allow-origin") => access.allowed_origins.push(parser.value()?.string()?),
+            Long("allow-origin") => access.allowed_origins.push(text(&mut parser)?),
             Long("allow-any-origin") => access.allow_any_origin = true,
-            Long("allow-host") => access.allowed_hosts.push(parser.value()?.string()?),
-            Long("max-connections") => access.max_connections = parser.value()?.parse()?,
-            Long("max-connections-per-ip") => {
-                access.max_connections_per_ip = parser.value()?.parse()?
-            }
-            Long("max-messages-per-sec") => {
-                config.max_messages_per_second = parser.value()?.parse()?
-            }
+            Long("allow-host") => access.allowed_hosts.push(text(&mut parser)?),
+            Long("max-connections") => access.max_connections = number(&mut parser)?,
+            Long("max-connections-per-ip") => access.max_connections_per_ip = number(&mut parser)?,
+            Long("max-messages-per-sec") => config.max_messages_per_second = number(&mut parser)?,
             // Options of left-out features are refused at once: parsing
             // their values would cost the small build ~3 KB.
             #[cfg(feature = "tls")]
-            Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
+            Long("cert") => cert = Some(path(&mut parser)?),
             #[cfg(feature = "tls")]
-            Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            Long("key") => key = Some(path(&mut parser)?),
             #[cfg(not(feature = "tls"))]
             Long("cert" | "key") => return Err(missing_feature("--cert/--key", "tls")),
             #[cfg(feature = "trusted-proxy")]
@@ -397,19 +393,19 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             #[cfg(not(feature = "metrics"))]
             Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
             #[cfg(feature = "forwarder")]
-            Long("tokens") => deployment.forwarder.tokens = Some(PathBuf::from(parser.value()?)),
+            Long("tokens") => deployment.forwarder.tokens = Some(path(&mut parser)?),
             #[cfg(feature = "forwarder")]
             Long("operator-token-file") => {
-                deployment.forwarder.operator_token_file = Some(PathBuf::from(parser.value()?))
+                deployment.forwarder.operator_token_file = Some(path(&mut parser)?)
             }
             #[cfg(feature = "forwarder")]
-            Long("max-queued") => deployment.forwarder.max_queued = parser.value()?.parse()?,
+            Long("max-queued") => deployment.forwarder.max_queued = number(&mut parser)?,
             #[cfg(feature = "forwarder")]
             Long("command-ttl") => deployment.forwarder.command_ttl = duration(&mut parser)?,
             #[cfg(feature = "redis")]
-            Long("redis") => deployment.forwarder.redis = Some(parser.value()?.string()?),
+            Long("redis") => deployment.forwarder.redis = Some(text(&mut parser)?),
             #[cfg(feature = "redis")]
-            Long("node-id") => deployment.forwarder.node_id = Some(parser.value()?.string()?),
+            Long("node-id") => deployment.forwarder.node_id = Some(text(&mut parser)?),
             // (Without the forwarder, the arm below refuses them: no
             // message of their own in the small build.)
             #[cfg(all(feature = "forwarder", not(feature = "redis")))]
@@ -425,17 +421,17 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 | "redis"
                 | "node-id",
             ) => return Err(missing_feature("the forwarder options", "forwarder")),
-            Long("max-frames-per-sec") => config.max_frames_per_second = parser.value()?.parse()?,
-            Long("max-bytes-per-sec") => config.max_bytes_per_second = parser.value()?.parse()?,
-            Long("token-file") => token_file = Some(PathBuf::from(parser.value()?)),
+            Long("max-frames-per-sec") => config.max_frames_per_second = number(&mut parser)?,
+            Long("max-bytes-per-sec") => config.max_bytes_per_second = number(&mut parser)?,
+            Long("token-file") => token_file = Some(path(&mut parser)?),
             Long("request-timeout") => config.request_timeout = duration(&mut parser)?,
             Long("no-reconnect") => client.reconnect.enabled = false,
             Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
             Long("max-reconnect-delay") => client.reconnect.max_delay = duration(&mut parser)?,
-            Long("max-attempts") => client.reconnect.max_attempts = Some(parser.value()?.parse()?),
-            Long("header") => headers.push(parser.value()?.string()?),
-            Long("ca") => ca = Some(PathBuf::from(parser.value()?)),
-            Long("proxy") => proxy = Some(parser.value()?.string()?),
+            Long("max-attempts") => client.reconnect.max_attempts = Some(number(&mut parser)?),
+            Long("header") => headers.push(text(&mut parser)?),
+            Long("ca") => ca = Some(path(&mut parser)?),
+            Long("proxy") => proxy = Some(text(&mut parser)?),
             Short('q') | Long("quiet") => verbosity = Verbosity::Quiet,
             Short('v') | Long("verbose") => verbosity = Verbosity::Verbose,
             Long("log-format") => log_format = self::log_format(&mut parser)?,
@@ -605,7 +601,7 @@ fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
 /// One `--trusted-proxy` value, checked now so a typo fails at start.
 #[cfg(feature = "trusted-proxy")]
 fn trusted_proxy(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
-    let spec = parser.value()?.string()?;
+    let spec = text(parser)?;
     wsloop::forwarded::TrustedProxies::new().add(&spec)?;
     Ok(spec)
 }
@@ -628,7 +624,7 @@ fn read_token(file: Option<PathBuf>) -> Result<Option<String>, lexopt::Error> {
 }
 
 fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
-    match parser.value()?.string()?.as_str() {
+    match text(parser)?.as_str() {
         "text" => Ok(LogFormat::Text),
         #[cfg(feature = "json-logs")]
         "json" => Ok(LogFormat::Json),
@@ -657,8 +653,41 @@ pub const FEATURES: [(&str, bool); 12] = [
     ("exec", cfg!(feature = "exec")),
 ];
 
+/// The next value as a number of type `T`: read as a `u64` by the one
+/// copy of the digit parser ([`digits`]), then checked against `T`'s
+/// range, so each number type adds only that check.
+fn number<T: TryFrom<u64>>(parser: &mut lexopt::Parser) -> Result<T, lexopt::Error> {
+    let (n, text) = digits(parser)?;
+    T::try_from(n).map_err(|_| {
+        // Worded as lexopt words the overflow of a narrower type's parse.
+        let why = format!("cannot parse argument {text:?}: number too large to fit in target type");
+        lexopt::Error::Custom(why.into())
+    })
+}
+
+/// The next value as a `u64`, with the text it was read from.
+#[inline(never)]
+fn digits(parser: &mut lexopt::Parser) -> Result<(u64, String), lexopt::Error> {
+    let value = parser.value()?;
+    let n = value.parse()?;
+    Ok((n, value.string()?))
+}
+
+/// The next value as a string.
+#[inline(never)]
+fn text(parser: &mut lexopt::Parser) -> Result<String, lexopt::Error> {
+    parser.value()?.string()
+}
+
+/// The next value as a path.
+#[inline(never)]
+fn path(parser: &mut lexopt::Parser) -> Result<PathBuf, lexopt::Error> {
+    Ok(parser.value()?.into())
+}
+
+/// The next value as a duration ([`parse_duration`]).
 fn duration(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
-    let text = parser.value()?.string()?;
+    let text = self::text(parser)?;
     parse_duration(&text).map_err(|e| e.into())
 }
 
@@ -725,6 +754,23 @@ mod tests {
         assert!(parse_str("client --address http://127.0.0.1:8080/").is_err());
         assert!(parse_str("server --cert c.pem").is_err(), "--key missing");
         assert!(parse_str("server --trusted-proxy 10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn numbers_are_refused_in_lexopts_words() {
+        // What lexopt's own parse said before `number` read every type as u64.
+        let err = |line| parse_str(line).err().unwrap_or_default();
+        let too_large =
+            "cannot parse argument \"4294967296\": number too large to fit in target type";
+        assert_eq!(err("client --max-attempts 4294967296"), too_large);
+        assert_eq!(
+            err("client --count -1"),
+            "cannot parse argument \"-1\": invalid digit found in string"
+        );
+        assert!(matches!(
+            parse_str("client --max-attempts 4294967295"),
+            Ok(Command::Client { options, .. }) if options.reconnect.max_attempts == Some(u32::MAX)
+        ));
     }
 
     #[test]

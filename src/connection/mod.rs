@@ -531,7 +531,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         stream.buffers_released();
         let role = self.settings.role;
         self.ws = Some(WebSocketStream::from_raw_socket(stream, role, Some(websocket)).await);
-        log::trace!("peer {}: buffers released", self.peer.id());
+        log::debug!("peer {}: buffers released", self.peer.id());
         Ok(())
     }
 
@@ -586,7 +586,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     async fn send_queued(&mut self, frame: Frame) -> Result<(), Error> {
         if let Frame::Text(text) = &frame {
             let body = crate::log_safe::body(text.as_bytes());
-            log::trace!("{} <- {body}", self.peer);
+            log::debug!("{} <- {body}", self.peer);
         }
         if let Some(m) = &self.peer.inner.metrics {
             m.sent_bytes(frame.len())

@@ -212,7 +212,9 @@ impl<P> Hub<P> {
     /// A snapshot of the live connections, oldest first.
     pub fn peers(&self) -> Vec<Peer<P>> {
         let mut peers: Vec<Peer<P>> = self.lock().values().map(Peer::retyped).collect();
-        peers.sort_by_key(Peer::id);
+        // Ids are unique, so an unstable sort gives the same order with
+        // less code than the stable one.
+        peers.sort_unstable_by_key(Peer::id);
         peers
     }
 

@@ -44,8 +44,7 @@ use crate::http::access::{AccessPolicy, Admission, Ticket};
 use crate::http::forwarded::TrustedProxies;
 use crate::http::handshake;
 use crate::http::{
-    read_request_head, reason_phrase, write_error, write_response, HeadError, Request, StaticFiles,
-    WriteTimeout,
+    read_request_head, reason_phrase, write_response, HeadError, Request, StaticFiles, WriteTimeout,
 };
 use crate::log_safe::quote;
 use crate::server::metrics::Refusal;
@@ -563,7 +562,7 @@ async fn accept_tls(
             )
             .await;
             let why = "plain HTTP on the TLS port; use https:// and wss:// here";
-            return refuse(&mut stream, addr, 400, why).await;
+            return send(&mut stream, addr, Answer::Refuse(400, Cow::Borrowed(why))).await;
         }
         _ => return None,
     }
@@ -789,29 +788,31 @@ async fn handshake<S: Stream>(
     // written (as `early`, not yet moved, is), so that peers being refused
     // still count against the limits.
     let mut held: Option<Ticket> = None;
-    // Every refusal leaves this block with who is refused, the status and
-    // why, for the one `refuse` below: one await point for all of them
-    // rather than one each in this state machine.
-    let (peer, status, why): (SocketAddr, u16, Cow<'static, str>) = 'refused: {
+    // Every answer but an upgrade and a static file leaves this block with
+    // whom it goes to and what it is, for the one `send` below: one await
+    // point for all of them rather than one each in this state machine.
+    let (peer, answer): (SocketAddr, Answer) = 'answered: {
         #[cfg(feature = "tls")]
         if tls_on_plain {
             metrics.refused(Refusal::BadRequest);
-            break 'refused (addr, 400, Cow::Borrowed(TLS_ON_PLAIN_PORT));
+            break 'answered (addr, Answer::Refuse(400, Cow::Borrowed(TLS_ON_PLAIN_PORT)));
         }
         let (request, leftover) = match head {
             Some(Ok(parsed)) => parsed,
             Some(Err(HeadError::TooLarge)) => {
                 metrics.refused(Refusal::BadRequest);
-                break 'refused (addr, 431, Cow::Borrowed("request head too large"));
+                let why = Cow::Borrowed("request head too large");
+                break 'answered (addr, Answer::Refuse(431, why));
             }
             Some(Err(HeadError::Malformed(why))) => {
                 metrics.refused(Refusal::BadRequest);
-                break 'refused (addr, 400, Cow::Owned(format!("bad request: {why}")));
+                let why = Cow::Owned(format!("bad request: {why}"));
+                break 'answered (addr, Answer::Refuse(400, why));
             }
             Some(Err(HeadError::Closed | HeadError::Io(_))) => return None,
             None => {
                 metrics.refused(Refusal::BadRequest);
-                break 'refused (addr, 408, Cow::Borrowed("request timeout"));
+                break 'answered (addr, Answer::Refuse(408, Cow::Borrowed("request timeout")));
             }
         };
 
@@ -822,14 +823,14 @@ async fn handshake<S: Stream>(
                 Ok(ticket) => ticket,
                 Err(why) => {
                     metrics.refused(Refusal::Limit);
-                    break 'refused (client, 503, Cow::Borrowed(why));
+                    break 'answered (client, Answer::Refuse(503, Cow::Borrowed(why)));
                 }
             };
         held = Some(ticket);
         if let Err(why) = shared.access.check_host(&request, shared.local) {
             // The Host itself is not logged: it is the peer's string.
             metrics.refused(Refusal::BadRequest);
-            break 'refused (client, 421, Cow::Owned(why));
+            break 'answered (client, Answer::Refuse(421, Cow::Owned(why)));
         }
         // The operator API, when a forwarder runs (else `/api/` is just a path).
         #[cfg(feature = "forwarder")]
@@ -842,33 +843,36 @@ async fn handshake<S: Stream>(
             }
         }
         if request.wants_upgrade() {
-            let upgraded = upgrade(stream, client, &request, shared, tls).await;
+            let (response, name) = match check_upgrade(&request, shared, tls) {
+                Ok(accepted) => accepted,
+                Err(answer) => break 'answered (client, answer),
+            };
+            let written = async {
+                stream.write_all(response.as_bytes()).await?;
+                stream.flush().await
+            };
             let ticket = held.take()?;
-            return upgraded.map(|name| (leftover, client, ticket, name));
+            return match timeout(CLOSE_TIMEOUT, written).await {
+                Some(Ok(())) => Some((leftover, client, ticket, name)),
+                _ => None,
+            };
         }
         match request.method.as_str() {
             _ if shared.is_endpoint(request.path()) => {
-                break 'refused (
-                    client,
-                    426,
-                    Cow::Borrowed("this endpoint speaks WebSocket only"),
-                );
+                let why = Cow::Borrowed("this endpoint speaks WebSocket only");
+                break 'answered (client, Answer::Refuse(426, why));
             }
             "GET" | "HEAD" if request.path() == STATS_PATH => {
                 if !shared.access.check_token(&request) {
-                    return unauthorized(stream, client).await;
+                    break 'answered (client, Answer::Unauthorized);
                 }
-                let body = shared.stats_json();
-                let headers = [
-                    ("Content-Type", "application/json"),
-                    ("Cache-Control", "no-store"),
-                ];
                 let head_only = request.method == "HEAD";
-                answer(stream, 200, &headers, body.as_bytes(), head_only).await;
+                let page = Answer::Page(STATS_HEADERS, shared.stats_json(), head_only);
+                break 'answered (client, page);
             }
             #[cfg(feature = "metrics")]
             "GET" | "HEAD" if request.path() == METRICS_PATH => {
-                serve_metrics(stream, client, &request, shared).await;
+                break 'answered (client, metrics_page(&request, shared));
             }
             "GET" | "HEAD" => {
                 match shared.files.serve(&request, stream).await {
@@ -886,30 +890,22 @@ async fn handshake<S: Stream>(
                 let _ = timeout(CLOSE_TIMEOUT, stream.close()).await;
             }
             _ => {
-                break 'refused (
-                    client,
-                    405,
-                    Cow::Borrowed("only GET and HEAD are supported"),
-                )
+                let why = Cow::Borrowed("only GET and HEAD are supported");
+                break 'answered (client, Answer::Refuse(405, why));
             }
         }
         return None;
     };
-    let refused = refuse(stream, peer, status, &why).await;
+    let sent = send(stream, peer, answer).await;
     drop(held);
-    refused
+    sent
 }
 
 /// `GET /metrics`: the Prometheus text, behind the token unless public.
 #[cfg(feature = "metrics")]
-async fn serve_metrics<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    client: SocketAddr,
-    request: &Request,
-    shared: &Shared,
-) {
+fn metrics_page(request: &Request, shared: &Shared) -> Answer {
     if !shared.public_metrics && !shared.access.check_token(request) {
-        return unauthorized(stream, client).await.unwrap_or(());
+        return Answer::Unauthorized;
     }
     #[cfg_attr(not(feature = "forwarder"), allow(unused_mut))]
     let mut body = shared.hub.metrics.render(&shared.hub);
@@ -918,126 +914,108 @@ async fn serve_metrics<W: AsyncWrite + Unpin>(
     if let Some(forwarder) = &shared.forwarder {
         body.push_str(&forwarder.metrics_text());
     }
-    let headers = [
-        ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-        ("Cache-Control", "no-store"),
-    ];
-    answer(
-        stream,
-        200,
-        &headers,
-        body.as_bytes(),
-        request.method == "HEAD",
-    )
-    .await;
+    Answer::Page(METRICS_HEADERS, body, request.method == "HEAD")
 }
 
-/// Answers 401 for a missing or wrong token, then closes. Always `None`.
-async fn unauthorized<T, W: AsyncWrite + Unpin>(stream: &mut W, client: SocketAddr) -> Option<T> {
-    crate::log_safe::refused(client, 401, "missing or wrong token");
-    let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
-    let headers = [
-        ("WWW-Authenticate", "Bearer"),
-        ("Content-Type", "text/plain"),
-    ];
-    answer(stream, 401, &headers, body, false).await;
-    None
+/// `/stats`'s headers.
+const STATS_HEADERS: &[(&str, &str)] = &[
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+];
+
+/// `/metrics`'s headers.
+#[cfg(feature = "metrics")]
+const METRICS_HEADERS: &[(&str, &str)] = &[
+    ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+    ("Cache-Control", "no-store"),
+];
+
+/// A refusal's headers: its body is the one-line reason.
+const REFUSAL_HEADERS: &[(&str, &str)] = &[("Content-Type", "text/plain; charset=utf-8")];
+
+/// A 401's headers.
+const UNAUTHORIZED_HEADERS: &[(&str, &str)] = &[
+    ("WWW-Authenticate", "Bearer"),
+    ("Content-Type", "text/plain"),
+];
+
+/// How a request that is not upgraded is answered: each kind ends in the
+/// one [`send`].
+enum Answer {
+    /// An error status and a one-line reason (logged, and sent as the body).
+    Refuse(u16, Cow<'static, str>),
+    /// 401 for a missing or wrong token.
+    Unauthorized,
+    /// 200 with these headers and this body (left out when the bool says
+    /// the request was `HEAD`).
+    Page(&'static [(&'static str, &'static str)], String, bool),
 }
 
-/// Validates a WebSocket upgrade request and, when it is good, writes the
-/// 101 response and returns the client name it claimed (checked against
-/// `--tokens`). `None` when it was refused (the refusal is already sent).
-/// `tls` says whether this connection is TLS: a same-host origin must use
-/// its scheme.
-async fn upgrade<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    client: SocketAddr,
+/// Checks a WebSocket upgrade request: when it is good, the 101 response
+/// to write and the client name it claimed (checked against `--tokens`);
+/// otherwise how to refuse it. `tls` says whether this connection is TLS:
+/// a same-host origin must use its scheme.
+fn check_upgrade(
     request: &Request,
     shared: &Shared,
     tls: bool,
-) -> Option<Option<Box<str>>> {
+) -> Result<(String, Option<Box<str>>), Answer> {
     let metrics = &shared.hub.metrics;
-    // Every refusal but the 401 leaves this block with its status and why,
-    // for the one `refuse` below (one await point for all).
-    let (status, why): (u16, Cow<'static, str>) = 'refused: {
-        if !shared.is_endpoint(request.path()) {
-            metrics.refused(Refusal::BadRequest);
-            break 'refused (
-                404,
-                Cow::Borrowed("no WebSocket endpoint here; use /server"),
-            );
-        }
-        let key = match handshake::check_request(request) {
-            Ok(key) => key,
-            Err((status, why)) => {
-                metrics.refused(Refusal::BadRequest);
-                break 'refused (status, Cow::Borrowed(why));
-            }
-        };
-        if let Err(why) = shared.access.check_origin(request, tls) {
-            metrics.refused(Refusal::Origin);
-            break 'refused (403, Cow::Owned(why));
-        }
-        let name = match shared.client_name(request) {
-            Ok(name) => name,
-            Err((status, why)) => {
-                let refusal = if status == 400 {
-                    Refusal::BadRequest
-                } else {
-                    Refusal::Token
-                };
-                metrics.refused(refusal);
-                break 'refused (status, Cow::Owned(why));
-            }
-        };
-        if shared.needs_shared_token(name.is_some()) && !shared.access.check_token(request) {
-            metrics.refused(Refusal::Token);
-            return unauthorized(stream, client).await;
-        }
-        let response = handshake::switching_protocols(key);
-        let written = async {
-            stream.write_all(response.as_bytes()).await?;
-            stream.flush().await
-        };
-        return match timeout(CLOSE_TIMEOUT, written).await {
-            Some(Ok(())) => Some(name),
-            _ => None,
-        };
+    let refuse = |refusal, status, why| {
+        metrics.refused(refusal);
+        Answer::Refuse(status, why)
     };
-    refuse(stream, client, status, &why).await
+    if !shared.is_endpoint(request.path()) {
+        let why = Cow::Borrowed("no WebSocket endpoint here; use /server");
+        return Err(refuse(Refusal::BadRequest, 404, why));
+    }
+    let key = handshake::check_request(request)
+        .map_err(|(status, why)| refuse(Refusal::BadRequest, status, Cow::Borrowed(why)))?;
+    if let Err(why) = shared.access.check_origin(request, tls) {
+        return Err(refuse(Refusal::Origin, 403, Cow::Owned(why)));
+    }
+    let name = shared.client_name(request).map_err(|(status, why)| {
+        let refusal = if status == 400 {
+            Refusal::BadRequest
+        } else {
+            Refusal::Token
+        };
+        refuse(refusal, status, Cow::Owned(why))
+    })?;
+    if shared.needs_shared_token(name.is_some()) && !shared.access.check_token(request) {
+        metrics.refused(Refusal::Token);
+        return Err(Answer::Unauthorized);
+    }
+    Ok((handshake::switching_protocols(key), name))
 }
 
-/// Answers with an error status and a one-line reason (logged once,
-/// rate-limited), then closes. Always `None`, so callers can
-/// `return refuse(..).await`.
-async fn refuse<T, W: AsyncWrite + Unpin>(
+/// Sends `answer` (a refusal is logged once, rate-limited), then closes.
+/// A peer that does not read its answer is not waited for. Always `None`,
+/// so callers can `return send(..).await`.
+async fn send<T, W: AsyncWrite + Unpin>(
     stream: &mut W,
     client: SocketAddr,
-    status: u16,
-    why: &str,
+    answer: Answer,
 ) -> Option<T> {
-    crate::log_safe::refused(client, status, why);
+    let (status, headers, body, head_only) = match answer {
+        Answer::Refuse(status, why) => {
+            crate::log_safe::refused(client, status, &why);
+            let body = format!("{why}\n").into_bytes();
+            (status, REFUSAL_HEADERS, Cow::Owned(body), false)
+        }
+        Answer::Unauthorized => {
+            crate::log_safe::refused(client, 401, "missing or wrong token");
+            let body = b"missing or wrong token (Authorization: Bearer, or ?token=)\n";
+            (401, UNAUTHORIZED_HEADERS, Cow::Borrowed(&body[..]), false)
+        }
+        Answer::Page(headers, body, head_only) => {
+            (200, headers, Cow::Owned(body.into_bytes()), head_only)
+        }
+    };
     let answer = async {
-        write_error(stream, status, why).await?;
+        write_response(stream, status, headers, &body, head_only).await?;
         stream.close().await
     };
-    // A peer that does not read its answer is not waited for.
     let _ = timeout(CLOSE_TIMEOUT, answer).await;
     None
-}
-
-/// Writes one whole response, then closes. A peer that does not read its
-/// answer is not waited for.
-async fn answer<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    status: u16,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    head_only: bool,
-) {
-    let answer = async {
-        write_response(stream, status, headers, body, head_only).await?;
-        stream.close().await
-    };
-    let _ = timeout(CLOSE_TIMEOUT, answer).await;
 }
