@@ -23,7 +23,7 @@ const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/wss_peer.p
 /// Whether python3 with `websockets` is here; prints why not otherwise.
 fn have_python_websockets() -> bool {
     let found = Command::new("python3")
-        .args(["-c", "import websockets.sync.client"])
+        .args(["-c", "import websockets.asyncio.client"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
