@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::process::{start_server, Proc};
+use common::process::{gone, start_server, Proc};
 use common::wait_until;
 use serde_json::{json, Value};
 
@@ -194,17 +194,6 @@ fn kill(signal: &str, pid: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Whether process `pid` is gone (a zombie runs no more).
-fn gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
 }
 
 /// Kills the program's process groups when dropped, whatever the test did.
