@@ -49,6 +49,8 @@ COMMON OPTIONS:
 
 SERVER OPTIONS:
     --www DIR              serve files from DIR at / [default: a built-in page]
+                           (dotfiles and dot-directories such as .git or .env:
+                           404, always)
     --queue N              pushed messages that may wait per client [default: 64]
     --console              read commands from stdin and push each to every
                            client, printing their replies; `@NAME command`

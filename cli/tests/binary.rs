@@ -360,98 +360,95 @@ fn console_is_refused_without_the_console_feature() {
 #[cfg(feature = "static-files")]
 mod static_files {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::path::PathBuf;
+    use common::fs::TempDir;
+    use common::http::{exchange, Answer};
 
-    /// A uniquely named directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .subsec_nanos();
-            let dir = std::env::temp_dir()
-                .join(format!("wsloop-test-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// One HTTP/1.1 GET over a raw socket: (status, headers, body).
-    fn http_get(addr: SocketAddr, target: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut stream = TcpStream::connect(addr).expect("tcp connect to the server");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set read timeout");
+    /// One HTTP/1.1 GET over a raw socket, read to the server's close.
+    fn http_get(addr: SocketAddr, target: &str) -> Answer {
         let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .expect("send the request");
-        // The server closes after one answer, so read to EOF.
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .unwrap_or_else(|e| panic!("GET {target}: reading the answer: {e}"));
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("GET {target}: no header end in {raw:?}"));
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let body = raw[split + 4..].to_vec();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("GET {target}: bad status line {status_line:?}"));
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        (status, headers, body)
-    }
-
-    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        exchange(addr, request.as_bytes(), 5)
     }
 
     #[test]
     fn www_dir_is_served() {
         let www = TempDir::new("www");
-        std::fs::write(www.0.join("index.html"), "hello wsloop").expect("write index.html");
-        std::fs::write(www.0.join("style.css"), "body { color: red }").expect("write style.css");
-        let dir = www.0.to_str().expect("temp dir path is UTF-8");
-        let (_server, addr) = start_server("server", &["server", "--www", dir]);
+        std::fs::write(www.join("index.html"), "hello wsloop").expect("write index.html");
+        std::fs::write(www.join("style.css"), "body { color: red }").expect("write style.css");
+        let (_server, addr) = start_server("server", &["server", "--www", www.arg()]);
 
-        let (status, headers, body) = http_get(addr, "/");
-        assert_eq!(status, 200, "GET / {headers:?}");
-        assert_eq!(body, b"hello wsloop");
-        let html = header(&headers, "content-type").unwrap_or_default();
+        let answer = http_get(addr, "/");
+        assert_eq!(answer.status, 200, "GET / {}", answer.head);
+        assert_eq!(answer.body, b"hello wsloop");
+        let html = answer.header("content-type").unwrap_or_default();
         assert!(html.starts_with("text/html"), "GET / Content-Type {html:?}");
 
-        let (status, headers, body) = http_get(addr, "/style.css");
-        assert_eq!(status, 200, "GET /style.css {headers:?}");
-        assert_eq!(body, b"body { color: red }");
-        let css = header(&headers, "content-type").unwrap_or_default();
+        let answer = http_get(addr, "/style.css");
+        assert_eq!(answer.status, 200, "GET /style.css {}", answer.head);
+        assert_eq!(answer.body, b"body { color: red }");
+        let css = answer.header("content-type").unwrap_or_default();
         assert!(
             css.starts_with("text/css"),
             "GET /style.css Content-Type {css:?}"
         );
 
-        let (status, _, _) = http_get(addr, "/missing");
-        assert_eq!(status, 404, "GET /missing");
+        assert_eq!(http_get(addr, "/missing").status, 404, "GET /missing");
+    }
+
+    #[test]
+    fn dotfiles_in_www_are_not_found() {
+        // A checkout served as it is: its `.git` and `.env` stay private.
+        let www = TempDir::new("www-dot");
+        std::fs::create_dir_all(www.join(".git")).expect("mkdir .git");
+        std::fs::create_dir_all(www.join("app/.secret")).expect("mkdir .secret");
+        std::fs::write(www.join(".git/config"), "[core]").expect("write config");
+        std::fs::write(www.join(".env"), "TOKEN=x").expect("write .env");
+        std::fs::write(www.join("app/.secret/key"), "k").expect("write key");
+        std::fs::write(www.join("app/index.html"), "app").expect("write index");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(".git", www.join("docs")).expect("symlink docs");
+        let (_server, addr) = start_server("server", &["server", "--www", www.arg()]);
+
+        for target in [
+            "/.env",
+            "/.git/config",
+            "/.git/",
+            "/.git",
+            "/%2egit/config",
+            "/app/.secret/key",
+            "/app/%2Esecret/key",
+            "/app/.secret",
+            "/docs/config",
+        ] {
+            let answer = http_get(addr, target);
+            assert_eq!(answer.status, 404, "GET {target}: {}", answer.head);
+            assert!(!answer.text().contains("TOKEN"), "GET {target}");
+        }
+        // Dots elsewhere in a name are ordinary, and `.` segments still work.
+        assert_eq!(http_get(addr, "/app/./index.html").status, 200);
+        assert_eq!(http_get(addr, "/app/index.html").status, 200);
+    }
+
+    #[test]
+    fn the_directory_redirect_keeps_the_query() {
+        let www = TempDir::new("www-redirect");
+        std::fs::create_dir_all(www.join("app")).expect("mkdir app");
+        std::fs::write(www.join("app/index.html"), "app").expect("write index");
+        let (_server, addr) = start_server("server", &["server", "--www", www.arg()]);
+
+        let answer = http_get(addr, "/app?room=1&x=%20");
+        assert_eq!(answer.status, 301, "{}", answer.head);
+        assert_eq!(answer.header("location"), Some("/app/?room=1&x=%20"));
+        let answer = http_get(addr, "/app");
+        assert_eq!(
+            answer.header("location"),
+            Some("/app/"),
+            "no `?` without a query"
+        );
+        let answer = http_get(addr, "/app?");
+        assert_eq!(
+            answer.header("location"),
+            Some("/app/?"),
+            "an empty query kept as sent"
+        );
     }
 }

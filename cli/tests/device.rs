@@ -16,7 +16,7 @@ use std::thread;
 
 use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::Message as Frame;
-use common::process::Proc;
+use common::process::{gone, Proc};
 use common::{bounded, next_message, wait_until, Ws};
 use smol::net::TcpListener;
 use wsloop::Message;
@@ -106,17 +106,6 @@ fn kill(signal: &str, pid: &str) {
         .status()
         .expect("run kill(1)");
     assert!(status.success(), "kill {signal} {pid}");
-}
-
-/// Whether process `pid` is gone (a zombie counts: it runs no more).
-fn gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
 }
 
 #[test]

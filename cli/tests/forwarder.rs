@@ -4,7 +4,7 @@
 //! `kill -9` and restarts with `--state`, and every refusal of the API.
 #![cfg(feature = "forwarder")]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,38 +55,16 @@ fn server(dir: &std::path::Path, tokens: &str, extra: &[&str]) -> (Proc, SocketA
 }
 
 /// One HTTP request to the API, answered and closed by the server: its
-/// status and JSON body. `token` goes in `Authorization: Bearer`.
+/// status and JSON body.
 fn api_raw(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(70)))
-        .expect("read timeout");
-    stream.write_all(head.as_bytes()).expect("send head");
-    stream.write_all(body).expect("send body");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    let request = [head.as_bytes(), body].concat();
+    let answer = common::http::exchange(addr, &request, 70);
+    (answer.status, answer.json())
 }
 
 /// `METHOD target` with the operator token and `body` (if any) as JSON.
 fn api(addr: SocketAddr, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    api_raw(addr, &head, body.as_bytes())
+    common::http::api(addr, OPERATOR, method, target, body)
 }
 
 /// Queues `command` for `name`; returns the status and body.

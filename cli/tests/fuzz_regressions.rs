@@ -377,7 +377,7 @@ mod static_paths {
         for (target, location) in [
             ("/dir", "/dir/"),
             ("//dir", "/dir/"),
-            ("///dir?x=1", "/dir/"),
+            ("///dir?x=1", "/dir/?x=1"),
             ("/.", "/./"),
             ("/dir/.", "/dir/./"),
             ("/dir%2f", "/dir%2f/"),

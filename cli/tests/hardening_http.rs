@@ -385,6 +385,22 @@ fn a_second_host_header_is_refused_with_400() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
+#[test]
+fn an_upgrade_over_http_1_0_is_refused_with_400() {
+    // RFC 6455 (4.1): the opening handshake is HTTP/1.1 or higher.
+    let (_server, addr) = start_server("server", &["server", "-q"]);
+    let upgrade = upgrade_request(&addr.to_string(), "").replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let (head, body) = exchange(addr, &upgrade);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        body.contains("HTTP/1.1"),
+        "a reason naming the version: {body:?}"
+    );
+    // The same upgrade over HTTP/1.1 still switches.
+    let (head, _) = exchange(addr, &upgrade_request(&addr.to_string(), ""));
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
 // ---------------------------------------------------------------------------
 // 6. Admission at accept, and the open-file limit.
 // ---------------------------------------------------------------------------

@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use common::process::{start_server, Proc};
+use common::process::{gone, start_server, Proc};
 use common::wait_until;
 use serde_json::{json, Value};
 
@@ -137,34 +135,9 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// One call to the operator API over a TCP connection of its own: the
-/// status and the JSON body.
+/// One call to the operator API with the operator token.
 fn api(addr: SocketAddr, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(70)))
-        .expect("read timeout");
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("send head");
-    stream.write_all(body.as_bytes()).expect("send body");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    common::http::api(addr, OPERATOR, method, target, body)
 }
 
 /// `POST /api/clients/NAME/commands{query}` with `command`.
@@ -221,17 +194,6 @@ fn kill(signal: &str, pid: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Whether process `pid` is gone (a zombie runs no more).
-fn gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
 }
 
 /// Kills the program's process groups when dropped, whatever the test did.

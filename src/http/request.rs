@@ -231,6 +231,16 @@ fn parse_request_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError>
     {
         return Err(HeadError::Malformed("more than one Host header".into()));
     }
+    // RFC 6455 (4.1): the opening handshake is HTTP/1.1 or higher, and an
+    // HTTP/1.0 proxy on the way would not keep the upgraded stream. Judged
+    // here, where httparse has the version, so `Request` needs no field.
+    let upgrade = parsed
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("Upgrade"));
+    if upgrade && parsed.version == Some(0) {
+        return Err(HeadError::Malformed("an upgrade needs HTTP/1.1".into()));
+    }
     let request = Request {
         method: method.to_string(),
         target: target.to_string(),

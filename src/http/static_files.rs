@@ -1,6 +1,6 @@
 //! What is served at `/`: a directory on disk (feature `static-files`,
-//! with paths that cannot leave its root and a content type per extension)
-//! or the built-in page from `builtin/`.
+//! with paths that cannot leave its root, no dotfiles and a content type
+//! per extension) or the built-in page from `builtin/`.
 
 use std::io;
 #[cfg(feature = "static-files")]
@@ -68,7 +68,7 @@ impl StaticFiles {
         let (status, why) = if path.starts_with('/') {
             #[cfg(feature = "static-files")]
             if let Some(root) = &self.root {
-                return dir::serve(root, path, w, head_only).await;
+                return dir::serve(root, path, req.query(), w, head_only).await;
             }
             if path == "/" || path == "/index.html" {
                 return serve_builtin(w, head_only).await;
@@ -168,17 +168,20 @@ mod dir {
         Status(u16),
     }
 
-    /// Answers a `GET` or `HEAD` for `path` from under the canonical `root`.
+    /// Answers a `GET` or `HEAD` for `path` (with `query`, kept on a
+    /// redirect) from under the canonical `root`.
     pub(super) async fn serve<W: AsyncWrite + Unpin>(
         root: &Path,
         path: &str,
+        query: Option<&str>,
         w: &mut W,
         head_only: bool,
     ) -> io::Result<u16> {
         // The file system is blocking: resolve and open on smol's blocking
         // pool, in one hop rather than one per system call.
         let (root, raw_path) = (root.to_path_buf(), path.to_string());
-        match blocking::unblock(move || resolve(&root, &raw_path)).await {
+        let query = query.map(str::to_string);
+        match blocking::unblock(move || resolve(&root, &raw_path, query.as_deref())).await {
             Resolved::File(file, len, content_type) => {
                 serve_file(file, len, content_type, w, head_only).await
             }
@@ -219,7 +222,7 @@ mod dir {
 
     /// Resolves a raw request path (starting with `/`) to what should be served
     /// from under the canonical `root`, opening the file. Blocking.
-    fn resolve(root: &Path, raw_path: &str) -> Resolved {
+    fn resolve(root: &Path, raw_path: &str, query: Option<&str>) -> Resolved {
         let segments = match path_segments(raw_path) {
             Ok(segments) => segments,
             Err(status) => return Resolved::Status(status),
@@ -232,8 +235,14 @@ mod dir {
         };
         if target.is_dir() {
             if !raw_path.ends_with('/') {
-                // One leading slash only: `//host/` would send the browser elsewhere.
-                let location = format!("/{}/", raw_path.trim_start_matches('/'));
+                // One leading slash only: `//host/` would send the browser
+                // elsewhere. The query goes along: `/app?room=1` is still
+                // meant for the page at `/app/`.
+                let path = raw_path.trim_start_matches('/');
+                let location = match query {
+                    Some(query) => format!("/{path}/?{query}"),
+                    None => format!("/{path}/"),
+                };
                 return Resolved::Redirect(location);
             }
             // The index may itself be a symlink, so it is checked like any target.
@@ -280,7 +289,8 @@ mod dir {
     }
 
     /// Canonicalizes `path` and checks it is still inside `root`: 404 when it
-    /// does not exist, 403 when a symlink leads out of the root.
+    /// does not exist or a symlink leads to a dotfile, 403 when a symlink
+    /// leads out of the root.
     fn contained(root: &Path, path: &Path) -> Result<PathBuf, u16> {
         let canonical = match std::fs::canonicalize(path) {
             Ok(canonical) => canonical,
@@ -289,9 +299,14 @@ mod dir {
                 return Err(404);
             }
         };
-        if !canonical.starts_with(root) {
+        let Ok(inside) = canonical.strip_prefix(root) else {
             log::debug!("{} leads outside the root", path.display());
             return Err(403);
+        };
+        // A link named `docs` to `.git` must not serve what `/.git/` does not.
+        if inside.iter().any(is_hidden) {
+            log::debug!("{} leads to a dotfile", path.display());
+            return Err(404);
         }
         Ok(canonical)
     }
@@ -319,9 +334,19 @@ mod dir {
             if segment == ".." || segment.contains('\\') {
                 return Err(403);
             }
+            // Dotfiles and dot-directories (`.git`, `.env`) are answered as
+            // absent: a served checkout keeps its history and secrets.
+            if is_hidden(segment.as_ref()) {
+                return Err(404);
+            }
             segments.push(segment.to_string());
         }
         Ok(segments)
+    }
+
+    /// Whether a file name is a dotfile's (`.git`, `.env`), never served.
+    fn is_hidden(name: &std::ffi::OsStr) -> bool {
+        name.as_encoded_bytes().starts_with(b".")
     }
 }
 

@@ -1,6 +1,8 @@
 //! Shared test harness: a real server on 127.0.0.1 in a background thread,
 //! real WebSocket and raw-TCP peers, and a time bound for every test.
 #![allow(dead_code)]
+pub mod fs;
+pub mod http;
 pub mod process;
 pub mod tls;
 pub mod tls_client;

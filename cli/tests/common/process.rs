@@ -313,3 +313,14 @@ pub fn replies(stdout: &[String]) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Whether process `pid` is gone (a zombie counts: it runs no more).
+pub fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
