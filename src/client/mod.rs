@@ -238,7 +238,9 @@ impl Reconnect {
             .initial_delay
             .saturating_mul(doubling)
             .min(self.max_delay);
-        full.mul_f64(0.5 + fastrand::f64() / 2.0)
+        // In whole nanoseconds: integer jitter, no float code for it.
+        let full = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(full / 2 + fastrand::u64(..=full - full / 2))
     }
 }
 
