@@ -447,16 +447,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
                     break self.failed(*err);
                 }
                 Event::Inbound(None) => break Exit::eof(),
-                Event::Outbound(Some(Outgoing::Frame(frame))) => {
-                    Box::pin(self.send_queued(frame)).await?
-                }
-                Event::Outbound(Some(Outgoing::Request(id, frame))) => {
+                Event::Outbound(Some(outgoing)) => {
+                    let (frame, request) = match outgoing {
+                        Outgoing::Frame(frame) => (frame, None),
+                        Outgoing::Request(id, frame) => (frame, Some(id)),
+                        Outgoing::Close(code, reason) => {
+                            // Every message queued before Peer::close has
+                            // been sent.
+                            let ended = Ok(Ended::Closed(code));
+                            break Exit::closing(code, reason, true, ended);
+                        }
+                    };
+                    // One send for frames and requests alike.
                     Box::pin(self.send_queued(frame)).await?;
-                    self.peer.inner.session.mark_in_flight(id);
-                }
-                Event::Outbound(Some(Outgoing::Close(code, reason))) => {
-                    // Every message queued before Peer::close has been sent.
-                    break Exit::closing(code, reason, true, Ok(Ended::Closed(code)));
+                    if let Some(id) = request {
+                        self.peer.inner.session.mark_in_flight(id);
+                    }
                 }
                 Event::Outbound(None) => {
                     // The session was shut from elsewhere.
