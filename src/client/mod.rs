@@ -110,14 +110,16 @@ mod url;
 use std::net::SocketAddr;
 #[cfg(feature = "tls")]
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::tungstenite::{Bytes, Message as Frame};
 use futures_lite::io::BufReader;
-use futures_lite::{future, AsyncBufReadExt, StreamExt};
+use futures_lite::{future, ready, AsyncBufReadExt, Stream};
 
 use crate::connection::session::{PendingReply, RequestError, SendError, Session};
 use crate::spawn::{BoxTask, Spawn};
@@ -236,7 +238,9 @@ impl Reconnect {
             .initial_delay
             .saturating_mul(doubling)
             .min(self.max_delay);
-        full.mul_f64(0.5 + fastrand::f64() / 2.0)
+        // In whole nanoseconds: integer jitter, no float code for it.
+        let full = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(full / 2 + fastrand::u64(..=full - full / 2))
     }
 }
 
@@ -772,31 +776,31 @@ pub(crate) async fn run_with(
         options.count.is_some_and(|n| s.finished() >= n) || (input_ended && s.finished() >= s.sent)
     };
 
+    // Pinned once: the loop below polls them in place, turn after turn.
+    let mut outcomes = std::pin::pin!(outcomes);
+    let mut pushes = std::pin::pin!(pushes);
+    let mut finished = std::pin::pin!(client.finished.clone());
+
     while !done(&summary, commands.finished) {
-        let wake = future::or(
-            future::or(
-                async {
-                    match outcomes.recv().await {
-                        Ok((id, outcome)) => Wake::Outcome(id, outcome),
-                        Err(_) => Wake::Stopped,
-                    }
-                },
-                async { pushes.recv().await.map_or(Wake::Stopped, Wake::Pushed) },
-            ),
-            future::or(
-                async { Wake::Send(commands.next(summary.sent).await) },
-                future::or(
-                    async {
-                        client.stopped().await;
-                        Wake::Stopped
-                    },
-                    async {
-                        (&mut stop).await;
-                        Wake::Stop
-                    },
-                ),
-            ),
-        )
+        // One hand-written poll over every source, in a fixed order: a
+        // state machine of its own, not one per source (smaller code).
+        let sent = summary.sent;
+        let wake = future::poll_fn(|cx| {
+            if let Poll::Ready(outcome) = outcomes.as_mut().poll_next(cx) {
+                return Poll::Ready(outcome.map_or(Wake::Stopped, |(id, o)| Wake::Outcome(id, o)));
+            }
+            if let Poll::Ready(push) = pushes.as_mut().poll_next(cx) {
+                return Poll::Ready(push.map_or(Wake::Stopped, Wake::Pushed));
+            }
+            if let Poll::Ready(command) = commands.poll_next(cx, sent) {
+                return Poll::Ready(Wake::Send(command));
+            }
+            // Any message or the channel's close: the supervisor is done.
+            if finished.as_mut().poll_next(cx).is_ready() {
+                return Poll::Ready(Wake::Stopped);
+            }
+            stop.as_mut().poll(cx).map(|()| Wake::Stop)
+        })
         .await;
         match wake {
             Wake::Outcome(_, Ok(reply)) => {
@@ -870,24 +874,24 @@ impl Commands {
 
     /// The next command to send; `None` once input has ended (after which
     /// it stays pending, so the select loop only waits for replies).
-    async fn next(&mut self, sent: u64) -> Option<String> {
+    fn poll_next(&mut self, cx: &mut Context<'_>, sent: u64) -> Poll<Option<String>> {
         if self.finished {
-            return future::pending().await;
+            return Poll::Pending;
         }
         if let Some(timer) = &mut self.timer {
-            timer.next().await;
-            return Some(format!("Eject the hot dog {}.", sent + 1));
+            ready!(Pin::new(timer).poll_next(cx));
+            return Poll::Ready(Some(format!("Eject the hot dog {}.", sent + 1)));
         }
         // No source (a device that only answers): nothing, ever.
         let Some(lines) = self.lines.as_mut() else {
-            return future::pending().await;
+            return Poll::Pending;
         };
         loop {
-            match lines.next().await {
+            match ready!(Pin::new(&mut *lines).poll_next(cx)) {
                 // Blank lines are not commands.
                 Some(Ok(line)) if line.trim().is_empty() => continue,
-                Some(Ok(line)) => return Some(line),
-                _ => return None,
+                Some(Ok(line)) => return Poll::Ready(Some(line)),
+                _ => return Poll::Ready(None),
             }
         }
     }

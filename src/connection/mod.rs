@@ -116,6 +116,42 @@ impl fmt::Display for Ended {
     }
 }
 
+/// How the loop ends, decided without an await so that the loop has one
+/// exit: what is still written, and what [`Connection::run`] returns.
+struct Exit {
+    /// Our Close frame (code, reason, whether to wait for the peer's).
+    close: Option<(u16, Box<str>, bool)>,
+    /// Write out the replies still buffered (the peer only went quiet).
+    flush: bool,
+    result: Result<Ended, Error>,
+}
+
+impl Exit {
+    /// The peer's stream ended between frames: a normal end.
+    fn eof() -> Self {
+        Exit {
+            close: None,
+            flush: true,
+            result: Ok(Ended::Eof),
+        }
+    }
+
+    /// We close with `code` and `reason` (waiting for the peer's Close if
+    /// `await_reply`), then return `result`.
+    fn closing(
+        code: u16,
+        reason: Box<str>,
+        await_reply: bool,
+        result: Result<Ended, Error>,
+    ) -> Self {
+        Exit {
+            close: Some((code, reason, await_reply)),
+            flush: false,
+            result,
+        }
+    }
+}
+
 /// One established WebSocket connection and its outbound queue, ready to
 /// [`run`](Connection::run). Works on any `futures-io` stream; speaks the
 /// [`Protocol`] `P` ([`Seed`] unless [`speaking`](Connection::speaking)
@@ -378,7 +414,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
 
         let mut batch = 0;
 
-        loop {
+        let exit = loop {
             // Alternate which source is polled first so neither can starve
             // the other.
             outbound_first = !outbound_first;
@@ -408,56 +444,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
                     Box::pin(self.on_frame(frame, handler)).await?;
                 }
                 Event::Inbound(Some(Err(err))) => {
-                    if let tungstenite::Error::Protocol(
-                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                    ) = *err
-                    {
-                        // The peer closed TCP between frames without a
-                        // Close: abrupt, but a normal end (the Go client
-                        // does this). Replies still buffered go out first:
-                        // it may only have closed its sending half.
-                        let _ = self.flush().await;
-                        return Ok(Ended::Eof);
-                    }
-                    return Err(Box::pin(self.fail(*err)).await);
+                    break self.failed(*err);
                 }
-                Event::Inbound(None) => {
-                    let _ = self.flush().await;
-                    return Ok(Ended::Eof);
-                }
-                Event::Outbound(Some(Outgoing::Frame(frame))) => {
-                    Box::pin(self.send_queued(frame)).await?
-                }
-                Event::Outbound(Some(Outgoing::Request(id, frame))) => {
+                Event::Inbound(None) => break Exit::eof(),
+                Event::Outbound(Some(outgoing)) => {
+                    let (frame, request) = match outgoing {
+                        Outgoing::Frame(frame) => (frame, None),
+                        Outgoing::Request(id, frame) => (frame, Some(id)),
+                        Outgoing::Close(code, reason) => {
+                            // Every message queued before Peer::close has
+                            // been sent.
+                            let ended = Ok(Ended::Closed(code));
+                            break Exit::closing(code, reason, true, ended);
+                        }
+                    };
+                    // One send for frames and requests alike.
                     Box::pin(self.send_queued(frame)).await?;
-                    self.peer.inner.session.mark_in_flight(id);
-                }
-                Event::Outbound(Some(Outgoing::Close(code, reason))) => {
-                    // Every message queued before Peer::close has been sent.
-                    self.close(code, &reason, true).await;
-                    return Ok(Ended::Closed(code));
+                    if let Some(id) = request {
+                        self.peer.inner.session.mark_in_flight(id);
+                    }
                 }
                 Event::Outbound(None) => {
                     // The session was shut from elsewhere.
-                    self.close(CLOSE_NORMAL, "", true).await;
-                    return Ok(Ended::Closed(CLOSE_NORMAL));
+                    let ended = Ok(Ended::Closed(CLOSE_NORMAL));
+                    break Exit::closing(CLOSE_NORMAL, "".into(), true, ended);
                 }
                 Event::Tick => {
                     let now = Instant::now();
-                    if self.guard().message_stalled() {
-                        // Pings keep the connection alive; they must not
-                        // keep a half-sent message's buffers alive with it.
-                        let reason = "fragmented message unfinished for too long";
-                        self.close(CLOSE_POLICY, reason, false).await;
-                        return Err(Error::Policy(reason.into()));
-                    }
-                    if now >= last_seen + idle_timeout {
-                        let id = self.peer.id();
-                        log::debug!("peer {id} silent for {}", human(idle_timeout));
-                        // A silent peer will not answer our Close either:
-                        // send it, but do not wait for a reply.
-                        self.close(CLOSE_GOING_AWAY, "idle timeout", false).await;
-                        return Ok(Ended::IdleTimeout);
+                    if let Some(exit) = self.expired(now, last_seen + idle_timeout) {
+                        break exit;
                     }
                     if now >= next_ping {
                         self.send_frame(Frame::Ping(Default::default())).await?;
@@ -471,7 +486,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
                     timer.set_at(coarse(next_ping.min(last_seen + idle_timeout)));
                 }
             }
+        };
+        // Every other end of the loop leaves through this one await.
+        Box::pin(self.end(exit)).await
+    }
+
+    /// On a tick: the end of a peer whose message stalled or that has been
+    /// silent past `idle_deadline`, if either holds.
+    #[cold]
+    fn expired(&mut self, now: Instant, idle_deadline: Instant) -> Option<Exit> {
+        if self.guard().message_stalled() {
+            // Pings keep the connection alive; they must not keep a
+            // half-sent message's buffers alive with it.
+            let reason = "fragmented message unfinished for too long";
+            let result = Err(Error::Policy(reason.into()));
+            return Some(Exit::closing(CLOSE_POLICY, reason.into(), false, result));
         }
+        if now >= idle_deadline {
+            let idle = human(self.settings.idle_timeout);
+            log::debug!("peer {} silent for {idle}", self.peer.id());
+            // A silent peer will not answer our Close either: send it, but
+            // do not wait for a reply.
+            let (reason, result) = ("idle timeout".into(), Ok(Ended::IdleTimeout));
+            return Some(Exit::closing(CLOSE_GOING_AWAY, reason, false, result));
+        }
+        None
+    }
+
+    /// Carries out `exit`: flushes or sends our Close as it says, then
+    /// gives its result.
+    async fn end(&mut self, exit: Exit) -> Result<Ended, Error> {
+        if exit.flush {
+            let _ = self.flush().await;
+        }
+        if let Some((code, reason, await_reply)) = exit.close {
+            self.close(code, &reason, await_reply).await;
+        }
+        exit.result
     }
 
     /// The next event, flushing buffered replies first when none is ready.
@@ -633,13 +684,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     }
 
     /// Sends our Close frame and, if `await_reply`, waits (bounded) for the
-    /// peer's Close in return. Boxed: the closing paths are rare, and their
-    /// state would otherwise sit in every connection's future for its life.
+    /// peer's Close in return. Only [`end`](Self::end) calls it, inside the
+    /// loop's one boxed exit, so its state is not in every connection's
+    /// future for its life.
     async fn close(&mut self, code: u16, reason: &str, await_reply: bool) {
-        Box::pin(self.close_inner(code, reason, await_reply)).await
-    }
-
-    async fn close_inner(&mut self, code: u16, reason: &str, await_reply: bool) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
@@ -661,10 +709,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         while let Some(Ok(_)) = self.ws().next().await {}
     }
 
-    /// Turns a read error into the close code the peer deserves, sends it
-    /// when the socket still works, and returns the error for the caller.
-    async fn fail(&mut self, err: tungstenite::Error) -> Error {
+    /// Turns a read error into the end it deserves: the close code the peer
+    /// is sent when the socket still works, and the error for the caller.
+    #[cold]
+    fn failed(&mut self, err: tungstenite::Error) -> Exit {
         use tungstenite::error::Error as E;
+        if let E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) = err {
+            // The peer closed TCP between frames without a Close: abrupt,
+            // but a normal end (the Go client does this). Replies still
+            // buffered go out first: it may only have closed its sending
+            // half.
+            return Exit::eof();
+        }
         if let Some(violation) = match &err {
             E::Io(e) => Violation::of(e),
             _ => None,
@@ -673,8 +729,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
             // for writing, so the peer learns why.
             let reason = violation.reason();
             log::debug!("peer {} closed: {reason}", self.peer.id());
-            self.close(CLOSE_POLICY, reason, false).await;
-            return Error::Policy(reason.into());
+            let result = Err(Error::Policy(reason.into()));
+            return Exit::closing(CLOSE_POLICY, reason.into(), false, result);
         }
         let close = match &err {
             E::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
@@ -682,17 +738,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
             E::Protocol(_) => Some((CLOSE_PROTOCOL_ERROR, "protocol error")),
             _ => None,
         };
-        if let Some((code, reason)) = close {
-            // Best effort: the stream has already reported an error, and a
-            // peer that broke the protocol is not waited for.
-            self.close(code, reason, false).await;
-        }
-        match err {
+        let result = Err(match err {
             E::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => Error::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "peer vanished mid-frame",
             )),
             other => other.into(),
+        });
+        // Best effort: the stream has already reported an error, and a peer
+        // that broke the protocol is not waited for.
+        Exit {
+            close: close.map(|(code, reason)| (code, reason.into(), false)),
+            flush: false,
+            result,
         }
     }
 }
