@@ -50,7 +50,7 @@ COMMON OPTIONS:
 SERVER OPTIONS:
     --www DIR              serve files from DIR at / [default: a built-in page]
                            (dotfiles and dot-directories such as .git or .env:
-                           404, always)
+                           404, always; /.well-known/ is served, for ACME)
     --queue N              pushed messages that may wait per client [default: 64]
     --console              read commands from stdin and push each to every
                            client, printing their replies; `@NAME command`

@@ -404,6 +404,12 @@ mod static_files {
         std::fs::write(www.join(".env"), "TOKEN=x").expect("write .env");
         std::fs::write(www.join("app/.secret/key"), "k").expect("write key");
         std::fs::write(www.join("app/index.html"), "app").expect("write index");
+        std::fs::create_dir_all(www.join(".well-known/acme-challenge")).expect("mkdir acme");
+        std::fs::create_dir_all(www.join("app/.well-known")).expect("mkdir app acme");
+        let token = www.join(".well-known/acme-challenge/t0ken");
+        std::fs::write(token, "t0ken.thumbprint").expect("write token");
+        std::fs::write(www.join(".well-known/.env"), "TOKEN=y").expect("write .env");
+        std::fs::write(www.join("app/.well-known/x"), "x").expect("write x");
         #[cfg(unix)]
         std::os::unix::fs::symlink(".git", www.join("docs")).expect("symlink docs");
         let (_server, addr) = start_server("server", &["server", "--www", www.arg()]);
@@ -425,6 +431,14 @@ mod static_files {
         }
         // Dots elsewhere in a name are ordinary, and `.` segments still work.
         assert_eq!(http_get(addr, "/app/./index.html").status, 200);
+        // `/.well-known/` is served (ACME http-01 challenges live there),
+        // at the top only, and its own dotfiles are not.
+        let answer = http_get(addr, "/.well-known/acme-challenge/t0ken");
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        assert_eq!(answer.text(), "t0ken.thumbprint");
+        for target in ["/.well-known/.env", "/app/.well-known/x"] {
+            assert_eq!(http_get(addr, target).status, 404, "GET {target}");
+        }
         assert_eq!(http_get(addr, "/app/index.html").status, 200);
     }
 

@@ -174,7 +174,18 @@ fn start_up_errors_are_one_line() {
     let cert = pki.cert.to_str().unwrap();
 
     // A missing file: a failure naming it.
-    let args = ["server", "--cert", "/nonexistent/cert.pem", "--key", key];
+    // Each on a free port: the default 8080 may be another test's (and a
+    // start-up error found after binding would then read "address in use").
+    let any = ["--address", "127.0.0.1:0"];
+    let args = [
+        "server",
+        "--cert",
+        "/nonexistent/cert.pem",
+        "--key",
+        key,
+        any[0],
+        any[1],
+    ];
     let run = Proc::wsloop("missing cert", &args, None).finish(10);
     assert!(!run.status.success());
     assert_eq!(run.stderr.len(), 1, "{run:#?}");
@@ -184,7 +195,15 @@ fn start_up_errors_are_one_line() {
     // A file that is not PEM.
     let garbage = pki.path("garbage.pem");
     fs::write(&garbage, "hello\n").unwrap();
-    let args = ["server", "--cert", cert, "--key", garbage.to_str().unwrap()];
+    let args = [
+        "server",
+        "--cert",
+        cert,
+        "--key",
+        garbage.to_str().unwrap(),
+        any[0],
+        any[1],
+    ];
     let run = Proc::wsloop("garbage key", &args, None).finish(10);
     assert!(!run.status.success());
     assert_eq!(run.stderr.len(), 1, "{run:#?}");
@@ -198,6 +217,8 @@ fn start_up_errors_are_one_line() {
         cert,
         "--key",
         other_key.to_str().unwrap(),
+        any[0],
+        any[1],
     ];
     let run = Proc::wsloop("mismatched key", &args, None).finish(10);
     assert!(!run.status.success());

@@ -304,7 +304,11 @@ mod dir {
             return Err(403);
         };
         // A link named `docs` to `.git` must not serve what `/.git/` does not.
-        if inside.iter().any(is_hidden) {
+        if inside
+            .iter()
+            .enumerate()
+            .any(|(depth, name)| is_hidden(name) && !is_well_known(depth, name))
+        {
             log::debug!("{} leads to a dotfile", path.display());
             return Err(404);
         }
@@ -336,7 +340,7 @@ mod dir {
             }
             // Dotfiles and dot-directories (`.git`, `.env`) are answered as
             // absent: a served checkout keeps its history and secrets.
-            if is_hidden(segment.as_ref()) {
+            if is_hidden(segment.as_ref()) && !is_well_known(segments.len(), segment.as_ref()) {
                 return Err(404);
             }
             segments.push(segment.to_string());
@@ -348,6 +352,17 @@ mod dir {
     fn is_hidden(name: &std::ffi::OsStr) -> bool {
         name.as_encoded_bytes().starts_with(b".")
     }
+
+    /// The one dot-directory served: `/.well-known/` at the top (RFC 8615),
+    /// where certbot's `--webroot` and other ACME clients put the http-01
+    /// challenge that renews the certificate `--cert` reloads. Dotfiles
+    /// inside it are still hidden.
+    fn is_well_known(depth: usize, name: &std::ffi::OsStr) -> bool {
+        depth == 0 && name == WELL_KNOWN
+    }
+
+    /// See [`is_well_known`].
+    const WELL_KNOWN: &str = ".well-known";
 }
 
 #[cfg(test)]
