@@ -306,6 +306,7 @@ fn close_code(ended: &Result<Ended, Error>) -> Option<u16> {
         Ok(Ended::PeerClosed(Some((code, _)))) | Ok(Ended::Closed(code)) => Some(*code),
         Ok(Ended::PeerClosed(None)) => Some(CLOSE_NORMAL),
         Ok(Ended::IdleTimeout) => Some(CLOSE_GOING_AWAY),
+        Ok(Ended::InvalidClose(_)) => Some(CLOSE_PROTOCOL_ERROR),
         Ok(Ended::Eof) => None,
         Err(Error::Policy(_)) => Some(CLOSE_POLICY),
         Err(Error::WebSocket(Ws::Capacity(_))) => Some(CLOSE_TOO_BIG),
