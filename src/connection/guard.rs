@@ -559,6 +559,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_first_close_code_unmasked_across_reads() {
+        // Close 999, masked with [1, 2, 3, 4], fed a byte at a time, then a
+        // second Close (1000) that must not overwrite it.
+        let mut stream = vec![0x88, 0x80 | 2, 1, 2, 3, 4, 0x03 ^ 1, 0xE7 ^ 2];
+        stream.extend_from_slice(&[0x88, 0x80 | 2, 0, 0, 0, 0, 0x03, 0xE8]);
+        let mut tracker = Tracker::default();
+        for byte in &stream {
+            tracker.feed(std::slice::from_ref(byte), 0);
+        }
+        assert_eq!(tracker.close_code, 999);
+        assert!(tracker.at_message_boundary());
+    }
+
+    #[test]
+    fn a_top_bit_length_is_seen() {
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        header.extend_from_slice(&[0; 4]);
+        assert!(Tracker::default().feed(&header, 0).bad_length);
+        assert!(!Tracker::default().feed(&frame(0x82, 70_000), 0).bad_length);
+    }
+
+    #[test]
     fn tracks_frames_and_boundaries_byte_by_byte() {
         let mut stream = frame(0x01, 3); // text, FIN=0
         stream.extend(frame(0x89, 0)); // ping inside the message

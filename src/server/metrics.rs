@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "metrics")]
 use std::time::Duration;
 
+use crate::connection::guard::Violation;
 #[cfg(feature = "metrics")]
 use crate::Hub;
 use crate::{
@@ -312,6 +313,8 @@ fn close_code(ended: &Result<Ended, Error>) -> Option<u16> {
         Err(Error::WebSocket(Ws::Capacity(_))) => Some(CLOSE_TOO_BIG),
         Err(Error::WebSocket(Ws::Utf8(_))) => Some(CLOSE_INVALID_DATA),
         Err(Error::WebSocket(Ws::Protocol(_))) => Some(CLOSE_PROTOCOL_ERROR),
+        // A protocol error the read guard caught (a top-bit frame length).
+        Err(Error::Io(e)) => Violation::of(e).map(Violation::close_code),
         Err(_) => None,
     }
 }
