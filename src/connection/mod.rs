@@ -662,7 +662,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         };
         let (code, sent) = (u16::from(frame.code), self.guard().peer_close_code());
         if code == CLOSE_PROTOCOL_ERROR && sent != code {
-            log::debug!("{} sent invalid close code {sent}", self.peer);
+            // Logged once, with the end (`Ended`'s Display says it all).
             return Ended::InvalidClose(sent);
         }
         let reason = frame.reason.to_string();
