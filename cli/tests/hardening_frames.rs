@@ -487,11 +487,11 @@ impl Handler for EndRecorder {
     }
 
     fn on_disconnect(&self, _: &Peer, how: &Result<Ended, wsloop::Error>) {
-        let _ = self.0.send(
-            how.as_ref()
-                .map(Ended::clone)
-                .map_err(|err| err.to_string()),
-        );
+        let how = match how {
+            Ok(ended) => Ok(ended.clone()),
+            Err(err) => Err(err.to_string()),
+        };
+        let _ = self.0.send(how);
     }
 }
 
