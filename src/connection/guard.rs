@@ -237,9 +237,9 @@ impl Tracker {
     /// 8-byte length (which tungstenite refuses anyway) has it past the
     /// kept ten, and is read unmasked.
     fn close_byte(&mut self, byte: u8) {
-        let at = usize::from(self.header_len()) - 4 + usize::from(2 - self.close_left);
-        let masked = self.header[1] & 0x80 != 0;
-        let mask = if masked {
+        let mask = if self.header[1] & 0x80 != 0 {
+            // A masked header is at least 6 bytes: the mask's 4 and 2 more.
+            let at = usize::from(self.header_len()) - 4 + usize::from(2 - self.close_left);
             self.header.get(at).copied().unwrap_or(0)
         } else {
             0
@@ -570,6 +570,10 @@ mod tests {
         }
         assert_eq!(tracker.close_code, 999);
         assert!(tracker.at_message_boundary());
+        // A server's Close is unmasked (what the client's guard reads).
+        let mut tracker = Tracker::default();
+        tracker.feed(&[0x88, 2, 0x03, 0xE8], 0);
+        assert_eq!(tracker.close_code, 1000);
     }
 
     #[test]
