@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::process::start_server;
 use common::{bounded, client_frame, raw_upgrade, request, ws_connect, TestServer};
-use wsloop::{Config, Frame, Handler, Message, Peer, CLOSE_POLICY};
+use wsloop::{Config, Ended, Frame, Handler, Message, Peer, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR};
 
 /// `{` as a text frame without FIN: a message that is never finished.
 const OPEN_MESSAGE: [u8; 7] = [0x01, 0x81, 0, 0, 0, 0, b'{'];
@@ -476,4 +476,78 @@ fn buffers_are_released_only_between_messages() {
     }
     let ids = replies.join().expect("reader thread");
     assert_eq!(ids, expected);
+}
+
+/// The seed's handler that also reports how each connection ended.
+struct EndRecorder(std::sync::mpsc::Sender<Result<Ended, String>>);
+
+impl Handler for EndRecorder {
+    async fn on_message(&self, _: &Peer, message: Message) -> Option<Message> {
+        Some(message.seed_reply())
+    }
+
+    fn on_disconnect(&self, _: &Peer, how: &Result<Ended, wsloop::Error>) {
+        let how = match how {
+            Ok(ended) => Ok(ended.clone()),
+            Err(err) => Err(err.to_string()),
+        };
+        let _ = self.0.send(how);
+    }
+}
+
+/// Sends one masked Close frame with `payload` from a raw peer; returns the
+/// code the server answered and how the server says the connection ended.
+fn close_with(payload: &[u8]) -> (Option<u16>, Result<Ended, String>) {
+    let (tx, ended) = std::sync::mpsc::channel();
+    let server = TestServer::start_with(Config::default(), None, EndRecorder(tx));
+    let mut stream = raw_upgrade(server.addr);
+    stream
+        .write_all(&client_frame(0x8, payload))
+        .expect("send close");
+    let answered = close_code(&mut stream);
+    let ended = ended
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server reports the end within 10 s");
+    (answered, ended)
+}
+
+#[test]
+fn an_invalid_close_code_is_reported_as_the_peers_not_as_our_1002() {
+    // 999 is below the range RFC 6455 §7.4 allows: tungstenite answers 1002
+    // and hands the loop a 1002 of its own making.
+    let (answered, ended) = close_with(&999u16.to_be_bytes());
+    assert_eq!(answered, Some(CLOSE_PROTOCOL_ERROR), "we answer 1002");
+    assert_eq!(ended, Ok(Ended::InvalidClose(999)));
+    let said = ended.map(|e| e.to_string()).unwrap_or_default();
+    assert!(said.contains("invalid close code 999"), "said {said:?}");
+}
+
+#[test]
+fn a_peer_that_really_sends_1002_is_still_reported_as_such() {
+    // The same code and reason tungstenite substitutes, sent by the peer
+    // itself: only the bytes on the wire tell the two apart.
+    let mut payload = CLOSE_PROTOCOL_ERROR.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"Protocol violation");
+    let (answered, ended) = close_with(&payload);
+    assert_eq!(answered, Some(CLOSE_PROTOCOL_ERROR), "the close is echoed");
+    assert_eq!(
+        ended,
+        Ok(Ended::PeerClosed(Some((
+            CLOSE_PROTOCOL_ERROR,
+            "Protocol violation".into()
+        ))))
+    );
+}
+
+#[test]
+fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
+    // RFC 6455 §5.2: "the most significant bit MUST be 0". Such a length is
+    // malformed, not merely too big: 1002, not 1009.
+    let server = TestServer::start(Config::default());
+    let mut stream = raw_upgrade(server.addr);
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]); // the mask
+    stream.write_all(&header).expect("send header");
+    assert_eq!(close_code(&mut stream), Some(CLOSE_PROTOCOL_ERROR));
 }

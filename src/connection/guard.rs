@@ -14,7 +14,13 @@
 //!   fragments of the message in progress and when that message began;
 //! - message (data, ping, pong), frame and byte rates per second, and the
 //!   fragment cap. Past one, reads fail with an [`io::Error`] carrying a
-//!   [`Violation`], which the loop answers with Close 1008.
+//!   [`Violation`], which the loop answers with Close 1008;
+//! - the one header check tungstenite lacks: a 64-bit length with its top
+//!   bit set is a protocol error (RFC 6455 §5.2), answered with 1002, not
+//!   tungstenite's 1009 "too big";
+//! - the status code of the peer's Close frame as sent: tungstenite replaces
+//!   a code RFC 6455 §7.4 does not allow with its own 1002 before the loop
+//!   sees the frame, so only the bytes still say what the peer sent.
 //!
 //! It also knows when the bytes delivered end exactly at a message boundary
 //! and whether a large frame went through either way, which is what lets the
@@ -43,6 +49,9 @@ pub(crate) enum Violation {
     ByteRate,
     /// More fragments in one message than [`Config::max_fragments`].
     Fragments,
+    /// A 64-bit payload length with its most significant bit set, which
+    /// RFC 6455 §5.2 forbids: a protocol error, not a policy one.
+    FrameLength,
 }
 
 impl Violation {
@@ -53,6 +62,16 @@ impl Violation {
             Violation::FrameRate => "frame rate limit exceeded",
             Violation::ByteRate => "byte rate limit exceeded",
             Violation::Fragments => "too many fragments in one message",
+            Violation::FrameLength => "frame length has its top bit set",
+        }
+    }
+
+    /// The close code the loop answers with: 1002 for the protocol error,
+    /// 1008 for the limits.
+    pub(crate) fn close_code(self) -> u16 {
+        match self {
+            Violation::FrameLength => crate::connection::CLOSE_PROTOCOL_ERROR,
+            _ => crate::connection::CLOSE_POLICY,
         }
     }
 
@@ -142,6 +161,13 @@ struct Tracker {
     header: [u8; 10],
     /// How many header bytes have arrived.
     have: u8,
+    /// Bytes of a Close frame's status code still to come (2, 1 or 0).
+    close_left: u8,
+    /// The status code of the peer's first Close frame, unmasked. These
+    /// three fields fit in the struct's padding.
+    close_code: u16,
+    /// A Close frame went through.
+    close_seen: bool,
     /// Payload bytes of the current frame still to skip.
     payload_left: u64,
     /// Fragments of the data message in progress (0: none in progress).
@@ -157,6 +183,8 @@ struct Seen {
     /// The largest frame payload whose header was in the chunk.
     largest: u64,
     too_many_fragments: bool,
+    /// A 64-bit length with its top bit set ([`Violation::FrameLength`]).
+    bad_length: bool,
 }
 
 impl Tracker {
@@ -176,6 +204,14 @@ impl Tracker {
     fn feed(&mut self, mut bytes: &[u8], max_fragments: u32) -> Seen {
         let mut seen = Seen::default();
         while !bytes.is_empty() {
+            if self.close_left > 0 {
+                // The two status-code bytes of a Close frame are the only
+                // payload bytes read.
+                self.close_byte(bytes[0]);
+                self.payload_left -= 1;
+                bytes = &bytes[1..];
+                continue;
+            }
             if self.payload_left > 0 {
                 // Payloads are skipped by length, never read.
                 let skip = self.payload_left.min(bytes.len() as u64);
@@ -196,6 +232,22 @@ impl Tracker {
         seen
     }
 
+    /// One byte of a Close frame's status code (big-endian, masked by the
+    /// client). The mask is the header's last four bytes; a Close with an
+    /// 8-byte length (which tungstenite refuses anyway) has it past the
+    /// kept ten, and is read unmasked.
+    fn close_byte(&mut self, byte: u8) {
+        let mask = if self.header[1] & 0x80 != 0 {
+            // A masked header is at least 6 bytes: the mask's 4 and 2 more.
+            let at = usize::from(self.header_len()) - 4 + usize::from(2 - self.close_left);
+            self.header.get(at).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        self.close_code = self.close_code << 8 | u16::from(byte ^ mask);
+        self.close_left -= 1;
+    }
+
     /// One complete frame header.
     fn on_header(&mut self, seen: &mut Seen, max_fragments: u32) {
         let len = match self.header[1] & 0x7F {
@@ -203,6 +255,7 @@ impl Tracker {
             127 => {
                 let mut ext = [0u8; 8];
                 ext.copy_from_slice(&self.header[2..10]);
+                seen.bad_length |= ext[0] & 0x80 != 0;
                 u64::from_be_bytes(ext)
             }
             n => u64::from(n),
@@ -235,8 +288,14 @@ impl Tracker {
             // Pings and pongs count as messages: a flood of them costs as
             // much as a message flood.
             9 | 10 => seen.counts.messages += 1,
-            // Close (and opcodes tungstenite will refuse) leave the message
-            // in progress alone.
+            // The first Close: its status code is read (see `close_byte`);
+            // tungstenite acts on the first one only, and so do we.
+            8 if !self.close_seen => {
+                self.close_seen = true;
+                self.close_left = if len >= 2 { 2 } else { 0 };
+            }
+            // Later Closes (and opcodes tungstenite will refuse) leave the
+            // message in progress alone.
             _ => {}
         }
     }
@@ -371,6 +430,13 @@ impl<S> Guarded<S> {
         self.grown && self.drained && self.tracker.at_message_boundary()
     }
 
+    /// The status code of the peer's Close frame as it sent it, before
+    /// tungstenite replaced an invalid one. Meaningful once tungstenite has
+    /// delivered a Close with a code (its bytes came through here first).
+    pub(crate) fn peer_close_code(&self) -> u16 {
+        self.tracker.close_code
+    }
+
     /// The reader's buffers were rebuilt small.
     pub(crate) fn buffers_released(&mut self) {
         self.grown = false;
@@ -381,6 +447,9 @@ impl<S> Guarded<S> {
         let seen = self.tracker.feed(bytes, self.limits.max_fragments);
         if seen.largest > RELEASE_THRESHOLD_BYTES as u64 {
             self.grown = true;
+        }
+        if seen.bad_length {
+            return Some(Violation::FrameLength);
         }
         if seen.too_many_fragments {
             return Some(Violation::Fragments);
@@ -487,6 +556,33 @@ mod tests {
         out.extend_from_slice(&[1, 2, 3, 4]);
         out.resize(out.len() + len, 0);
         out
+    }
+
+    #[test]
+    fn reads_the_first_close_code_unmasked_across_reads() {
+        // Close 999, masked with [1, 2, 3, 4], fed a byte at a time, then a
+        // second Close (1000) that must not overwrite it.
+        let mut stream = vec![0x88, 0x80 | 2, 1, 2, 3, 4, 0x03 ^ 1, 0xE7 ^ 2];
+        stream.extend_from_slice(&[0x88, 0x80 | 2, 0, 0, 0, 0, 0x03, 0xE8]);
+        let mut tracker = Tracker::default();
+        for byte in &stream {
+            tracker.feed(std::slice::from_ref(byte), 0);
+        }
+        assert_eq!(tracker.close_code, 999);
+        assert!(tracker.at_message_boundary());
+        // A server's Close is unmasked (what the client's guard reads).
+        let mut tracker = Tracker::default();
+        tracker.feed(&[0x88, 2, 0x03, 0xE8], 0);
+        assert_eq!(tracker.close_code, 1000);
+    }
+
+    #[test]
+    fn a_top_bit_length_is_seen() {
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        header.extend_from_slice(&[0; 4]);
+        assert!(Tracker::default().feed(&header, 0).bad_length);
+        assert!(!Tracker::default().feed(&frame(0x82, 70_000), 0).bad_length);
     }
 
     #[test]

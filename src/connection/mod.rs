@@ -89,6 +89,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub enum Ended {
     /// The peer sent a Close frame (with its code and reason, if any).
     PeerClosed(Option<(u16, String)>),
+    /// The peer sent a Close frame whose code RFC 6455 §7.4 does not allow
+    /// (this code, e.g. 999); we answered 1002.
+    InvalidClose(u16),
     /// The peer closed the TCP stream without a Close frame.
     Eof,
     /// This side closed with the given code ([`Peer::close`] or shutdown).
@@ -109,6 +112,10 @@ impl fmt::Display for Ended {
                 crate::log_safe::quote(reason)
             ),
             Ended::PeerClosed(None) => write!(f, "peer closed"),
+            Ended::InvalidClose(code) => write!(
+                f,
+                "peer sent invalid close code {code} (we answered {CLOSE_PROTOCOL_ERROR})"
+            ),
             Ended::Eof => write!(f, "peer went away (EOF)"),
             Ended::Closed(code) => write!(f, "closed by us ({code})"),
             Ended::IdleTimeout => write!(f, "idle timeout"),
@@ -427,16 +434,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
                     if let Frame::Close(frame) = frame {
                         // tungstenite has queued our Close reply; keep reading
                         // so it is flushed, until the stream reports the end.
-                        let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-                        if let Some((code, reason)) = &close {
-                            log::debug!(
-                                "{} sent close {code} \"{}\"",
-                                self.peer,
-                                crate::log_safe::quote(reason)
-                            );
-                        }
+                        let ended = self.peer_closed(frame);
                         Box::pin(self.drain()).await;
-                        return Ok(Ended::PeerClosed(close));
+                        return Ok(ended);
                     }
                     // Boxed: a message's handling state lives only while it
                     // is handled; inline it would enlarge every idle
@@ -700,6 +700,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         let _ = timeout(CLOSE_TIMEOUT, close).await;
     }
 
+    /// How the peer's Close ended the connection, logged. tungstenite turns
+    /// a code that is not allowed into its own 1002 "Protocol violation"
+    /// (and answers that); the guard kept the code the peer really sent, so
+    /// our 1002 is not reported as the peer's.
+    fn peer_closed(&mut self, frame: Option<tungstenite::protocol::CloseFrame>) -> Ended {
+        let Some(frame) = frame else {
+            return Ended::PeerClosed(None);
+        };
+        let (code, sent) = (u16::from(frame.code), self.guard().peer_close_code());
+        if code == CLOSE_PROTOCOL_ERROR && sent != code {
+            // Logged once, with the end (`Ended`'s Display says it all).
+            return Ended::InvalidClose(sent);
+        }
+        let reason = frame.reason.to_string();
+        let quoted = crate::log_safe::quote(&reason);
+        log::debug!("{} sent close {code} \"{quoted}\"", self.peer);
+        Ended::PeerClosed(Some((code, reason)))
+    }
+
     /// Reads (and discards) until the stream ends, at most [`CLOSE_TIMEOUT`].
     async fn drain(&mut self) {
         let _ = timeout(CLOSE_TIMEOUT, self.drain_unbounded()).await;
@@ -727,10 +746,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         } {
             // The guard refused the peer's bytes; tungstenite is still open
             // for writing, so the peer learns why.
-            let reason = violation.reason();
+            let (reason, code) = (violation.reason(), violation.close_code());
             log::debug!("peer {} closed: {reason}", self.peer.id());
-            let result = Err(Error::Policy(reason.into()));
-            return Exit::closing(CLOSE_POLICY, reason.into(), false, result);
+            let result = if code != CLOSE_POLICY {
+                // A protocol error the guard caught before tungstenite could.
+                Err(Error::Io(io::Error::new(io::ErrorKind::InvalidData, violation)))
+            } else {
+                Err(Error::Policy(reason.into()))
+            };
+            return Exit::closing(code, reason.into(), false, result);
         }
         let close = match &err {
             E::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "metrics")]
 use std::time::Duration;
 
+use crate::connection::guard::Violation;
 #[cfg(feature = "metrics")]
 use crate::Hub;
 use crate::{
@@ -306,11 +307,14 @@ fn close_code(ended: &Result<Ended, Error>) -> Option<u16> {
         Ok(Ended::PeerClosed(Some((code, _)))) | Ok(Ended::Closed(code)) => Some(*code),
         Ok(Ended::PeerClosed(None)) => Some(CLOSE_NORMAL),
         Ok(Ended::IdleTimeout) => Some(CLOSE_GOING_AWAY),
+        Ok(Ended::InvalidClose(_)) => Some(CLOSE_PROTOCOL_ERROR),
         Ok(Ended::Eof) => None,
         Err(Error::Policy(_)) => Some(CLOSE_POLICY),
         Err(Error::WebSocket(Ws::Capacity(_))) => Some(CLOSE_TOO_BIG),
         Err(Error::WebSocket(Ws::Utf8(_))) => Some(CLOSE_INVALID_DATA),
         Err(Error::WebSocket(Ws::Protocol(_))) => Some(CLOSE_PROTOCOL_ERROR),
+        // A protocol error the read guard caught (a top-bit frame length).
+        Err(Error::Io(e)) => Violation::of(e).map(Violation::close_code),
         Err(_) => None,
     }
 }
