@@ -42,3 +42,13 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// Writes an executable `/bin/sh` script `body` to `dir/name`; returns its
+/// path as a command-line argument.
+pub fn script(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.to_str().expect("a UTF-8 path").to_string()
+}
