@@ -9,13 +9,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::Message as Frame;
 use common::fs::{script, TempDir};
-use common::process::{gone, Proc};
+use common::process::{gone, kill, Proc};
 use common::{bounded, next_message, wait_until, Ws};
 use smol::net::TcpListener;
 use wsloop::Message;
@@ -67,16 +66,6 @@ async fn listen() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr").to_string();
     (listener, addr)
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`, `-9`) to `pid` (a negative one is a
-/// process group) through kill(1).
-fn kill(signal: &str, pid: &str) {
-    let status = Command::new("kill")
-        .args([signal, "--", pid])
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success(), "kill {signal} {pid}");
 }
 
 #[test]
@@ -323,9 +312,7 @@ struct KillGroups(Vec<String>);
 impl Drop for KillGroups {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{pid}")])
-                .status();
+            kill("-9", &format!("-{pid}"));
         }
     }
 }
@@ -344,12 +331,12 @@ fn a_stopped_device_answers_once_after_sigcont() {
         let device = device(&addr, &["--id", "sleepy"], &program);
         let (mut ws, _) = accept(&listener).await;
         let pid = device.pid().to_string();
-        kill("-STOP", &pid);
+        assert!(kill("-STOP", &pid), "kill -STOP {pid}");
         // Sent while it is frozen, and re-sent as a server that gave up
         // waiting would after a reconnect.
         push(&mut ws, 1, "go").await;
         push(&mut ws, 1, "go").await;
-        kill("-CONT", &pid);
+        assert!(kill("-CONT", &pid), "kill -CONT {pid}");
         let reply = next_message(&mut ws).await;
         assert_eq!((reply.request_id, reply.success), (1, true), "{reply:?}");
         push(&mut ws, 2, "go").await;

@@ -538,10 +538,7 @@ fn the_console_prints_a_named_clients_reply_escaped() {
     let first = server
         .next_line(deadline)
         .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr: SocketAddr = first
-        .strip_prefix(common::process::ANNOUNCE)
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
-        .and_then(|addr| addr.parse().ok())
+    let addr = common::process::announced_addr(&first)
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
     server.wait_for_line(10, "the command queued", |line| {
         line.starts_with("console: dev-1 #")

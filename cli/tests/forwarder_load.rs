@@ -25,7 +25,7 @@ use smol::Executor;
 
 mod common;
 
-use common::process::{start_server, Proc, ANNOUNCE};
+use common::process::{announced_addr, start_server, Proc};
 use common::wait_until;
 
 const OPERATOR: &str = "op-secret";
@@ -74,11 +74,8 @@ fn server(dir: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let first = server
         .next_line(deadline)
         .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr = first
-        .strip_prefix(ANNOUNCE)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"));
+    let addr = announced_addr(&first)
+        .unwrap_or_else(|| server.fail(&format!("unexpected first line {first:?}")));
     (server, addr)
 }
 

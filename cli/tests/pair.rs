@@ -12,9 +12,8 @@ mod common;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::process::{gone, start_server, Proc};
+use common::process::{gone, kill, start_server, Proc};
 use common::wait_until;
 use serde_json::{json, Value};
 
@@ -184,16 +183,6 @@ fn wait_connected(addr: SocketAddr) {
                 .any(|c| c["name"] == NAME && c["connected"] == true)
         })
     });
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`, `-9`) to `pid` through kill(1); a
-/// negative pid is a process group.
-fn kill(signal: &str, pid: &str) -> bool {
-    Command::new("kill")
-        .args([signal, "--", pid])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Kills the program's process groups when dropped, whatever the test did.

@@ -140,11 +140,8 @@ impl Proc {
 
     /// Sends SIGTERM (through kill(1): the tests use std only).
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill -TERM {} failed", self.name);
+        let pid = self.pid().to_string();
+        assert!(kill("-TERM", &pid), "kill -TERM {} failed", self.name);
     }
 
     /// Moves whatever stderr has printed so far into `err_seen`.
@@ -294,13 +291,32 @@ pub fn start_server(name: &str, args: &[&str]) -> (Proc, SocketAddr) {
     let first = server
         .next_line(deadline)
         .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr = first
-        .strip_prefix(ANNOUNCE)
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
-        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+    let addr = announced_addr(&first)
+        .unwrap_or_else(|| server.fail(&format!("unexpected first line {first:?}")));
     (server, addr)
+}
+
+/// The address in `wsloop server`'s announcement, its first stdout line
+/// (`wsloop server on http://ADDR/ (WebSocket at /server)`, `https://`
+/// with TLS); `None` for any other line. Only the address is read, so a
+/// build that words the rest differently (`WSLOOP_LOAD_BIN`) still parses.
+pub fn announced_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.trim().strip_prefix("wsloop server on ")?;
+    let rest = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, `-CONT`, `-9`) to `pid` through
+/// kill(1) (the tests use std only); a negative pid is a process group.
+/// Whether kill(1) delivered it: a process already gone is `false`.
+pub fn kill(signal: &str, pid: &str) -> bool {
+    Command::new("kill")
+        .args([signal, "--", pid])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The JSON replies in a client's `Received from server:` lines.
