@@ -11,8 +11,7 @@
 #![cfg(feature = "forwarder")]
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -27,6 +26,7 @@ mod common;
 
 use common::process::{announced_addr, start_server, Proc};
 use common::wait_until;
+use serde_json::{json, Value};
 
 const OPERATOR: &str = "op-secret";
 
@@ -79,33 +79,14 @@ fn server(dir: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr) {
     (server, addr)
 }
 
-/// One API call; its status and body.
-fn api(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("send");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    (status, body.unwrap_or_default())
+/// One API call with the operator token; its status and JSON body.
+fn api(addr: SocketAddr, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
+    common::http::api(addr, OPERATOR, method, target, body)
 }
 
 /// How many known clients have nothing pending.
 fn settled(addr: SocketAddr) -> usize {
-    let (_, body) = api(addr, "GET", "/api/clients", "");
-    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let (_, list) = api(addr, "GET", "/api/clients", None);
     let clients = list["clients"].as_array().cloned().unwrap_or_default();
     clients.iter().filter(|c| c["queued"] == 0).count()
 }
@@ -119,7 +100,8 @@ fn send_all(addr: SocketAddr, n: usize) -> f64 {
             thread::spawn(move || {
                 for i in (t..n).step_by(API_THREADS) {
                     let target = format!("/api/clients/dev-{i}/commands");
-                    let (status, body) = api(addr, "POST", &target, r#"{"command":"ping"}"#);
+                    let (status, body) =
+                        api(addr, "POST", &target, Some(json!({ "command": "ping" })));
                     assert_eq!(status, 202, "{body}");
                 }
             })
@@ -134,8 +116,7 @@ fn send_all(addr: SocketAddr, n: usize) -> f64 {
 /// Live connections, from `/stats` (cheap: no list is rendered, so the
 /// memory figure is not polluted by the polling).
 fn live(addr: SocketAddr) -> usize {
-    let (_, body) = api(addr, "GET", "/stats", "");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let (_, stats) = api(addr, "GET", "/stats", None);
     stats["clients"].as_u64().unwrap_or(0) as usize
 }
 
