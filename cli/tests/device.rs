@@ -8,25 +8,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::Message as Frame;
-use common::fs::{script, TempDir};
+use common::fs::{lines, script, TempDir};
 use common::process::{gone, kill, Proc};
 use common::{bounded, next_message, wait_until, Ws};
 use smol::net::TcpListener;
 use wsloop::Message;
-
-/// The lines of `path` (none if it does not exist yet).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// Starts `wsloop client --address ADDR ARGS... --exec PROGRAM`.
 fn device(addr: &str, args: &[&str], program: &str) -> Proc {

@@ -10,9 +10,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
+use common::fs::{lines, script, TempDir};
 use common::process::{gone, kill, start_server, Proc};
 use common::wait_until;
 use serde_json::{json, Value};
@@ -27,18 +26,10 @@ const DEVICE_TOKEN: &str = "pump-1-secret";
 /// Every wait on the API or the files: ample on a loaded 2-core machine.
 const WAIT_SECS: u64 = 20;
 
-/// One test's files: tokens, the program, its run log, both `--state`s.
-/// Removed when the test passes (kept for a look when it fails).
+/// One test's files: tokens, the program, its run log, both `--state`s
+/// (a [`TempDir`]: kept for a look when the test fails).
 struct Setup {
-    dir: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+    dir: TempDir,
 }
 
 impl Setup {
@@ -46,22 +37,17 @@ impl Setup {
     /// `ID COMMAND` to `runs`, its pid to `pids`, sleeps for `hang`, and
     /// prints `done: COMMAND`.
     fn new(name: &str) -> Setup {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("pair-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let dir = TempDir::new(&format!("pair-{name}"));
         std::fs::write(dir.join("operator.token"), OPERATOR).expect("operator token");
         std::fs::write(dir.join("tokens"), format!("{NAME} {DEVICE_TOKEN}\n")).expect("tokens");
         std::fs::write(dir.join("device.token"), DEVICE_TOKEN).expect("device token");
-        let program = dir.join("run.sh");
         let body = format!(
-            "#!/bin/sh\ncommand=$(cat)\necho $$ >> {pids}\necho \"$WSLOOP_REQUEST_ID $command\" >> {runs}\n\
-             [ \"$command\" = hang ] && sleep 300\necho \"done: $command\"\n",
+            "command=$(cat)\necho $$ >> {pids}\necho \"$WSLOOP_REQUEST_ID $command\" >> {runs}\n\
+             [ \"$command\" = hang ] && sleep 300\necho \"done: $command\"",
             pids = dir.join("pids").display(),
             runs = dir.join("runs").display(),
         );
-        std::fs::write(&program, body).expect("write the program");
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        script(&dir, "run.sh", &body);
         Setup { dir }
     }
 
@@ -123,15 +109,6 @@ impl Setup {
     fn pids(&self) -> Vec<String> {
         lines(&self.dir.join("pids"))
     }
-}
-
-/// The lines of `path` (none while it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// One call to the operator API with the operator token.

@@ -52,3 +52,13 @@ pub fn script(dir: &Path, name: &str, body: &str) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path.to_str().expect("a UTF-8 path").to_string()
 }
+
+/// The lines of `path`, none while it does not exist (a file a test's
+/// program appends to, read between runs).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
