@@ -12,7 +12,6 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use smol::Executor;
 
 mod common;
 
+use common::fs::TempDir;
 use common::process::{announced_addr, start_server, Proc};
 use common::wait_until;
 use serde_json::{json, Value};
@@ -40,11 +40,9 @@ fn clients() -> usize {
         .unwrap_or(200)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("forwarder-load-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A fresh directory of the test's own, for the token file and `--state`.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("forwarder-load-{name}"))
 }
 
 /// Starts the server: the binary Cargo built for the tests, or
@@ -223,7 +221,6 @@ fn n_named_clients_one_command_each() {
     drop((stop_first, stop_second));
     let _ = (first.join(), second.join());
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         per_client <= 4096.0,
         "{per_client:.0} B per idle named client"
@@ -258,5 +255,4 @@ fn n_commands_queued_then_kill_9_then_restart_delivers_all() {
     );
     drop(stop);
     let _ = devices.join();
-    let _ = std::fs::remove_dir_all(&dir);
 }
