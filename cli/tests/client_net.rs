@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::fs::TempDir;
 use common::process::{replies, Finished, Proc, ANNOUNCE, RECEIVED};
 use common::tls_client::{make_certs, TestCerts};
 use common::{bounded, TestServer};
@@ -43,33 +44,6 @@ const PEER_START_SECS: u64 = 20;
 /// writes to the stderr handle itself, so this shows in a plain run.
 fn skip(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
-
-/// A fresh directory of the test's own under Cargo's test temp dir,
-/// removed when dropped (kept when the test fails, for its logs).
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("client_net-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the test dir");
-    TempDir(dir)
 }
 
 /// An address that was just free: nothing listens there now.
@@ -210,7 +184,7 @@ fn a_client_started_before_its_server_connects_once_it_is_up() {
 
 #[test]
 fn a_refusal_at_start_exits_2_at_once() {
-    let dir = temp_dir("refusal-at-start");
+    let dir = TempDir::new("client_net-refusal-at-start");
     let token = dir.join("token");
     std::fs::write(&token, "right").expect("write the token");
     let addr = free_addr();
@@ -307,7 +281,7 @@ fn a_server_that_breaks_the_handshake_is_retried_then_given_up_with_its_reason()
 
 #[test]
 fn a_refusal_after_a_drop_exits_2_at_once() {
-    let dir = temp_dir("refusal-after-drop");
+    let dir = TempDir::new("client_net-refusal-after-drop");
     let (right, changed) = (dir.join("right"), dir.join("changed"));
     std::fs::write(&right, "right").expect("write a token");
     std::fs::write(&changed, "changed").expect("write a token");
@@ -385,7 +359,7 @@ fn wss_with_the_ca_gets_replies_and_sends_the_headers() {
     if !python_websockets() {
         return;
     }
-    let dir = temp_dir("wss-ca");
+    let dir = TempDir::new("client_net-wss-ca");
     let (mut peer, addr, certs) = tls_peer(&dir);
     let url = format!("wss://localhost:{}/server?site=7", addr.port());
     let ca = certs.ca.to_str().expect("utf-8");
@@ -422,7 +396,7 @@ fn wss_without_the_ca_is_refused_with_exit_2_and_the_reason() {
     if !python_websockets() {
         return;
     }
-    let dir = temp_dir("wss-no-ca");
+    let dir = TempDir::new("client_net-wss-no-ca");
     let (_peer, addr, _certs) = tls_peer(&dir);
     let url = format!("wss://localhost:{}/server", addr.port());
     let started = Instant::now();
@@ -441,7 +415,7 @@ fn wss_to_a_name_the_certificate_lacks_is_refused() {
     if !python_websockets() {
         return;
     }
-    let dir = temp_dir("wss-name");
+    let dir = TempDir::new("client_net-wss-name");
     let (_peer, addr, certs) = tls_peer(&dir);
     // The leaf is for `localhost`; 127.0.0.1 is the same server under a
     // name the certificate does not carry.
@@ -536,7 +510,7 @@ fn which(program: &str) -> Result<PathBuf, ()> {
 #[cfg(feature = "proxy")]
 #[test]
 fn ws_through_tinyproxy_sends_the_credentials() {
-    let dir = temp_dir("proxy-ws");
+    let dir = TempDir::new("client_net-proxy-ws");
     let Some(proxy) = Tinyproxy::start(&dir) else {
         return;
     };
@@ -565,7 +539,7 @@ fn ws_through_tinyproxy_sends_the_credentials() {
 #[cfg(feature = "proxy")]
 #[test]
 fn the_proxy_comes_from_http_proxy_unless_no_proxy_names_the_host() {
-    let dir = temp_dir("proxy-env");
+    let dir = TempDir::new("client_net-proxy-env");
     let Some(proxy) = Tinyproxy::start(&dir) else {
         return;
     };
@@ -599,7 +573,7 @@ fn wss_through_tinyproxy_from_https_proxy() {
     if !python_websockets() {
         return;
     }
-    let dir = temp_dir("proxy-wss");
+    let dir = TempDir::new("client_net-proxy-wss");
     let Some(proxy) = Tinyproxy::start(&dir) else {
         return;
     };

@@ -8,55 +8,15 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::thread;
 
 use async_tungstenite::tungstenite::handshake::server::{Request, Response};
 use async_tungstenite::tungstenite::Message as Frame;
-use common::process::{gone, Proc};
+use common::fs::{lines, script, TempDir};
+use common::process::{gone, kill, Proc};
 use common::{bounded, next_message, wait_until, Ws};
 use smol::net::TcpListener;
 use wsloop::Message;
-
-/// A scratch directory under Cargo's target tmpdir, removed when the test
-/// passes (kept for a look when it fails).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("device-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the test dir");
-    TempDir(dir)
-}
-
-/// Writes an executable `/bin/sh` script `body` to `dir/name`.
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path.to_str().expect("a UTF-8 path").to_string()
-}
-
-/// The lines of `path` (none if it does not exist yet).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// Starts `wsloop client --address ADDR ARGS... --exec PROGRAM`.
 fn device(addr: &str, args: &[&str], program: &str) -> Proc {
@@ -98,21 +58,11 @@ async fn listen() -> (TcpListener, String) {
     (listener, addr)
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`, `-9`) to `pid` (a negative one is a
-/// process group) through kill(1).
-fn kill(signal: &str, pid: &str) {
-    let status = Command::new("kill")
-        .args([signal, "--", pid])
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[test]
 fn exec_maps_stdin_env_status_and_output() {
-    let dir = temp_dir("mapping");
+    let dir = TempDir::new("device-mapping");
     let program = script(
-        &dir.0,
+        &dir,
         "run.sh",
         r#"input=$(cat)
 case "$WSLOOP_COMMAND" in
@@ -177,10 +127,10 @@ esac"#,
 
 #[test]
 fn exec_timeout_kills_the_whole_process_group() {
-    let dir = temp_dir("timeout");
-    let grandchild = dir.0.join("grandchild");
+    let dir = TempDir::new("device-timeout");
+    let grandchild = dir.join("grandchild");
     let program = script(
-        &dir.0,
+        &dir,
         "slow.sh",
         &format!(
             "sleep 300 &\necho $! > {}\necho started\nwait",
@@ -211,10 +161,10 @@ fn exec_timeout_kills_the_whole_process_group() {
 
 #[test]
 fn one_at_a_time_keeps_the_order() {
-    let dir = temp_dir("order");
-    let log = dir.0.join("log");
+    let dir = TempDir::new("device-order");
+    let log = dir.join("log");
     let program = script(
-        &dir.0,
+        &dir,
         "step.sh",
         &format!(
             "echo start $WSLOOP_REQUEST_ID >> {log}\nsleep 0.2\necho end $WSLOOP_REQUEST_ID >> {log}\necho done $WSLOOP_REQUEST_ID",
@@ -242,10 +192,10 @@ fn one_at_a_time_keeps_the_order() {
 
 #[test]
 fn a_duplicate_gets_the_stored_reply_and_never_runs_twice() {
-    let dir = temp_dir("duplicate");
-    let runs = dir.0.join("runs");
+    let dir = TempDir::new("device-duplicate");
+    let runs = dir.join("runs");
     let program = script(
-        &dir.0,
+        &dir,
         "count.sh",
         &format!(
             "echo $WSLOOP_REQUEST_ID >> {}\n[ \"$WSLOOP_COMMAND\" = slow ] && sleep 0.5\necho ran $WSLOOP_REQUEST_ID",
@@ -289,10 +239,10 @@ fn a_duplicate_gets_the_stored_reply_and_never_runs_twice() {
 
 #[test]
 fn a_device_killed_mid_run_answers_interrupted_after_its_restart() {
-    let dir = temp_dir("kill9");
-    let (runs, pids, state) = (dir.0.join("runs"), dir.0.join("pids"), dir.0.join("state"));
+    let dir = TempDir::new("device-kill9");
+    let (runs, pids, state) = (dir.join("runs"), dir.join("pids"), dir.join("state"));
     let program = script(
-        &dir.0,
+        &dir,
         "hang.sh",
         &format!(
             "echo $$ >> {pids}\necho $WSLOOP_REQUEST_ID >> {runs}\n[ \"$WSLOOP_COMMAND\" = hang ] && sleep 300\necho ok",
@@ -352,19 +302,17 @@ struct KillGroups(Vec<String>);
 impl Drop for KillGroups {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{pid}")])
-                .status();
+            kill("-9", &format!("-{pid}"));
         }
     }
 }
 
 #[test]
 fn a_stopped_device_answers_once_after_sigcont() {
-    let dir = temp_dir("sigstop");
-    let runs = dir.0.join("runs");
+    let dir = TempDir::new("device-sigstop");
+    let runs = dir.join("runs");
     let program = script(
-        &dir.0,
+        &dir,
         "once.sh",
         &format!("echo $WSLOOP_REQUEST_ID >> {}\necho ran", runs.display()),
     );
@@ -373,12 +321,12 @@ fn a_stopped_device_answers_once_after_sigcont() {
         let device = device(&addr, &["--id", "sleepy"], &program);
         let (mut ws, _) = accept(&listener).await;
         let pid = device.pid().to_string();
-        kill("-STOP", &pid);
+        assert!(kill("-STOP", &pid), "kill -STOP {pid}");
         // Sent while it is frozen, and re-sent as a server that gave up
         // waiting would after a reconnect.
         push(&mut ws, 1, "go").await;
         push(&mut ws, 1, "go").await;
-        kill("-CONT", &pid);
+        assert!(kill("-CONT", &pid), "kill -CONT {pid}");
         let reply = next_message(&mut ws).await;
         assert_eq!((reply.request_id, reply.success), (1, true), "{reply:?}");
         push(&mut ws, 2, "go").await;
@@ -389,12 +337,12 @@ fn a_stopped_device_answers_once_after_sigcont() {
 
 #[test]
 fn concurrency_two_runs_two_at_once() {
-    let dir = temp_dir("concurrency");
-    let log = dir.0.join("log");
+    let dir = TempDir::new("device-concurrency");
+    let log = dir.join("log");
     // Each waits (bounded) until the other has started: only two running
     // at once can both finish early.
     let program = script(
-        &dir.0,
+        &dir,
         "pair.sh",
         &format!(
             "echo start >> {log}\ni=0\nwhile [ $(grep -c start {log}) -lt 2 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done\necho waited $i",
@@ -424,10 +372,10 @@ fn concurrency_two_runs_two_at_once() {
 
 #[test]
 fn sigterm_closes_the_device_and_kills_its_running_program() {
-    let dir = temp_dir("sigterm");
-    let grandchild = dir.0.join("grandchild");
+    let dir = TempDir::new("device-sigterm");
+    let grandchild = dir.join("grandchild");
     let program = script(
-        &dir.0,
+        &dir,
         "hang.sh",
         &format!("sleep 300 &\necho $! > {}\nwait", grandchild.display()),
     );

@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::Message as Frame;
@@ -16,6 +15,7 @@ use serde_json::{json, Value};
 
 mod common;
 
+use common::fs::TempDir;
 use common::process::{start_server, Proc};
 use common::{bounded, next_close_code, Ws};
 use wsloop::Message;
@@ -23,12 +23,9 @@ use wsloop::Message;
 /// The operator token every test's server runs with.
 const OPERATOR: &str = "op-secret";
 
-/// A fresh directory under Cargo's test temp dir, for token files and `--state`.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("forwarder-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A fresh directory of the test's own, for token files and `--state`.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("forwarder-{name}"))
 }
 
 /// Writes `text` to `dir/file` and returns its path as a string.
@@ -538,10 +535,7 @@ fn the_console_prints_a_named_clients_reply_escaped() {
     let first = server
         .next_line(deadline)
         .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr: SocketAddr = first
-        .strip_prefix(common::process::ANNOUNCE)
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
-        .and_then(|addr| addr.parse().ok())
+    let addr = common::process::announced_addr(&first)
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
     server.wait_for_line(10, "the command queued", |line| {
         line.starts_with("console: dev-1 #")

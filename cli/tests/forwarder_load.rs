@@ -11,9 +11,7 @@
 #![cfg(feature = "forwarder")]
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,8 +23,10 @@ use smol::Executor;
 
 mod common;
 
-use common::process::{start_server, Proc, ANNOUNCE};
+use common::fs::TempDir;
+use common::process::{announced_addr, start_server, Proc};
 use common::wait_until;
+use serde_json::{json, Value};
 
 const OPERATOR: &str = "op-secret";
 
@@ -40,11 +40,9 @@ fn clients() -> usize {
         .unwrap_or(200)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("forwarder-load-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A fresh directory of the test's own, for the token file and `--state`.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("forwarder-load-{name}"))
 }
 
 /// Starts the server: the binary Cargo built for the tests, or
@@ -74,41 +72,19 @@ fn server(dir: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let first = server
         .next_line(deadline)
         .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr = first
-        .strip_prefix(ANNOUNCE)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"));
+    let addr = announced_addr(&first)
+        .unwrap_or_else(|| server.fail(&format!("unexpected first line {first:?}")));
     (server, addr)
 }
 
-/// One API call; its status and body.
-fn api(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("tcp connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("send");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    (status, body.unwrap_or_default())
+/// One API call with the operator token; its status and JSON body.
+fn api(addr: SocketAddr, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
+    common::http::api(addr, OPERATOR, method, target, body)
 }
 
 /// How many known clients have nothing pending.
 fn settled(addr: SocketAddr) -> usize {
-    let (_, body) = api(addr, "GET", "/api/clients", "");
-    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let (_, list) = api(addr, "GET", "/api/clients", None);
     let clients = list["clients"].as_array().cloned().unwrap_or_default();
     clients.iter().filter(|c| c["queued"] == 0).count()
 }
@@ -122,7 +98,8 @@ fn send_all(addr: SocketAddr, n: usize) -> f64 {
             thread::spawn(move || {
                 for i in (t..n).step_by(API_THREADS) {
                     let target = format!("/api/clients/dev-{i}/commands");
-                    let (status, body) = api(addr, "POST", &target, r#"{"command":"ping"}"#);
+                    let (status, body) =
+                        api(addr, "POST", &target, Some(json!({ "command": "ping" })));
                     assert_eq!(status, 202, "{body}");
                 }
             })
@@ -137,8 +114,7 @@ fn send_all(addr: SocketAddr, n: usize) -> f64 {
 /// Live connections, from `/stats` (cheap: no list is rendered, so the
 /// memory figure is not polluted by the polling).
 fn live(addr: SocketAddr) -> usize {
-    let (_, body) = api(addr, "GET", "/stats", "");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let (_, stats) = api(addr, "GET", "/stats", None);
     stats["clients"].as_u64().unwrap_or(0) as usize
 }
 
@@ -245,7 +221,6 @@ fn n_named_clients_one_command_each() {
     drop((stop_first, stop_second));
     let _ = (first.join(), second.join());
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         per_client <= 4096.0,
         "{per_client:.0} B per idle named client"
@@ -280,5 +255,4 @@ fn n_commands_queued_then_kill_9_then_restart_delivers_all() {
     );
     drop(stop);
     let _ = devices.join();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,8 @@
 //! tricky static paths, and hostile byte streams fed to a server
 //! connection.
 
+mod common;
+
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -224,31 +226,16 @@ fn head_size_limit_boundary() {
 #[cfg(feature = "static-files")]
 mod static_paths {
     use super::*;
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::common::fs::TempDir;
     use wsloop::http::StaticFiles;
 
     const MARKER: &str = "OUTSIDE-THE-ROOT-regression";
 
-    /// A temp dir removed on drop.
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// The fuzz target's tree: files, `dir/index.html`, `dir/sub/deep.json`,
     /// `empty/`, and symlinks leading out of the root.
     fn www() -> (TempDir, StaticFiles) {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let base = std::env::temp_dir().join(format!(
-            "wsloop-fuzz-regressions-{}-{n}",
-            std::process::id()
-        ));
-        let tmp = TempDir(base.clone());
+        let tmp = TempDir::new("fuzz-regressions");
+        let base = tmp.to_path_buf();
         let root = base.join("www");
         std::fs::create_dir_all(root.join("dir/sub")).unwrap();
         std::fs::create_dir_all(root.join("empty")).unwrap();

@@ -10,7 +10,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 #[cfg(feature = "static-files")]
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -18,37 +17,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::fs::TempDir;
 use common::process::{start_server, Proc, BIN};
 use common::{client_frame, get, http_status, raw_upgrade, read_head, wait_until};
 #[cfg(feature = "static-files")]
 use wsloop::http::StaticFiles;
 use wsloop::Message;
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("wsloop-hardening-http-{tag}-{}-{nanos}", std::process::id());
-        let dir = std::env::temp_dir().join(name);
-        fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    #[cfg(feature = "static-files")]
-    fn path(&self) -> &str {
-        self.0.to_str().expect("temp dir is UTF-8")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 #[cfg(feature = "static-files")]
 /// Size of the big static file: far more than any socket buffer.
@@ -58,8 +32,8 @@ const BIG_FILE: u64 = 64 << 20;
 /// A www directory with `hello.txt` and a sparse 64 MiB `big.bin`.
 fn www_with_big_file() -> TempDir {
     let www = TempDir::new("www");
-    fs::write(www.0.join("hello.txt"), "hello").expect("write hello.txt");
-    let big = fs::File::create(www.0.join("big.bin")).expect("create big.bin");
+    fs::write(www.join("hello.txt"), "hello").expect("write hello.txt");
+    let big = fs::File::create(www.join("big.bin")).expect("create big.bin");
     big.set_len(BIG_FILE).expect("size big.bin");
     www
 }
@@ -118,7 +92,7 @@ fn slow_readers_of_a_big_file_hold_a_bounded_buffer() {
     // pipe per connection is far over it.
     const BOUND_KIB: u64 = 1024;
     let www = www_with_big_file();
-    let (mut server, addr) = start_server("server", &["server", "--www", www.path(), "-q"]);
+    let (mut server, addr) = start_server("server", &["server", "--www", www.arg(), "-q"]);
     assert_eq!(get(addr, "/hello.txt"), 200, "warm-up");
     let before = rss_kib(server.pid());
 
@@ -162,7 +136,7 @@ fn slow_readers_of_a_big_file_hold_a_bounded_buffer() {
 fn a_reader_that_stops_is_dropped_after_the_write_timeout() {
     let www = www_with_big_file();
     let config = wsloop::Config::default().with_write_timeout(Duration::from_secs(1));
-    let files = StaticFiles::from_dir(&www.0).expect("www dir");
+    let files = StaticFiles::from_dir(&www).expect("www dir");
     let server = common::TestServer::start_with(config, Some(files), common::seed);
     let mut stream = TcpStream::connect(server.addr).expect("tcp connect");
     stream
@@ -487,14 +461,14 @@ fn a_low_open_file_limit_is_reported_with_numbers() {
 #[test]
 fn a_fifo_in_www_is_refused_at_once() {
     let www = TempDir::new("fifo");
-    fs::write(www.0.join("hello.txt"), "hello").expect("write hello.txt");
-    let fifo = www.0.join("pipe");
+    fs::write(www.join("hello.txt"), "hello").expect("write hello.txt");
+    let fifo = www.join("pipe");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
         .expect("run mkfifo");
     assert!(made.success() && is_fifo(&fifo));
-    let (_server, addr) = start_server("server", &["server", "--www", www.path(), "-q"]);
+    let (_server, addr) = start_server("server", &["server", "--www", www.arg(), "-q"]);
 
     // Concurrent requests for the FIFO; each must be answered (not hang).
     let started = Instant::now();
@@ -522,7 +496,7 @@ fn is_fifo(path: &Path) -> bool {
 #[test]
 fn stats_needs_the_token_and_bearer_is_case_insensitive() {
     let dir = TempDir::new("token");
-    let token_file = dir.0.join("token");
+    let token_file = dir.join("token");
     fs::write(&token_file, "s3cret\n").expect("write token");
     let token_path = token_file.to_str().expect("UTF-8 path");
     let (_server, addr) = start_server("server", &["server", "--token-file", token_path, "-q"]);

@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{start_server, Proc, ANNOUNCE, BIN};
+use common::process::{announced_addr, start_server, Proc, BIN};
 use common::{client_frame, raw_upgrade, read_head};
 
 /// The library's cut for quoted peer text (`log_safe::QUOTE_LIMIT`).
@@ -211,12 +211,7 @@ fn a_log_reader_that_never_reads_does_not_stall_service() {
         }
     }
     let first = String::from_utf8_lossy(&first);
-    let addr: SocketAddr = first
-        .trim()
-        .strip_prefix(ANNOUNCE)
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let addr = announced_addr(&first).unwrap_or_else(|| panic!("unexpected first line {first:?}"));
 
     // At -v every request and reply is logged: 3000 of each, a few MB,
     // far more than the pipe holds.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
+use common::fs::TempDir;
 use common::process::start_server;
 use common::{bounded, next_close_code, request, wait_until};
 
@@ -77,8 +78,7 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
 
 #[test]
 fn metrics_count_round_trips_refusals_and_closes_behind_the_token() {
-    let dir = std::env::temp_dir().join(format!("wsloop-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("metrics");
     let token_file = dir.join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let args = ["server", "--token-file", token_file.to_str().unwrap()];
@@ -155,13 +155,11 @@ fn metrics_count_round_trips_refusals_and_closes_behind_the_token() {
 
     server.sigterm();
     server.finish(10);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn public_metrics_need_no_token() {
-    let dir = std::env::temp_dir().join(format!("wsloop-metrics-public-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("metrics-public");
     let token_file = dir.join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let args = [
@@ -176,7 +174,6 @@ fn public_metrics_need_no_token() {
     assert!(parse(&body).contains_key("wsloop_connections_open"));
     server.sigterm();
     server.finish(10);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

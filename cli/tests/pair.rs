@@ -10,11 +10,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::process::{gone, start_server, Proc};
+use common::fs::{lines, script, TempDir};
+use common::process::{gone, kill, start_server, Proc};
 use common::wait_until;
 use serde_json::{json, Value};
 
@@ -28,18 +26,10 @@ const DEVICE_TOKEN: &str = "pump-1-secret";
 /// Every wait on the API or the files: ample on a loaded 2-core machine.
 const WAIT_SECS: u64 = 20;
 
-/// One test's files: tokens, the program, its run log, both `--state`s.
-/// Removed when the test passes (kept for a look when it fails).
+/// One test's files: tokens, the program, its run log, both `--state`s
+/// (a [`TempDir`]: kept for a look when the test fails).
 struct Setup {
-    dir: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+    dir: TempDir,
 }
 
 impl Setup {
@@ -47,22 +37,17 @@ impl Setup {
     /// `ID COMMAND` to `runs`, its pid to `pids`, sleeps for `hang`, and
     /// prints `done: COMMAND`.
     fn new(name: &str) -> Setup {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("pair-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let dir = TempDir::new(&format!("pair-{name}"));
         std::fs::write(dir.join("operator.token"), OPERATOR).expect("operator token");
         std::fs::write(dir.join("tokens"), format!("{NAME} {DEVICE_TOKEN}\n")).expect("tokens");
         std::fs::write(dir.join("device.token"), DEVICE_TOKEN).expect("device token");
-        let program = dir.join("run.sh");
         let body = format!(
-            "#!/bin/sh\ncommand=$(cat)\necho $$ >> {pids}\necho \"$WSLOOP_REQUEST_ID $command\" >> {runs}\n\
-             [ \"$command\" = hang ] && sleep 300\necho \"done: $command\"\n",
+            "command=$(cat)\necho $$ >> {pids}\necho \"$WSLOOP_REQUEST_ID $command\" >> {runs}\n\
+             [ \"$command\" = hang ] && sleep 300\necho \"done: $command\"",
             pids = dir.join("pids").display(),
             runs = dir.join("runs").display(),
         );
-        std::fs::write(&program, body).expect("write the program");
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        script(&dir, "run.sh", &body);
         Setup { dir }
     }
 
@@ -126,15 +111,6 @@ impl Setup {
     }
 }
 
-/// The lines of `path` (none while it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// One call to the operator API with the operator token.
 fn api(addr: SocketAddr, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
     common::http::api(addr, OPERATOR, method, target, body)
@@ -184,16 +160,6 @@ fn wait_connected(addr: SocketAddr) {
                 .any(|c| c["name"] == NAME && c["connected"] == true)
         })
     });
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`, `-9`) to `pid` through kill(1); a
-/// negative pid is a process group.
-fn kill(signal: &str, pid: &str) -> bool {
-    Command::new("kill")
-        .args([signal, "--", pid])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Kills the program's process groups when dropped, whatever the test did.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::Message as Frame;
+#[cfg(feature = "static-files")]
+use common::fs::TempDir;
 use common::*;
 use futures_lite::StreamExt;
 #[cfg(feature = "static-files")]
@@ -219,8 +221,8 @@ fn bad_http_gets_4xx_while_a_websocket_client_keeps_working() {
     #[cfg(feature = "static-files")]
     let (_www, files) = {
         let www = TempDir::new("bad-http");
-        std::fs::write(www.0.join("index.html"), "hello").expect("write index");
-        let files = StaticFiles::from_dir(&www.0).expect("www dir");
+        std::fs::write(www.join("index.html"), "hello").expect("write index");
+        let files = StaticFiles::from_dir(&www).expect("www dir");
         (www, Some(files))
     };
     // A build without static files serves the built-in page.
@@ -312,26 +314,6 @@ fn graceful_shutdown_sends_close_1001() {
         .join()
         .expect("shutdown thread")
         .expect("server returned an error");
-}
-
-/// A scratch directory removed on drop.
-#[cfg(feature = "static-files")]
-struct TempDir(std::path::PathBuf);
-
-#[cfg(feature = "static-files")]
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("wsloop-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-#[cfg(feature = "static-files")]
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Reads the receiving half until the server's Close reply; returns its code.

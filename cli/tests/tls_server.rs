@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::process::{start_server, Finished, Proc};
+use common::process::{announced_addr, start_server, Finished, Proc};
 use common::tls::{TestPki, Validity};
 
 /// The Python peer, next to this file.
@@ -49,13 +49,8 @@ fn start_tls_server(cert: &Path, key: &Path, args: &[&str]) -> (Proc, SocketAddr
     all.extend(args);
     let mut server = Proc::wsloop("tls server", &all, None);
     let first = server.wait_for_line(10, "the address", |l| l.starts_with("wsloop server on"));
-    let addr = first
-        .strip_prefix("wsloop server on https://")
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
+    let addr = announced_addr(&first)
         .unwrap_or_else(|| server.fail(&format!("unexpected first line {first:?}")));
-    let addr = addr
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"));
     (server, addr)
 }
 

@@ -42,3 +42,23 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// Writes an executable `/bin/sh` script `body` to `dir/name`; returns its
+/// path as a command-line argument.
+pub fn script(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
+/// The lines of `path`, none while it does not exist (a file a test's
+/// program appends to, read between runs).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -36,6 +36,23 @@ fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
+/// Which of a child's output pipes a wait reads.
+#[derive(Clone, Copy)]
+enum Pipe {
+    Stdout,
+    Stderr,
+}
+
+impl Pipe {
+    /// The pipe's name in failure messages.
+    fn name(self) -> &'static str {
+        match self {
+            Pipe::Stdout => "stdout",
+            Pipe::Stderr => "stderr",
+        }
+    }
+}
+
 /// A child process whose stdout and stderr lines arrive on channels.
 /// Dropping it kills and reaps the process, so no test leaves one behind.
 pub struct Proc {
@@ -140,11 +157,8 @@ impl Proc {
 
     /// Sends SIGTERM (through kill(1): the tests use std only).
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill -TERM {} failed", self.name);
+        let pid = self.pid().to_string();
+        assert!(kill("-TERM", &pid), "kill -TERM {} failed", self.name);
     }
 
     /// Moves whatever stderr has printed so far into `err_seen`.
@@ -172,15 +186,7 @@ impl Proc {
     /// The next stdout line, or `None` at end of output; fails the test at
     /// `deadline`.
     pub fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.stdout.recv_timeout(left) {
-            Ok(line) => {
-                self.out_seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => self.fail("no stdout line in time"),
-        }
+        self.read_line(Pipe::Stdout, deadline, "no stdout line in time")
     }
 
     /// Reads stdout until a line satisfies `wanted`, within `secs` seconds.
@@ -190,14 +196,7 @@ impl Proc {
         what: &str,
         wanted: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            match self.next_line(deadline) {
-                Some(line) if wanted(&line) => return line,
-                Some(_) => continue,
-                None => self.fail(&format!("output ended before {what}")),
-            }
-        }
+        self.wait_for(Pipe::Stdout, secs, what, wanted)
     }
 
     /// Reads stderr until a line satisfies `wanted`, within `secs` seconds;
@@ -208,22 +207,43 @@ impl Proc {
         what: &str,
         wanted: impl Fn(&str) -> bool,
     ) -> String {
+        self.wait_for(Pipe::Stderr, secs, what, wanted)
+    }
+
+    /// The one bounded read every wait goes through: the next line of
+    /// `pipe` before `deadline`, kept among that pipe's lines seen; `None`
+    /// once the pipe is closed; fails the test with `late` at the deadline.
+    fn read_line(&mut self, pipe: Pipe, deadline: Instant, late: &str) -> Option<String> {
+        let (lines, seen) = match pipe {
+            Pipe::Stdout => (&self.stdout, &mut self.out_seen),
+            Pipe::Stderr => (&self.stderr, &mut self.err_seen),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => self.fail(late),
+        }
+    }
+
+    /// Reads `pipe` until a line satisfies `wanted`, within `secs` seconds.
+    fn wait_for(
+        &mut self,
+        pipe: Pipe,
+        secs: u64,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
+        let late = format!("no {what} on {} in time", pipe.name());
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.err_seen.push(line.clone());
-                    if wanted(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.fail(&format!("stderr ended before {what}"))
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("no {what} on stderr in time"))
-                }
+            match self.read_line(pipe, deadline, &late) {
+                Some(line) if wanted(&line) => return line,
+                Some(_) => continue,
+                None => self.fail(&format!("{} ended before {what}", pipe.name())),
             }
         }
     }
@@ -238,26 +258,9 @@ impl Proc {
     pub fn finish(&mut self, secs: u64) -> Finished {
         let deadline = Instant::now() + Duration::from_secs(secs);
         // Both pipes reach EOF when the process exits: that is the signal.
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => self.out_seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("did not exit within {secs} s"))
-                }
-            }
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => self.err_seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("did not exit within {secs} s"))
-                }
-            }
-        }
+        let late = format!("did not exit within {secs} s");
+        while self.read_line(Pipe::Stdout, deadline, &late).is_some() {}
+        while self.read_line(Pipe::Stderr, deadline, &late).is_some() {}
         // The pipes are closed, so the exit is at most moments away.
         let status = loop {
             match self.child.try_wait() {
@@ -294,13 +297,32 @@ pub fn start_server(name: &str, args: &[&str]) -> (Proc, SocketAddr) {
     let first = server
         .next_line(deadline)
         .unwrap_or_else(|| server.fail("exited before announcing its address"));
-    let addr = first
-        .strip_prefix(ANNOUNCE)
-        .and_then(|rest| rest.strip_suffix("/ (WebSocket at /server)"))
-        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
+    let addr = announced_addr(&first)
+        .unwrap_or_else(|| server.fail(&format!("unexpected first line {first:?}")));
     (server, addr)
+}
+
+/// The address in `wsloop server`'s announcement, its first stdout line
+/// (`wsloop server on http://ADDR/ (WebSocket at /server)`, `https://`
+/// with TLS); `None` for any other line. Only the address is read, so a
+/// build that words the rest differently (`WSLOOP_LOAD_BIN`) still parses.
+pub fn announced_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.trim().strip_prefix("wsloop server on ")?;
+    let rest = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, `-CONT`, `-9`) to `pid` through
+/// kill(1) (the tests use std only); a negative pid is a process group.
+/// Whether kill(1) delivered it: a process already gone is `false`.
+pub fn kill(signal: &str, pid: &str) -> bool {
+    Command::new("kill")
+        .args([signal, "--", pid])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The JSON replies in a client's `Received from server:` lines.

@@ -5,15 +5,17 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
 };
 
-/// A test CA and the directory its files live in (removed on drop).
+use super::fs::TempDir;
+
+/// A test CA and the directory its files live in (a [`TempDir`]: removed
+/// on drop, kept when the test fails).
 pub struct TestPki {
-    pub dir: PathBuf,
+    pub dir: TempDir,
     /// The CA certificate, for the clients to trust.
     pub ca: PathBuf,
     /// A valid leaf certificate and its key (PKCS#8), named `leaf`.
@@ -31,17 +33,11 @@ pub enum Validity {
     Expired,
 }
 
-/// Distinguishes the directories of tests running at once.
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
 impl TestPki {
     /// A new CA in a new directory, with one valid leaf whose common name
     /// is `leaf`.
     pub fn new(name: &str) -> TestPki {
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("wsloop-{name}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the certificate directory");
+        let dir = TempDir::new(name);
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -102,11 +98,5 @@ impl TestPki {
     /// A path in the directory.
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
-    }
-}
-
-impl Drop for TestPki {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
