@@ -90,6 +90,7 @@ mod error;
 #[cfg(feature = "forwarder")]
 pub mod forwarder;
 pub mod http;
+mod local;
 mod log_safe;
 mod resolve;
 pub mod server;
@@ -115,6 +116,7 @@ pub use error::Error;
 pub use http::access::{
     AccessPolicy, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, TOKEN_ENV,
 };
+pub use local::{Local, LocalHandler, LocalSpawner};
 pub use metrics::Metrics;
 pub use server::fd_limit::{raise_file_limit, FileLimit, RESERVED_FDS};
 pub use server::hub::{Hub, HubStats};
