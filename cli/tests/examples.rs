@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 /// The examples this file tests.
-const EXAMPLES: [&str; 7] = [
+const EXAMPLES: [&str; 8] = [
     "one_shot_bug",
     "persistent_loop",
     "reader_task_select",
@@ -27,6 +27,7 @@ const EXAMPLES: [&str; 7] = [
     "embed_in_smol",
     "loadgen",
     "fanout_server",
+    "local_server",
 ];
 
 /// The examples that need features beyond the codec (their
@@ -156,9 +157,15 @@ fn run_with(name: &str, args: &[&str]) -> (ExitStatus, String) {
 /// Starts an example in `--address 127.0.0.1:0` server mode and returns it
 /// with the address it printed on its first line (`listening on ADDR`).
 fn start_server(name: &str) -> (Guard, String) {
+    start_server_with(name, &[])
+}
+
+/// [`start_server`] with more arguments after the address.
+fn start_server_with(name: &str, args: &[&str]) -> (Guard, String) {
     let mut child = Guard(
         Command::new(binary(name))
             .args(["--address", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -357,6 +364,31 @@ fn loadgen_checks_every_reply_against_a_persistent_server() {
         .unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
     assert!(result.contains(" errors=0"), "{result}");
     assert!(number_after(result, "roundtrips=") > 0.0, "{result}");
+}
+
+/// The single-threaded server answers every request through the `Local`
+/// bridge, and with `--plain` without it (the README's comparison).
+#[test]
+fn loadgen_checks_every_reply_from_the_local_server() {
+    for plain in [false, true] {
+        let (_server, address) = if plain {
+            start_server_with("local_server", &["--plain"])
+        } else {
+            start_server("local_server")
+        };
+        let args = ["throughput", "-a", &address, "-c", "4", "-d", "4"];
+        let (status, out) = run_with(
+            "loadgen",
+            &[&args[..], &["--duration", "1", "--warmup", "0"]].concat(),
+        );
+        assert!(status.success(), "loadgen failed:\n{out}");
+        let result = out
+            .lines()
+            .find(|line| line.starts_with("RESULT "))
+            .unwrap_or_else(|| panic!("no RESULT line:\n{out}"));
+        assert!(result.contains(" errors=0"), "plain={plain}: {result}");
+        assert!(number_after(result, "roundtrips=") > 0.0, "{result}");
+    }
 }
 
 #[test]
