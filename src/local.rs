@@ -35,6 +35,7 @@ use std::sync::Arc;
 use async_channel::{Receiver, Sender};
 use async_executor::LocalExecutor;
 use async_tungstenite::tungstenite;
+use futures_lite::future;
 
 use crate::{BoxTask, Ended, Error, Handler, Peer, Protocol, Seed, Spawn};
 
@@ -256,7 +257,12 @@ async fn serve<P: Protocol, H: LocalHandler<P>>(inbox: Receiver<Event<P>>, handl
                             // connection stopped waiting.
                             let _ = reply.try_send(answer);
                         };
-                        calls.spawn(call).detach();
+                        // Most calls finish without waiting: answer those
+                        // here, and give the rest a task of their own.
+                        let mut call = Box::pin(call);
+                        if future::poll_once(&mut call).await.is_none() {
+                            calls.spawn(call).detach();
+                        }
                     }
                     Event::Disconnect(peer, how) => handler.on_disconnect(&peer, &how),
                 }
