@@ -57,9 +57,11 @@ fn parse_args() -> Result<(String, bool), String> {
                 address = args.next().ok_or("--address needs a value (HOST:PORT)")?;
             }
             "--plain" => plain = true,
-            "--help" | "-h" => return Err(format!(
+            "--help" | "-h" => {
+                return Err(format!(
                 "usage: local_server [--address HOST:PORT] [--plain]   (default {DEFAULT_ADDRESS})"
-            )),
+            ))
+            }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }

@@ -5,9 +5,11 @@
 //! [`Client::connect`] take a spawner. It is implemented for smol's
 //! executor (`smol::Executor` is `async_executor::Executor`, so both
 //! spellings work), for `Arc`s of spawners, for smol's `LocalExecutor`
-//! (usable where the spawner need not be shared between threads, e.g.
-//! [`Client::connect`]), and for any closure taking a [`BoxTask`], which
-//! covers every other runtime:
+//! (where the spawner need not be kept or shared, as by
+//! [`Client::connect`]; [`LocalSpawner`](crate::LocalSpawner) is a
+//! shareable one onto a `LocalExecutor`, for [`Server::run`], and
+//! [`Local`](crate::Local) serves a handler that is not `Send` there), and
+//! for any closure taking a [`BoxTask`], which covers every other runtime:
 //!
 //! ```no_run
 //! # async fn demo(server: wsloop::Server) -> Result<(), wsloop::Error> {
@@ -41,6 +43,12 @@ pub type BoxTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///
 /// A spawner must not block and must not poll the task inline (the caller
 /// may hold state the task waits for). It may run the task on any thread.
+///
+/// A single-threaded application on smol's `LocalExecutor` passes the
+/// executor itself to [`Client::connect`](crate::client::Client::connect),
+/// a [`LocalSpawner`](crate::LocalSpawner) to
+/// [`Server::run`](crate::Server::run) (which keeps it), and serves a
+/// handler that is not `Send` through [`Local`](crate::Local).
 pub trait Spawn {
     /// Starts `task`; it runs detached until it completes.
     fn spawn(&self, task: BoxTask);
