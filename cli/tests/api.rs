@@ -1,13 +1,16 @@
 //! The library's API details, each against a real server and real peers:
 //! connection ids count per server, `Hub::request` to an id that names no
-//! connection says so, and `Peer::close` sends its reason.
+//! connection says so, `Peer::close` sends its reason, and `Server::hub`
+//! hands out one `Arc`.
 
 mod common;
 
 use common::{bounded, request, seed, ws_connect, TestServer};
 use futures_lite::StreamExt;
+use std::sync::Arc;
 use wsloop::client::{Client, ClientOptions};
-use wsloop::{Config, Frame, RequestError};
+
+use wsloop::{Config, Frame, RequestError, Seed, Server};
 
 /// Each server numbers its connections 1, 2, 3, ... even when the process
 /// also dials (a wsloop client's connections and the other server's do not
@@ -72,5 +75,21 @@ fn peer_close_sends_its_code_and_reason() {
                 other => panic!("expected a Close frame, got {other:?}"),
             }
         }
+    });
+}
+
+/// `Server::hub` allocates nothing per call: every call (before and after
+/// `speaking`) is the same `Arc`, and the hub sees the server's peers.
+#[test]
+fn server_hub_is_one_arc() {
+    bounded(10, async {
+        let server = Server::bind("127.0.0.1:0", Config::default())
+            .await
+            .expect("bind");
+        assert!(Arc::ptr_eq(&server.hub(), &server.hub()));
+        let server = server.speaking::<Seed>();
+        let hub = server.hub();
+        assert!(Arc::ptr_eq(&hub, &server.hub()));
+        assert!(hub.is_empty());
     });
 }

@@ -114,7 +114,9 @@ const ACCEPT_BATCH_TIME: Duration = Duration::from_millis(2);
 pub struct Server<P = Seed> {
     listener: Async<TcpListener>,
     shared: Arc<Shared>,
-    protocol: PhantomData<fn() -> P>,
+    /// The hub seen in `P`, made once: [`hub`](Server::hub) hands out
+    /// clones of this `Arc` rather than a new view per call.
+    hub: Arc<Hub<P>>,
 }
 
 /// What every connection task of one server reads.
@@ -150,12 +152,14 @@ impl Server {
         let addr = resolve(address).await?;
         let listener = Async::<TcpListener>::bind(addr)?;
         let local = listener.get_ref().local_addr()?;
+        let hub = Arc::new(Hub::new());
         Ok(Server {
             listener,
+            hub: hub.clone(),
             shared: Arc::new(Shared {
                 config,
                 files: StaticFiles::builtin(),
-                hub: Arc::new(Hub::new()),
+                hub,
                 endpoint: Some(WEBSOCKET_PATH.to_string()),
                 started: Instant::now(),
                 access: AccessPolicy::default(),
@@ -169,7 +173,6 @@ impl Server {
                 #[cfg(feature = "forwarder")]
                 forwarder: None,
             }),
-            protocol: PhantomData,
         })
     }
 
@@ -180,8 +183,8 @@ impl Server {
     pub fn speaking<Q: Protocol>(self) -> Server<Q> {
         Server {
             listener: self.listener,
+            hub: Arc::new(self.hub.retyped()),
             shared: self.shared,
-            protocol: PhantomData,
         }
     }
 }
@@ -263,8 +266,9 @@ impl<P: Protocol> Server<P> {
     }
 
     /// The registry of live WebSocket connections, for pushing and listing.
+    /// Every call returns the same `Arc` (nothing is allocated).
     pub fn hub(&self) -> Arc<Hub<P>> {
-        Arc::new(self.shared.hub.retyped())
+        self.hub.clone()
     }
 
     /// Accepts connections until `shutdown` completes, on a task of its
