@@ -40,6 +40,11 @@ pub enum Error {
     /// The peer broke a limit (for example the message rate) and was closed
     /// with 1008; says which.
     Policy(String),
+    /// The peer broke the WebSocket protocol where wsloop's read guard
+    /// checks it, before tungstenite (a 64-bit frame length with its top
+    /// bit set, RFC 6455 §5.2), and was closed with 1002; says how. The
+    /// faults tungstenite finds are [`WebSocket`](Error::WebSocket) errors.
+    ProtocolViolation(&'static str),
     /// The connection ended while the caller still expected data; says how.
     ConnectionClosed(String),
 }
@@ -55,6 +60,7 @@ impl fmt::Display for Error {
             Error::Timeout(what) => write!(f, "timed out: {what}"),
             Error::Config(why) => write!(f, "invalid configuration: {why}"),
             Error::Policy(why) => write!(f, "policy violation: {why}"),
+            Error::ProtocolViolation(how) => write!(f, "protocol violation: {how}"),
             Error::ConnectionClosed(how) => write!(f, "connection ended unexpectedly: {how}"),
         }
     }
@@ -78,6 +84,7 @@ impl Error {
             | Error::Handshake(_)
             | Error::Timeout(_)
             | Error::Policy(_)
+            | Error::ProtocolViolation(_)
             | Error::ConnectionClosed(_) => true,
         }
     }

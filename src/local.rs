@@ -295,6 +295,7 @@ fn copy_error(err: &Error) -> Error {
         Error::Timeout(what) => Error::Timeout(what),
         Error::Config(why) => Error::Config(why.clone()),
         Error::Policy(why) => Error::Policy(why.clone()),
+        Error::ProtocolViolation(how) => Error::ProtocolViolation(how),
         Error::ConnectionClosed(how) => Error::ConnectionClosed(how.clone()),
     }
 }

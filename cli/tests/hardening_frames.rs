@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::process::start_server;
 use common::{bounded, client_frame, raw_upgrade, request, ws_connect, TestServer};
-use wsloop::{Config, Ended, Frame, Handler, Message, Peer, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR};
+use wsloop::{
+    Config, Ended, Error, Frame, Handler, Message, Peer, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
+};
 
 /// `{` as a text frame without FIN: a message that is never finished.
 const OPEN_MESSAGE: [u8; 7] = [0x01, 0x81, 0, 0, 0, 0, b'{'];
@@ -539,15 +541,42 @@ fn a_peer_that_really_sends_1002_is_still_reported_as_such() {
     );
 }
 
+/// The seed's handler that passes each connection's end on.
+struct Ends(async_channel::Sender<Result<Ended, Error>>);
+
+impl Handler for Ends {
+    async fn on_message(&self, _: &Peer, message: Message) -> Option<Message> {
+        Some(message.seed_reply())
+    }
+
+    fn on_disconnect(&self, _: &Peer, how_it_ended: &Result<Ended, Error>) {
+        let end = match how_it_ended {
+            Ok(ended) => Ok(ended.clone()),
+            Err(Error::ProtocolViolation(how)) => Err(Error::ProtocolViolation(how)),
+            Err(other) => Err(Error::ConnectionClosed(other.to_string())),
+        };
+        let _ = self.0.try_send(end);
+    }
+}
+
 #[test]
 fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
     // RFC 6455 §5.2: "the most significant bit MUST be 0". Such a length is
     // malformed, not merely too big: 1002, not 1009.
-    let server = TestServer::start(Config::default());
+    let (ends, ended) = async_channel::unbounded();
+    let server = TestServer::start_with(Config::default(), None, Ends(ends));
     let mut stream = raw_upgrade(server.addr);
     let mut header = vec![0x82, 0x80 | 127];
     header.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
     header.extend_from_slice(&[0, 0, 0, 0]); // the mask
     stream.write_all(&header).expect("send header");
     assert_eq!(close_code(&mut stream), Some(CLOSE_PROTOCOL_ERROR));
+    // The loop's result says so in wsloop's own type.
+    let end = bounded(10, ended.recv()).expect("on_disconnect");
+    match end {
+        Err(Error::ProtocolViolation(how)) => {
+            assert_eq!(how, "frame length has its top bit set")
+        }
+        other => panic!("expected a ProtocolViolation, got {other:?}"),
+    }
 }

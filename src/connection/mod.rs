@@ -750,10 +750,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
             log::debug!("peer {} closed: {reason}", self.peer.id());
             let result = if code != CLOSE_POLICY {
                 // A protocol error the guard caught before tungstenite could.
-                Err(Error::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    violation,
-                )))
+                Err(Error::ProtocolViolation(reason))
             } else {
                 Err(Error::Policy(reason.into()))
             };

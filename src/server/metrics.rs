@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "metrics")]
 use std::time::Duration;
 
-use crate::connection::guard::Violation;
 #[cfg(feature = "metrics")]
 use crate::Hub;
 use crate::{
@@ -314,7 +313,7 @@ fn close_code(ended: &Result<Ended, Error>) -> Option<u16> {
         Err(Error::WebSocket(Ws::Utf8(_))) => Some(CLOSE_INVALID_DATA),
         Err(Error::WebSocket(Ws::Protocol(_))) => Some(CLOSE_PROTOCOL_ERROR),
         // A protocol error the read guard caught (a top-bit frame length).
-        Err(Error::Io(e)) => Violation::of(e).map(Violation::close_code),
+        Err(Error::ProtocolViolation(_)) => Some(CLOSE_PROTOCOL_ERROR),
         Err(_) => None,
     }
 }
@@ -371,5 +370,13 @@ mod tests {
             );
         }
         assert_eq!(text.matches("# TYPE wsloop_closes_total ").count(), 1);
+    }
+
+    #[test]
+    fn a_protocol_violation_counts_under_1002_and_an_io_error_under_none() {
+        let violation = Err(Error::ProtocolViolation("frame length has its top bit set"));
+        assert_eq!(close_code(&violation), Some(CLOSE_PROTOCOL_ERROR));
+        let io = Err(Error::Io(std::io::ErrorKind::InvalidData.into()));
+        assert_eq!(close_code(&io), None);
     }
 }
