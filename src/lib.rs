@@ -80,7 +80,9 @@
 //! Nothing is spawned behind your back: functions that spawn tasks take a
 //! [`Spawn`]er (a smol executor, or a closure such as
 //! `|task| { tokio::spawn(task); }`), and the core ([`Connection`]) is a
-//! plain future you can run on any executor.
+//! plain future you can run on any executor. A single-threaded application
+//! (smol's `LocalExecutor`, state in `Rc<RefCell<..>>`) serves a handler
+//! that is not `Send` through [`Local`], a [`LocalHandler`]'s bridge.
 #![deny(missing_docs)]
 // The docs link to the items of every feature (`Json`, `NanoJson`,
 // `forwarder`, the TLS and proxy options, `Metrics::render`); with some

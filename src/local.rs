@@ -141,6 +141,9 @@ enum Event<P: Protocol> {
 ///
 /// A [`Client`](crate::client::Client) takes the `LocalExecutor` itself as
 /// its spawner: `Client::connect(&ex, options, Local::new(&ex, handler))`.
+/// The connection tasks may also run elsewhere (a multi-threaded
+/// executor): the handler's code still runs on the thread that drives the
+/// `LocalExecutor`.
 ///
 /// Once that executor is gone (dropped, with the task serving the
 /// handler), the bridge answers nothing (`None`) and logs it once; it
