@@ -304,3 +304,27 @@ fn the_bridge_answers_nothing_once_its_executor_is_gone() {
     // The hooks found nobody either, and nothing panicked.
     server.shutdown().expect("server shuts down cleanly");
 }
+
+/// A server on another thread's multi-threaded executor, its handler's
+/// code on this thread's `LocalExecutor`.
+#[test]
+fn the_handler_runs_on_the_local_thread_whatever_runs_the_connections() {
+    let ex = LocalExecutor::new();
+    let threads = Rc::new(RefCell::new(Vec::new()));
+    let seen = threads.clone();
+    let handler = move |_: &Peer, request: Message| {
+        seen.borrow_mut().push(std::thread::current().id());
+        Some(request.seed_reply())
+    };
+    let server = TestServer::start_with(Config::default(), None, Local::new(&ex, handler));
+    bounded(
+        10,
+        ex.run(async {
+            let mut ws = ws_connect(server.addr).await;
+            for id in 1..=3 {
+                assert_eq!(common::request(&mut ws, id, "where?").await.request_id, id);
+            }
+        }),
+    );
+    assert_eq!(*threads.borrow(), [std::thread::current().id(); 3]);
+}
