@@ -61,7 +61,8 @@ use crate::{BoxTask, Ended, Error, Handler, Peer, Protocol, Seed, Spawn};
 /// ```
 pub trait LocalHandler<P: Protocol = Seed>: 'static {
     /// Handles one decoded message; `Some(reply)` is sent back to the peer.
-    /// Each call runs as a task of its own on the local executor.
+    /// A call that has to wait goes on as a task of its own on the local
+    /// executor, so it holds up no other connection.
     fn on_message(
         &self,
         peer: &Peer<P>,
@@ -112,7 +113,8 @@ enum Event<P: Protocol> {
 /// [`LocalHandler`] running on a `LocalExecutor`: each call goes through a
 /// channel to a task on that executor, which runs the hooks in the order
 /// they come and each [`on_message`](LocalHandler::on_message) as a task of
-/// its own; the reply comes back on a one-shot channel. One connection's
+/// its own (once it has to wait); the reply comes back on a one-shot
+/// channel. One connection's
 /// messages are answered in order (its loop awaits each reply), and a slow
 /// call does not hold up the other connections.
 ///
