@@ -35,16 +35,16 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{}{}{}", cli::USAGE, cli::DEVICE_USAGE, cli::USAGE_END);
+            for part in cli::USAGE {
+                print!("{part}");
+            }
             return ExitCode::SUCCESS;
         }
         Command::Version => {
             print!("wsloop {}\nfeatures:", env!("CARGO_PKG_VERSION"));
-            for (name, _) in cli::FEATURES.iter().filter(|(_, on)| *on) {
+            for name in cli::FEATURES {
                 print!(" {name}");
             }
-            #[cfg(feature = "redis")]
-            print!(" redis");
             println!();
             return ExitCode::SUCCESS;
         }
