@@ -2,8 +2,11 @@
 //! requests with replies, and run the original Go client's loop.
 //!
 //! Where to: [`ClientOptions::address`] is `HOST:PORT` (the Go program's
-//! form: `ws://HOST:PORT/server`) or a URL, `ws://HOST[:PORT][/PATH][?QUERY]`
-//! or `wss://...` (see [`Target`]). `wss://` (feature `tls`) verifies the
+//! form: `ws://HOST:PORT/server`) or, with feature `urls`, a URL,
+//! `ws://HOST[:PORT][/PATH][?QUERY]` or `wss://...` (see [`Target`]).
+//! Headers of the caller's own ([`ClientOptions::header`]) need feature
+//! `headers`, a device's name ([`ClientOptions::with_id`]) feature
+//! `client-id`. `wss://` (feature `tls`, which turns `urls` on) verifies the
 //! server's certificate against the system's trust store plus
 //! [`ClientOptions::ca`]; an HTTP `CONNECT` proxy (feature `proxy`) comes
 //! from the environment or [`ClientOptions::proxy`]. The layers of one
@@ -156,7 +159,7 @@ const PUSH_QUEUE: usize = 64;
 pub type ClientConnection = Connection<ClientStream>;
 
 /// Dials `address` once (`HOST:PORT` for `ws://HOST:PORT/server`, or a
-/// `ws://`/`wss://` URL), with `Origin: http://{address}/` (as the Go
+/// `ws://`/`wss://` URL with feature `urls`), with `Origin: http://{address}/` (as the Go
 /// client does), within the handshake timeout. Proxies come from the
 /// environment; for more, see [`connect_with`].
 pub async fn connect(address: &str, config: &Config) -> Result<ClientConnection, Error> {
@@ -248,8 +251,8 @@ impl Reconnect {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
-    /// The server: `HOST:PORT` (path `/server`) or a `ws://`/`wss://` URL
-    /// (see [`Target::parse`]).
+    /// The server: `HOST:PORT` (path `/server`) or, with feature `urls`, a
+    /// `ws://`/`wss://` URL (see [`Target::parse`]).
     pub address: String,
     /// Connection settings.
     pub config: Config,
