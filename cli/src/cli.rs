@@ -45,7 +45,12 @@ COMMON OPTIONS:
                            and /stats (Authorization: Bearer, or ?token=); the client
                            sends it. Default: $WSLOOP_TOKEN, if set.
     -q, --quiet            log only warnings and errors
-    -v, --verbose          also log every message (bodies cut at 1 KiB)
+",
+    #[cfg(feature = "debug-logs")]
+    "    -v, --verbose          also log every message (bodies cut at 1 KiB)
+",
+    #[cfg(not(feature = "debug-logs"))]
+    "    -v, --verbose          as the default here (needs feature debug-logs)
 ",
     #[cfg(feature = "json-logs")]
     "    --log-format text|json log lines as text or one JSON object each
