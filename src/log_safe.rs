@@ -236,6 +236,10 @@ static MALFORMED: LogLimit = LogLimit::new();
 /// Logs one malformed message; the decoder's reason may quote the peer's
 /// text (serde_json's "invalid type: string ..." does).
 pub(crate) fn malformed<P>(peer: &Peer<P>, err: &crate::DecodeError) {
+    // A DEBUG line, so only with `debug-logs` (see `debug!`).
+    if !cfg!(feature = "debug-logs") {
+        return;
+    }
     log_limited!(
         MALFORMED,
         log::Level::Debug,

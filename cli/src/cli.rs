@@ -12,9 +12,11 @@ use wsloop::{parse_duration, AccessPolicy, Config, TOKEN_ENV};
 /// The address both modes use unless told otherwise.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8080";
 
-macro_rules! server_usage {
-    () => {
-        "\
+/// `--help`: the parts this build has, printed in order. Each option of
+/// a left-out feature leaves its text out too (the small build would
+/// otherwise carry every feature's help in `.rodata`).
+pub const USAGE: &[&str] = &[
+    "\
 wsloop — persistent WebSocket messaging
 
 USAGE:
@@ -24,9 +26,12 @@ USAGE:
 
 COMMON OPTIONS:
     --address ADDRESS      server: HOST:PORT to listen on; client: where to
-                           dial, HOST:PORT (ws://HOST:PORT/server) or a URL
+                           dial, HOST:PORT (ws://HOST:PORT/server)",
+    #[cfg(feature = "urls")]
+    " or a URL
                            ws://HOST[:PORT][/PATH][?QUERY] or wss://...
-                           (ports 80/443; no path: /server; IPv6 in [])
+                           (ports 80/443; no path: /server; IPv6 in [])",
+    "
                            [default: 127.0.0.1:8080]
     --heartbeat DURATION   ping a quiet peer this often (min 1s) [default: 30s]
     --idle-timeout DURATION
@@ -40,23 +45,39 @@ COMMON OPTIONS:
                            and /stats (Authorization: Bearer, or ?token=); the client
                            sends it. Default: $WSLOOP_TOKEN, if set.
     -q, --quiet            log only warnings and errors
-    -v, --verbose          also log every message (bodies cut at 1 KiB)
-    --log-format text|json log lines as text or one JSON object each
-                           (time, level, target, message; not in the small
-                           build) [default: text]
-    -h, --help             print this help
+",
+    #[cfg(feature = "debug-logs")]
+    "    -v, --verbose          also log every message (bodies cut at 1 KiB)
+",
+    #[cfg(not(feature = "debug-logs"))]
+    "    -v, --verbose          as the default here (needs feature debug-logs)
+",
+    #[cfg(feature = "json-logs")]
+    "    --log-format text|json log lines as text or one JSON object each
+                           (time, level, target, message) [default: text]
+",
+    #[cfg(not(feature = "json-logs"))]
+    "    --log-format text      log lines as text (json: feature json-logs)
+",
+    "    -h, --help             print this help
     -V, --version          print the version and the enabled Cargo features
 
 SERVER OPTIONS:
-    --www DIR              serve files from DIR at / [default: a built-in page]
+",
+    #[cfg(feature = "static-files")]
+    "    --www DIR              serve files from DIR at / [default: a built-in page]
                            (dotfiles and dot-directories such as .git or .env:
                            404, always; /.well-known/ is served, for ACME)
-    --queue N              pushed messages that may wait per client [default: 64]
-    --console              read commands from stdin and push each to every
+",
+    "    --queue N              pushed messages that may wait per client [default: 64]
+",
+    #[cfg(feature = "console")]
+    "    --console              read commands from stdin and push each to every
                            client, printing their replies; `@NAME command`
                            sends to the named client NAME alone (queued if
                            it is offline)
-    --allow-origin URL     also accept upgrades from this browser origin
+",
+    "    --allow-origin URL     also accept upgrades from this browser origin
                            (repeatable), e.g. https://example.com
     --allow-any-origin     turn the origin check off (logged as a warning)
     --allow-host NAME      also accept requests whose Host is NAME (repeatable;
@@ -75,18 +96,27 @@ SERVER OPTIONS:
     --max-messages-per-sec N
                            per connection; excess closes with 1008
                            [default: 10000; 0 = unlimited]
-    --cert FILE --key FILE serve https:// and wss:// (PEM files, reloaded
+",
+    #[cfg(feature = "tls")]
+    "    --cert FILE --key FILE serve https:// and wss:// (PEM files, reloaded
                            when they change) [default: plain HTTP]
-    --trusted-proxy ADDR|CIDR
+",
+    #[cfg(feature = "trusted-proxy")]
+    "    --trusted-proxy ADDR|CIDR
                            take the client address from this proxy's
                            X-Forwarded-For (repeatable) [default: none]
-    --public-metrics       /metrics without the token [default: behind it]
-    --max-frames-per-sec N frames of any kind per connection (continuations,
+",
+    #[cfg(feature = "metrics")]
+    "    --public-metrics       /metrics without the token [default: behind it]
+",
+    "    --max-frames-per-sec N frames of any kind per connection (continuations,
                            pongs too); excess closes with 1008
                            [default: 50000; 0 = unlimited]
     --max-bytes-per-sec N  bytes per connection; excess closes with 1008
                            [default: 67108864; 0 = unlimited]
-    --state DIR            keep named clients' queued commands, their records
+",
+    #[cfg(feature = "forwarder")]
+    "    --state DIR            keep named clients' queued commands, their records
                            and requestID counters in DIR/wsloop.redb: an
                            acknowledged command survives kill -9 and restarts
                            (the last 1000 final records per client are kept)
@@ -101,26 +131,15 @@ SERVER OPTIONS:
                            the API answers 429 [default: 1000]
     --command-ttl DURATION a command not final by then ends `expired`
                            [default: 24h]
-"
-    };
-}
-
-/// The cluster's server options (feature `redis`).
-#[cfg(feature = "redis")]
-macro_rules! cluster_usage {
-    () => {
-        "    --redis URL            one of several nodes sharing named clients, queues
+",
+    #[cfg(feature = "redis")]
+    "    --redis URL            one of several nodes sharing named clients, queues
                            and records through Redis (redis://HOST:PORT[/DB]);
                            instead of --state [default: off]
     --node-id ID           this node's name in the cluster (A-Z a-z 0-9 . _ -
                            :) [default: HOSTNAME:PORT]
-"
-    };
-}
-
-macro_rules! client_usage {
-    () => {
-        "
+",
+    "
 CLIENT OPTIONS:
     --interval DURATION    time between requests [default: 2s]
     --count N              stop after N replies; exit 0 only if all matched
@@ -137,34 +156,31 @@ CLIENT OPTIONS:
     --max-attempts N       give up after N failed attempts in a row, at start
                            (a server not up yet is retried) or after a drop
                            [default: never]
-    --header 'NAME: VALUE' send this header with the handshake (repeatable),
+",
+    #[cfg(feature = "headers")]
+    "    --header 'NAME: VALUE' send this header with the handshake (repeatable),
                            e.g. for auth or routing
-    --ca FILE              wss://: also trust the CA certificates in this PEM
+",
+    #[cfg(feature = "tls")]
+    "    --ca FILE              wss://: also trust the CA certificates in this PEM
                            file (server certificates are always verified,
                            against the system's trust store and FILE)
-    --proxy URL            go through this HTTP CONNECT proxy,
+",
+    #[cfg(feature = "proxy")]
+    "    --proxy URL            go through this HTTP CONNECT proxy,
                            http://[USER:PASSWORD@]HOST[:PORT] [default: from
                            https_proxy (wss://) or http_proxy (ws://), minus
                            the hosts in no_proxy; none if unset]
-    --id NAME              name this device (1-64 of A-Z a-z 0-9 . _ -): dials
+",
+    #[cfg(feature = "client-id")]
+    "    --id NAME              name this device (1-64 of A-Z a-z 0-9 . _ -): dials
                            with ?client=NAME; its --token-file is its own
                            [default: anonymous]
-
-"
-    };
-}
-
-/// The help text up to the device options: the server's part, the
-/// cluster's options when the build has them, the client's part.
-#[cfg(feature = "redis")]
-pub const USAGE: &str = concat!(server_usage!(), cluster_usage!(), client_usage!());
-#[cfg(not(feature = "redis"))]
-pub const USAGE: &str = concat!(server_usage!(), client_usage!());
-
-/// `--help`'s device section (feature `exec`; the small build leaves the
-/// text out with the options).
-#[cfg(feature = "exec")]
-pub const DEVICE_USAGE: &str = "DEVICE OPTIONS (client):
+",
+    "
+",
+    #[cfg(feature = "exec")]
+    "DEVICE OPTIONS (client):
     --exec PROGRAM [ARG...]
                            everything after --exec: run PROGRAM for each
                            pushed command, the command on stdin and in
@@ -191,21 +207,16 @@ pub const DEVICE_USAGE: &str = "DEVICE OPTIONS (client):
                            memory, across reconnects only; the last 10000
                            kept]
 
-";
-
-/// `--help`'s device section: none in this build.
-#[cfg(not(feature = "exec"))]
-pub const DEVICE_USAGE: &str = "";
-
-/// The end of `--help`.
-pub const USAGE_END: &str = "\
+",
+    "\
 CLIENT EXIT STATUS:
     0 all replies arrived (--count/--stdin); 1 the server stayed unreachable
     or a reply failed; 2 a bad option, or a refusal that retrying cannot mend
     (401, 403, 404, a certificate that fails verification), with its reason
 
 DURATIONS are seconds (2, 0.2) or carry a unit (200ms, 30s, 5m).
-";
+",
+];
 
 /// How much the binary logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,20 +327,26 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     let mut parser = lexopt::Parser::from_args(args);
     let mut mode: Option<String> = None;
     let mut address = DEFAULT_ADDRESS.to_string();
+    #[cfg_attr(not(feature = "static-files"), allow(unused_mut))]
     let mut www = None;
     let mut config = Config::default();
     let mut verbosity = Verbosity::Normal;
     let mut log_format = LogFormat::Text;
     let mut client = ClientOptions::new(DEFAULT_ADDRESS);
+    #[cfg_attr(not(feature = "console"), allow(unused_mut))]
     let mut console = false;
     let mut access = AccessPolicy::default();
     let mut token_file: Option<PathBuf> = None;
+    #[cfg(feature = "headers")]
     let mut headers: Vec<String> = Vec::new();
+    #[cfg(feature = "tls")]
     let mut ca: Option<PathBuf> = None;
+    #[cfg(feature = "proxy")]
     let mut proxy: Option<String> = None;
     let mut deployment = Deployment::default();
     let mut device = DeviceArgs::default();
     let mut state: Option<PathBuf> = None;
+    #[cfg(feature = "client-id")]
     let mut id: Option<String> = None;
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
@@ -339,6 +356,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Value(word) if mode.is_none() => mode = Some(word.string()?),
             Long("mode") => mode = Some(text(&mut parser)?),
             Long("address") => address = text(&mut parser)?,
+            #[cfg(feature = "static-files")]
             Long("www") => www = Some(path(&mut parser)?),
             Long("heartbeat") => config.heartbeat = duration(&mut parser)?,
             Long("idle-timeout") => config.idle_timeout = Some(duration(&mut parser)?),
@@ -357,6 +375,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
                 client.stdin = true;
                 device.requests = true;
             }
+            #[cfg(feature = "client-id")]
             Long("id") => id = Some(text(&mut parser)?),
             Long("state") => state = Some(path(&mut parser)?),
             #[cfg(feature = "exec")]
@@ -365,10 +384,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("exec-timeout") => device.timeout = Some(duration(&mut parser)?),
             #[cfg(feature = "exec")]
             Long("exec-concurrency") => device.concurrency = Some(number(&mut parser)?),
-            #[cfg(not(feature = "exec"))]
-            Long("exec" | "exec-timeout" | "exec-concurrency") => {
-                return Err(missing_feature("--exec", "exec"))
-            }
+            #[cfg(feature = "console")]
             Long("console") => console = true,
             Long("allow-origin") => access.allowed_origins.push(text(&mut parser)?),
             Long("allow-any-origin") => access.allow_any_origin = true,
@@ -376,24 +392,14 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("max-connections") => access.max_connections = number(&mut parser)?,
             Long("max-connections-per-ip") => access.max_connections_per_ip = number(&mut parser)?,
             Long("max-messages-per-sec") => config.max_messages_per_second = number(&mut parser)?,
-            // Options of left-out features are refused at once: parsing
-            // their values would cost the small build ~3 KB.
             #[cfg(feature = "tls")]
             Long("cert") => cert = Some(path(&mut parser)?),
             #[cfg(feature = "tls")]
             Long("key") => key = Some(path(&mut parser)?),
-            #[cfg(not(feature = "tls"))]
-            Long("cert" | "key") => return Err(missing_feature("--cert/--key", "tls")),
             #[cfg(feature = "trusted-proxy")]
             Long("trusted-proxy") => deployment.trusted_proxies.push(trusted_proxy(&mut parser)?),
-            #[cfg(not(feature = "trusted-proxy"))]
-            Long("trusted-proxy") => {
-                return Err(missing_feature("--trusted-proxy", "trusted-proxy"))
-            }
             #[cfg(feature = "metrics")]
             Long("public-metrics") => deployment.public_metrics = true,
-            #[cfg(not(feature = "metrics"))]
-            Long("public-metrics") => return Err(missing_feature("--public-metrics", "metrics")),
             #[cfg(feature = "forwarder")]
             Long("tokens") => deployment.forwarder.tokens = Some(path(&mut parser)?),
             #[cfg(feature = "forwarder")]
@@ -408,21 +414,6 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("redis") => deployment.forwarder.redis = Some(text(&mut parser)?),
             #[cfg(feature = "redis")]
             Long("node-id") => deployment.forwarder.node_id = Some(text(&mut parser)?),
-            // (Without the forwarder, the arm below refuses them: no
-            // message of their own in the small build.)
-            #[cfg(all(feature = "forwarder", not(feature = "redis")))]
-            Long("redis" | "node-id") => {
-                return Err(missing_feature("--redis and --node-id", "redis"))
-            }
-            #[cfg(not(feature = "forwarder"))]
-            Long(
-                "tokens"
-                | "operator-token-file"
-                | "max-queued"
-                | "command-ttl"
-                | "redis"
-                | "node-id",
-            ) => return Err(missing_feature("the forwarder options", "forwarder")),
             Long("max-frames-per-sec") => config.max_frames_per_second = number(&mut parser)?,
             Long("max-bytes-per-sec") => config.max_bytes_per_second = number(&mut parser)?,
             Long("token-file") => token_file = Some(path(&mut parser)?),
@@ -431,15 +422,21 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             Long("reconnect-delay") => client.reconnect.initial_delay = duration(&mut parser)?,
             Long("max-reconnect-delay") => client.reconnect.max_delay = duration(&mut parser)?,
             Long("max-attempts") => client.reconnect.max_attempts = Some(number(&mut parser)?),
+            #[cfg(feature = "headers")]
             Long("header") => headers.push(text(&mut parser)?),
+            #[cfg(feature = "tls")]
             Long("ca") => ca = Some(path(&mut parser)?),
+            #[cfg(feature = "proxy")]
             Long("proxy") => proxy = Some(text(&mut parser)?),
             Short('q') | Long("quiet") => verbosity = Verbosity::Quiet,
             Short('v') | Long("verbose") => verbosity = Verbosity::Verbose,
             Long("log-format") => log_format = self::log_format(&mut parser)?,
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
-            _ => return Err(arg.unexpected()),
+            // Options of left-out features are refused at once, through
+            // one table: an arm (and a message) each would cost the small
+            // build about 100 B apiece, parsing their values ~3 KB.
+            _ => return Err(left_out(&arg).unwrap_or_else(|| arg.unexpected())),
         }
     }
     config
@@ -448,19 +445,6 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     if client.interval.is_zero() {
         return Err("--interval must be greater than zero".into());
     }
-    // Refuse what this build left out, rather than ignore it.
-    if www.is_some() && !cfg!(feature = "static-files") {
-        return Err(missing_feature("--www", "static-files"));
-    }
-    if console && !cfg!(feature = "console") {
-        return Err(missing_feature("--console", "console"));
-    }
-    if ca.is_some() && !cfg!(feature = "tls") {
-        return Err(missing_feature("--ca", "tls"));
-    }
-    if proxy.is_some() && !cfg!(feature = "proxy") {
-        return Err(missing_feature("--proxy", "proxy"));
-    }
     deployment.tls = match (cert, key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -468,6 +452,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
     };
     let token = read_token(token_file)?;
     match mode.as_deref() {
+        #[cfg(feature = "client-id")]
         Some("server") if id.is_some() => Err("--id is a client option".into()),
         Some("server") => {
             // `--state` is the forwarder's store on a server (the device's
@@ -509,6 +494,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             options.address = address;
             options.config = config;
             options.token = token;
+            #[cfg(feature = "client-id")]
             if let Some(id) = id {
                 options = options.with_id(&id).map_err(|e| format!("--id: {e}"))?;
             }
@@ -518,6 +504,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
             if state.is_some() {
                 return Err(missing_feature("--state", "exec"));
             }
+            #[cfg(feature = "headers")]
             for header in headers {
                 options = with_header(options, &header)?;
             }
@@ -543,6 +530,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexo
 }
 
 /// `options` with the `--header 'Name: value'` added (checked).
+#[cfg(feature = "headers")]
 fn with_header(options: ClientOptions, header: &str) -> Result<ClientOptions, lexopt::Error> {
     let Some((name, value)) = header.split_once(':') else {
         return Err(format!("--header {header:?}: expected 'Name: value'").into());
@@ -595,6 +583,56 @@ fn device_options(
     Ok(Some(device))
 }
 
+/// The options of the Cargo features this build leaves out, each with its
+/// feature (`--state` is two features' and has its own check).
+const LEFT_OUT: &[(&str, &str)] = &[
+    #[cfg(not(feature = "static-files"))]
+    ("www", "static-files"),
+    #[cfg(not(feature = "console"))]
+    ("console", "console"),
+    #[cfg(not(feature = "tls"))]
+    ("cert", "tls"),
+    #[cfg(not(feature = "tls"))]
+    ("key", "tls"),
+    #[cfg(not(feature = "tls"))]
+    ("ca", "tls"),
+    #[cfg(not(feature = "trusted-proxy"))]
+    ("trusted-proxy", "trusted-proxy"),
+    #[cfg(not(feature = "metrics"))]
+    ("public-metrics", "metrics"),
+    #[cfg(not(feature = "forwarder"))]
+    ("tokens", "forwarder"),
+    #[cfg(not(feature = "forwarder"))]
+    ("operator-token-file", "forwarder"),
+    #[cfg(not(feature = "forwarder"))]
+    ("max-queued", "forwarder"),
+    #[cfg(not(feature = "forwarder"))]
+    ("command-ttl", "forwarder"),
+    #[cfg(not(feature = "redis"))]
+    ("redis", "redis"),
+    #[cfg(not(feature = "redis"))]
+    ("node-id", "redis"),
+    #[cfg(not(feature = "proxy"))]
+    ("proxy", "proxy"),
+    #[cfg(not(feature = "headers"))]
+    ("header", "headers"),
+    #[cfg(not(feature = "client-id"))]
+    ("id", "client-id"),
+    #[cfg(not(feature = "exec"))]
+    ("exec", "exec"),
+    #[cfg(not(feature = "exec"))]
+    ("exec-timeout", "exec"),
+    #[cfg(not(feature = "exec"))]
+    ("exec-concurrency", "exec"),
+];
+
+/// The refusal of `arg` when it is an option of a left-out feature.
+fn left_out(arg: &lexopt::Arg) -> Option<lexopt::Error> {
+    let Long(name) = arg else { return None };
+    let (option, feature) = LEFT_OUT.iter().find(|(option, _)| option == name)?;
+    Some(missing_feature(&format!("--{option}"), feature))
+}
+
 /// The error for an option whose Cargo feature this build left out.
 fn missing_feature(option: &str, feature: &str) -> lexopt::Error {
     format!("{option} needs the `{feature}` Cargo feature, which this build leaves out").into()
@@ -636,23 +674,44 @@ fn log_format(parser: &mut lexopt::Parser) -> Result<LogFormat, lexopt::Error> {
     }
 }
 
-/// The Cargo features `wsloop --version` names when this build has them
-/// (what the binary can do depends on them). `redis` is named after
-/// them, by main.rs, only in the builds that have it: one more entry here
-/// costs the small build 128 bytes.
-pub const FEATURES: [(&str, bool); 12] = [
-    ("serde", cfg!(feature = "serde")),
-    ("nanoserde", cfg!(feature = "nanoserde")),
-    ("console", cfg!(feature = "console")),
-    ("static-files", cfg!(feature = "static-files")),
-    ("signals", cfg!(feature = "signals")),
-    ("json-logs", cfg!(feature = "json-logs")),
-    ("tls", cfg!(feature = "tls")),
-    ("proxy", cfg!(feature = "proxy")),
-    ("metrics", cfg!(feature = "metrics")),
-    ("trusted-proxy", cfg!(feature = "trusted-proxy")),
-    ("forwarder", cfg!(feature = "forwarder")),
-    ("exec", cfg!(feature = "exec")),
+/// The Cargo features `wsloop --version` names: those this build has
+/// (what the binary can do depends on them). Only their names are in the
+/// binary, so a feature left out costs the small build nothing here.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "serde")]
+    "serde",
+    #[cfg(feature = "nanoserde")]
+    "nanoserde",
+    #[cfg(feature = "console")]
+    "console",
+    #[cfg(feature = "static-files")]
+    "static-files",
+    #[cfg(feature = "urls")]
+    "urls",
+    #[cfg(feature = "headers")]
+    "headers",
+    #[cfg(feature = "client-id")]
+    "client-id",
+    #[cfg(feature = "debug-logs")]
+    "debug-logs",
+    #[cfg(feature = "signals")]
+    "signals",
+    #[cfg(feature = "json-logs")]
+    "json-logs",
+    #[cfg(feature = "tls")]
+    "tls",
+    #[cfg(feature = "proxy")]
+    "proxy",
+    #[cfg(feature = "metrics")]
+    "metrics",
+    #[cfg(feature = "trusted-proxy")]
+    "trusted-proxy",
+    #[cfg(feature = "forwarder")]
+    "forwarder",
+    #[cfg(feature = "exec")]
+    "exec",
+    #[cfg(feature = "redis")]
+    "redis",
 ];
 
 /// The next value as a number of type `T`: read as a `u64` by the one
@@ -776,6 +835,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "urls", feature = "headers"))]
     fn client_takes_urls_and_checked_headers() {
         let args = [
             "client",

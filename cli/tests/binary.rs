@@ -292,7 +292,6 @@ fn help_lists_every_option() {
     let help = run.stdout.join("\n");
     for needle in [
         "--address",
-        "--www",
         "--heartbeat",
         "--interval",
         "--count",
@@ -301,12 +300,30 @@ fn help_lists_every_option() {
         " -v",
         "127.0.0.1:8080",
         "[default: 2s]",
-        "--header",
-        "--ca",
-        "--proxy",
-        "wss://",
+        "--max-connections",
+        "--allow-origin",
+        "--token-file",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    // Each feature's options are there exactly when the build has it.
+    for (on, needle) in [
+        (cfg!(feature = "static-files"), "--www"),
+        (cfg!(feature = "console"), "--console"),
+        (cfg!(feature = "urls"), "ws://HOST[:PORT][/PATH]"),
+        (cfg!(feature = "headers"), "--header"),
+        (cfg!(feature = "client-id"), "--id NAME"),
+        (cfg!(feature = "tls"), "--ca"),
+        (cfg!(feature = "tls"), "--cert"),
+        (cfg!(feature = "proxy"), "--proxy"),
+        (cfg!(feature = "metrics"), "--public-metrics"),
+        (cfg!(feature = "trusted-proxy"), "--trusted-proxy"),
+        (cfg!(feature = "forwarder"), "--operator-token-file"),
+        (cfg!(feature = "redis"), "--node-id"),
+        (cfg!(feature = "exec"), "--exec-timeout"),
+        (cfg!(feature = "json-logs"), "text|json"),
+    ] {
+        assert_eq!(help.contains(needle), on, "{needle:?} in --help:\n{help}");
     }
 }
 
@@ -330,7 +347,16 @@ fn bad_option_is_a_one_line_error() {
 
 /// Runs `wsloop ARGS`, which names an option this build left out, and
 /// checks it is refused with a one-line reason rather than ignored.
-#[cfg(not(all(feature = "static-files", feature = "console")))]
+#[cfg_attr(
+    all(
+        feature = "static-files",
+        feature = "console",
+        feature = "urls",
+        feature = "headers",
+        feature = "client-id"
+    ),
+    allow(dead_code)
+)]
 fn assert_refused(args: &[&str], feature: &str) {
     let run = Proc::wsloop("server", args, None).finish(5);
     assert_eq!(run.status.code(), Some(2), "{run:#?}");
@@ -349,6 +375,25 @@ fn www_is_refused_without_static_files() {
 #[test]
 fn console_is_refused_without_the_console_feature() {
     assert_refused(&["server", "--console"], "console");
+}
+
+#[cfg(not(feature = "urls"))]
+#[test]
+fn a_url_is_refused_without_the_urls_feature() {
+    let url = "ws://127.0.0.1:9/server";
+    assert_refused(&["client", "--address", url], "urls");
+}
+
+#[cfg(not(feature = "headers"))]
+#[test]
+fn header_is_refused_without_the_headers_feature() {
+    assert_refused(&["client", "--header", "X-Route: b"], "headers");
+}
+
+#[cfg(not(feature = "client-id"))]
+#[test]
+fn id_is_refused_without_the_client_id_feature() {
+    assert_refused(&["client", "--id", "pump-7"], "client-id");
 }
 
 // ---------------------------------------------------------------------------

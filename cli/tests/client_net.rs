@@ -6,8 +6,9 @@
 //!
 //! The TLS and proxy tests skip, saying so on stderr (visible in a plain
 //! `cargo test`), when Python's `websockets` or `tinyproxy` is missing;
-//! `.ci/run` installs both. They need the `tls` and `proxy` features;
-//! without those their helpers go unused, hence the `allow`.
+//! `.ci/run` installs both. They need the `tls` and `proxy` features (the
+//! URL test `urls`, the headers one `headers` too); without those their
+//! helpers go unused, hence the `allow`.
 #![allow(dead_code, unused_imports)]
 
 use std::ffi::OsStr;
@@ -102,6 +103,7 @@ fn assert_refused(run: &Finished, reason: &str) {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[cfg(feature = "urls")]
 fn urls_with_path_and_query_dial_and_a_wrong_path_is_a_typed_404() {
     let server = TestServer::start(Config::default());
     let port = server.addr.port();
@@ -353,7 +355,7 @@ fn tls_peer(dir: &Path) -> (Proc, SocketAddr, TestCerts) {
     (peer, addr, certs)
 }
 
-#[cfg(feature = "tls")]
+#[cfg(all(feature = "tls", feature = "headers"))]
 #[test]
 fn wss_with_the_ca_gets_replies_and_sends_the_headers() {
     if !python_websockets() {

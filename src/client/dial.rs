@@ -40,6 +40,7 @@ impl Dialer {
         if let Some(path) = path {
             target.path = path.to_string();
         }
+        #[cfg(feature = "client-id")]
         if let Some(id) = &options.id {
             // The server takes the device's name from the query.
             super::check_id(id)?;
@@ -145,17 +146,21 @@ impl Dialer {
 
 /// The handshake's extra headers: `Origin` (the Go client's, unless the
 /// caller gives one), `Authorization: Bearer` for the token, then the
-/// caller's headers.
+/// caller's headers (feature `headers`).
 fn handshake_headers(
     options: &ClientOptions,
     target: &Target,
 ) -> Result<Vec<(String, String)>, Error> {
+    #[cfg(feature = "headers")]
     let given = |name: &str| {
         options
             .headers
             .iter()
             .any(|(given, _)| given.eq_ignore_ascii_case(name))
     };
+    // Without the caller's headers, none is given.
+    #[cfg(not(feature = "headers"))]
+    let given = |_: &str| false;
     let mut headers = Vec::new();
     // The server's origin check compares Origin with Host.
     if !given("Origin") {
@@ -169,6 +174,7 @@ fn handshake_headers(
         }
         headers.push(("Authorization".to_string(), format!("Bearer {token}")));
     }
+    #[cfg(feature = "headers")]
     for (name, value) in &options.headers {
         super::check_header(name, value)?;
         headers.push((name.clone(), value.clone()));

@@ -2,8 +2,11 @@
 //! requests with replies, and run the original Go client's loop.
 //!
 //! Where to: [`ClientOptions::address`] is `HOST:PORT` (the Go program's
-//! form: `ws://HOST:PORT/server`) or a URL, `ws://HOST[:PORT][/PATH][?QUERY]`
-//! or `wss://...` (see [`Target`]). `wss://` (feature `tls`) verifies the
+//! form: `ws://HOST:PORT/server`) or, with feature `urls`, a URL,
+//! `ws://HOST[:PORT][/PATH][?QUERY]` or `wss://...` (see [`Target`]).
+//! Headers of the caller's own ([`ClientOptions::header`]) need feature
+//! `headers`, a device's name ([`ClientOptions::with_id`]) feature
+//! `client-id`. `wss://` (feature `tls`, which turns `urls` on) verifies the
 //! server's certificate against the system's trust store plus
 //! [`ClientOptions::ca`]; an HTTP `CONNECT` proxy (feature `proxy`) comes
 //! from the environment or [`ClientOptions::proxy`]. The layers of one
@@ -78,7 +81,7 @@
 //! here: it needs such a server):
 //!
 //! ```no_run
-//! # #[cfg(feature = "tls")] {
+//! # #[cfg(all(feature = "tls", feature = "headers"))] {
 //! use wsloop::client::{Client, ClientOptions};
 //! use wsloop::{Message, Peer};
 //!
@@ -156,7 +159,7 @@ const PUSH_QUEUE: usize = 64;
 pub type ClientConnection = Connection<ClientStream>;
 
 /// Dials `address` once (`HOST:PORT` for `ws://HOST:PORT/server`, or a
-/// `ws://`/`wss://` URL), with `Origin: http://{address}/` (as the Go
+/// `ws://`/`wss://` URL with feature `urls`), with `Origin: http://{address}/` (as the Go
 /// client does), within the handshake timeout. Proxies come from the
 /// environment; for more, see [`connect_with`].
 pub async fn connect(address: &str, config: &Config) -> Result<ClientConnection, Error> {
@@ -248,8 +251,8 @@ impl Reconnect {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
-    /// The server: `HOST:PORT` (path `/server`) or a `ws://`/`wss://` URL
-    /// (see [`Target::parse`]).
+    /// The server: `HOST:PORT` (path `/server`) or, with feature `urls`, a
+    /// `ws://`/`wss://` URL (see [`Target::parse`]).
     pub address: String,
     /// Connection settings.
     pub config: Config,
@@ -259,11 +262,13 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// The device's name, asked for as `?client=NAME` on the upgrade (set
     /// it with [`with_id`](Self::with_id), which checks it); `None`:
-    /// anonymous.
+    /// anonymous. Feature `client-id`.
+    #[cfg(feature = "client-id")]
     pub id: Option<String>,
     /// More handshake headers (auth, routing); add them with
     /// [`header`](Self::header), which checks them. An `Origin` here
-    /// replaces the default one.
+    /// replaces the default one. Feature `headers`.
+    #[cfg(feature = "headers")]
     pub headers: Vec<(String, String)>,
     /// `wss://`: a PEM file of CA certificates to trust besides the
     /// system's (a private CA).
@@ -289,7 +294,9 @@ impl ClientOptions {
             config: Config::default(),
             reconnect: Reconnect::default(),
             token: None,
+            #[cfg(feature = "client-id")]
             id: None,
+            #[cfg(feature = "headers")]
             headers: Vec::new(),
             #[cfg(feature = "tls")]
             ca: None,
@@ -305,6 +312,8 @@ impl ClientOptions {
     /// a value with a line break or other control character (it would end
     /// the header and start another), and the headers the handshake itself
     /// sets (`Host`, `Upgrade`, `Connection`, `Sec-WebSocket-*`, ...).
+    /// Feature `headers`.
+    #[cfg(feature = "headers")]
     pub fn header(mut self, name: &str, value: &str) -> Result<Self, Error> {
         check_header(name, value)?;
         self.headers.push((name.to_string(), value.to_string()));
@@ -313,6 +322,8 @@ impl ClientOptions {
 
     /// Names the device `id` (1 to [`MAX_ID_LEN`] characters of
     /// `A-Za-z0-9._-`): it dials with `?client=ID` added to the query.
+    /// Feature `client-id`.
+    #[cfg(feature = "client-id")]
     pub fn with_id(mut self, id: &str) -> Result<Self, Error> {
         check_id(id)?;
         self.id = Some(id.to_string());
@@ -330,6 +341,7 @@ impl ClientOptions {
 
 /// Headers the handshake writes itself (or that would change how the
 /// request is framed); a caller's copy would contradict them.
+#[cfg(feature = "headers")]
 const RESERVED_HEADERS: [&str; 6] = [
     "Host",
     "Upgrade",
@@ -340,10 +352,12 @@ const RESERVED_HEADERS: [&str; 6] = [
 ];
 
 /// The longest device name (`--id`), as the server accepts it.
+#[cfg(feature = "client-id")]
 pub const MAX_ID_LEN: usize = 64;
 
 /// Checks a device name: 1 to [`MAX_ID_LEN`] of `A-Za-z0-9._-`, so it
 /// goes into the query as it is, with nothing to escape.
+#[cfg(feature = "client-id")]
 pub fn check_id(id: &str) -> Result<(), Error> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
     if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(allowed) {
@@ -355,6 +369,7 @@ pub fn check_id(id: &str) -> Result<(), Error> {
 }
 
 /// Checks one caller-given handshake header (see [`ClientOptions::header`]).
+#[cfg(feature = "headers")]
 pub(crate) fn check_header(name: &str, value: &str) -> Result<(), Error> {
     // A field name is an RFC 9110 token: no spaces, colons or controls.
     let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);

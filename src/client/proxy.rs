@@ -114,13 +114,14 @@ impl ProxyServer {
             Some((_, port)) => !port.contains(']'),
             None => false,
         };
-        // The proxy's own address checks as a ws:// URL's would.
+        // The proxy's own address checks as a HOST:PORT address would
+        // (in every build: no need for the `urls` feature).
         let with_port = if has_port {
             host_port.to_string()
         } else {
             format!("{host_port}:{PROXY_DEFAULT_PORT}")
         };
-        let target = Target::parse(&format!("ws://{with_port}"))
+        let target = Target::parse(&with_port)
             .map_err(|_| bad("expected http://[USER:PASSWORD@]HOST[:PORT]"))?;
         let authorization = credentials
             .map(|credentials| {

@@ -1,6 +1,7 @@
 //! Where the client dials: the `--address` (or [`ClientOptions::address`])
 //! as `HOST:PORT` (the original program's form, path `/server`) or as a
-//! `ws://` / `wss://` URL (RFC 6455 §3).
+//! `ws://` / `wss://` URL (RFC 6455 §3; feature `urls`: without it a URL
+//! is refused with a one-line error naming the feature).
 //!
 //! [`ClientOptions::address`]: super::ClientOptions::address
 
@@ -10,9 +11,11 @@ use crate::server::WEBSOCKET_PATH;
 use crate::Error;
 
 /// The port of a `ws://` URL that names none.
+#[cfg(feature = "urls")]
 const WS_DEFAULT_PORT: u16 = 80;
 
 /// The port of a `wss://` URL that names none.
+#[cfg(feature = "urls")]
 const WSS_DEFAULT_PORT: u16 = 443;
 
 /// A parsed address: what to dial, how, and what to ask for.
@@ -34,35 +37,51 @@ impl Target {
     /// Parses `HOST:PORT` (path `/server`), `ws://HOST[:PORT][/PATH][?QUERY]`
     /// or `wss://...`. A URL without a path asks for `/server`, wsloop's
     /// endpoint; IPv6 literals go in brackets (`ws://[::1]:8080`).
+    ///
+    /// URLs need the `urls` feature; without it only `HOST:PORT` parses
+    /// (`[::1]:8080` for IPv6), and a URL is refused with an error that
+    /// names the feature.
     pub fn parse(address: &str) -> Result<Target, Error> {
         let bad = |why: &str| Error::Config(format!("address {address:?}: {why}"));
+        #[cfg(not(feature = "urls"))]
+        if address.contains("://") {
+            return Err(bad(
+                "a ws:// or wss:// URL needs the `urls` Cargo feature, \
+                 which this build leaves out; give HOST:PORT",
+            ));
+        }
+        #[cfg(not(feature = "urls"))]
+        return Self::host_port(address).map_err(|why| bad(&why));
+        #[cfg(feature = "urls")]
+        Self::from_url(address).map_err(|why| bad(&why))
+    }
+
+    /// A `ws://` or `wss://` URL, or `HOST:PORT` (feature `urls`).
+    #[cfg(feature = "urls")]
+    fn from_url(address: &str) -> Result<Target, String> {
         let (tls, rest) = match address.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => (false, rest),
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("wss") => (true, rest),
-            Some((scheme, _)) => {
-                return Err(bad(&format!("scheme {scheme:?} is not ws or wss")));
-            }
-            None => return Self::host_port(address).map_err(|why| bad(&why)),
+            Some((scheme, _)) => return Err(format!("scheme {scheme:?} is not ws or wss")),
+            None => return Self::host_port(address),
         };
         // RFC 6455 §3: a WebSocket URI has no fragment.
         if rest.contains('#') {
-            return Err(bad("a WebSocket URL has no #fragment"));
+            return Err("a WebSocket URL has no #fragment".into());
         }
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, target) = rest.split_at(split);
         if authority.contains('@') {
-            return Err(bad(
-                "credentials in the URL are not sent; use --header or --token-file",
-            ));
+            return Err("credentials in the URL are not sent; use --header or --token-file".into());
         }
         let default_port = if tls {
             WSS_DEFAULT_PORT
         } else {
             WS_DEFAULT_PORT
         };
-        let (host, port) = split_host_port(authority).map_err(|why| bad(&why))?;
+        let (host, port) = split_host_port(authority)?;
         let port = match port {
-            Some(port) => parse_port(port).map_err(|why| bad(&why))?,
+            Some(port) => parse_port(port)?,
             None => default_port,
         };
         let path = match target {
@@ -71,7 +90,7 @@ impl Target {
             path => path.to_string(),
         };
         if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("the path has spaces or control characters"));
+            return Err("the path has spaces or control characters".into());
         }
         Ok(Target {
             tls,
@@ -86,7 +105,10 @@ impl Target {
     fn host_port(address: &str) -> Result<Target, String> {
         let (host, port) = split_host_port(address)?;
         let Some(port) = port else {
+            #[cfg(feature = "urls")]
             return Err("expected HOST:PORT, ws://HOST[:PORT][/PATH] or wss://...".into());
+            #[cfg(not(feature = "urls"))]
+            return Err("expected HOST:PORT".into());
         };
         Ok(Target {
             tls: false,
@@ -184,6 +206,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "urls")]
     fn urls_take_default_ports_paths_and_queries() {
         for (url, tls, host, port, path, host_header) in [
             (
@@ -264,5 +287,16 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    #[cfg(not(feature = "urls"))]
+    fn urls_are_refused_naming_the_feature() {
+        for url in ["ws://h:1/x", "wss://h", "WS://[::1]:8080"] {
+            let err = Target::parse(url).err().map(|e| e.to_string());
+            let err = err.unwrap_or_else(|| panic!("{url} parsed"));
+            assert!(err.contains("`urls` Cargo feature"), "{url}: {err}");
+        }
+        assert_eq!(parse("[::1]:8080").authority(), "[::1]:8080");
     }
 }

@@ -99,7 +99,7 @@ pub trait Handler<P: Protocol = Seed>: Send + Sync + 'static {
                 Frame::Binary(bytes) => bytes,
                 _ => return None,
             };
-            log::debug!("{peer} -> {}", crate::log_safe::body(bytes));
+            debug!("{peer} -> {}", crate::log_safe::body(bytes));
             let reply = match P::decode(bytes) {
                 Ok(message) => {
                     // Replies complete our own outstanding requests; only

@@ -504,7 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         }
         if now >= idle_deadline {
             let idle = human(self.settings.idle_timeout);
-            log::debug!("peer {} silent for {idle}", self.peer.id());
+            debug!("peer {} silent for {idle}", self.peer.id());
             // A silent peer will not answer our Close either: send it, but
             // do not wait for a reply.
             let (reason, result) = ("idle timeout".into(), Ok(Ended::IdleTimeout));
@@ -582,7 +582,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         stream.buffers_released();
         let role = self.settings.role;
         self.ws = Some(WebSocketStream::from_raw_socket(stream, role, Some(websocket)).await);
-        log::debug!("peer {}: buffers released", self.peer.id());
+        debug!("peer {}: buffers released", self.peer.id());
         Ok(())
     }
 
@@ -637,7 +637,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     async fn send_queued(&mut self, frame: Frame) -> Result<(), Error> {
         if let Frame::Text(text) = &frame {
             let body = crate::log_safe::body(text.as_bytes());
-            log::debug!("{} <- {body}", self.peer);
+            debug!("{} <- {body}", self.peer);
         }
         if let Some(m) = &self.peer.inner.metrics {
             m.sent_bytes(frame.len())
@@ -715,7 +715,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
         }
         let reason = frame.reason.to_string();
         let quoted = crate::log_safe::quote(&reason);
-        log::debug!("{} sent close {code} \"{quoted}\"", self.peer);
+        debug!("{} sent close {code} \"{quoted}\"", self.peer);
         Ended::PeerClosed(Some((code, reason)))
     }
 
@@ -747,7 +747,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
             // The guard refused the peer's bytes; tungstenite is still open
             // for writing, so the peer learns why.
             let (reason, code) = (violation.reason(), violation.close_code());
-            log::debug!("peer {} closed: {reason}", self.peer.id());
+            debug!("peer {} closed: {reason}", self.peer.id());
             let result = if code != CLOSE_POLICY {
                 // A protocol error the guard caught before tungstenite could.
                 Err(Error::ProtocolViolation(reason))

@@ -501,6 +501,10 @@ impl fmt::Debug for Session {
 /// peer decides how often this happens: debug, rate-limited. One copy,
 /// whatever the protocol.
 fn unmatched(peer: &dyn fmt::Display, id: i64) {
+    // A DEBUG line, so only with `debug-logs` (see `debug!`).
+    if !cfg!(feature = "debug-logs") {
+        return;
+    }
     log_limited!(
         UNMATCHED,
         log::Level::Debug,

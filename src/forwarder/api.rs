@@ -87,7 +87,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     read_budget: Duration,
 ) {
     let answer = answer(stream, request, leftover, forwarder, read_budget).await;
-    log::debug!(
+    debug!(
         "{client}: API {} {:?} {}",
         request.method,
         crate::log_safe::quote(request.path()),

@@ -429,13 +429,13 @@ impl Inner {
                     true => Ok(()),
                     false => cluster.release(&name).await,
                 }
-                .map(|()| log::debug!("cluster: released {:?} (connection {peer})", quote(&name)))
+                .map(|()| debug!("cluster: released {:?} (connection {peer})", quote(&name)))
             }
             Job::Load(name) => self.load(&name).await,
             Job::Wake(name, id) => self.wake(&name, id).await,
         };
         if let Err(err) = result {
-            log::debug!("cluster: {err}");
+            debug!("cluster: {err}");
         }
     }
 
@@ -595,7 +595,7 @@ impl Inner {
             (held, waiting)
         };
         if let Err(err) = cluster.beat(&held).await {
-            log::debug!("cluster heartbeat: {err}");
+            debug!("cluster heartbeat: {err}");
             return;
         }
         if let Ok(registry) = cluster.registry().await {
@@ -675,7 +675,7 @@ impl Inner {
             (_, ["deliver", name]) => {
                 let _ = cluster.jobs.try_send(Job::Load((*name).into()));
             }
-            _ => log::debug!(
+            _ => debug!(
                 "cluster: unexpected message on {channel}: {:?}",
                 quote(payload)
             ),

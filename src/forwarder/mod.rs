@@ -531,14 +531,14 @@ impl Forwarder {
     async fn route_to_holder(&self, cluster: &Cluster, name: &str) {
         match cluster.route(name).await {
             Ok(Some(node)) => {
-                log::debug!("client {:?}: command routed to node {node}", quote(name))
+                debug!("client {:?}: command routed to node {node}", quote(name))
             }
-            Ok(None) => log::debug!(
+            Ok(None) => debug!(
                 "client {:?}: offline; the command waits in Redis",
                 quote(name)
             ),
             // Its holder re-reads the queue at its next heartbeat anyway.
-            Err(err) => log::debug!("client {:?}: routing failed: {err}", quote(name)),
+            Err(err) => debug!("client {:?}: routing failed: {err}", quote(name)),
         }
     }
 

@@ -267,11 +267,11 @@ mod dir {
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => {
-                log::debug!("{} is not a regular file", path.display());
+                debug!("{} is not a regular file", path.display());
                 return Resolved::Status(404);
             }
             Err(err) => {
-                log::debug!("inspecting {}: {err}", path.display());
+                debug!("inspecting {}: {err}", path.display());
                 return Resolved::Status(404);
             }
         }
@@ -282,7 +282,7 @@ mod dir {
             }
             Ok(_) => Resolved::Status(404),
             Err(err) => {
-                log::debug!("opening {}: {err}", path.display());
+                debug!("opening {}: {err}", path.display());
                 Resolved::Status(404)
             }
         }
@@ -295,12 +295,12 @@ mod dir {
         let canonical = match std::fs::canonicalize(path) {
             Ok(canonical) => canonical,
             Err(err) => {
-                log::debug!("resolving {}: {err}", path.display());
+                debug!("resolving {}: {err}", path.display());
                 return Err(404);
             }
         };
         let Ok(inside) = canonical.strip_prefix(root) else {
-            log::debug!("{} leads outside the root", path.display());
+            debug!("{} leads outside the root", path.display());
             return Err(403);
         };
         // A link named `docs` to `.git` must not serve what `/.git/` does not.
@@ -309,7 +309,7 @@ mod dir {
             .enumerate()
             .any(|(depth, name)| is_hidden(name) && !is_well_known(depth, name))
         {
-            log::debug!("{} leads to a dotfile", path.display());
+            debug!("{} leads to a dotfile", path.display());
             return Err(404);
         }
         Ok(canonical)

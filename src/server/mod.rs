@@ -575,12 +575,12 @@ async fn accept_tls(
         Some(Ok(stream)) => Some(stream),
         Some(Err(err)) => {
             metrics.tls_failed();
-            log::debug!("{addr}: TLS handshake failed: {err}");
+            debug!("{addr}: TLS handshake failed: {err}");
             None
         }
         None => {
             metrics.tls_failed();
-            log::debug!("{addr}: no TLS handshake within the handshake timeout");
+            debug!("{addr}: no TLS handshake within the handshake timeout");
             None
         }
     }
@@ -881,12 +881,12 @@ async fn handshake<S: Stream>(
             "GET" | "HEAD" => {
                 match shared.files.serve(&request, stream).await {
                     // The path only: a query string might carry a token.
-                    Ok(status) => log::debug!(
+                    Ok(status) => debug!(
                         "{client}: {} {:?} {status}",
                         request.method,
                         crate::log_safe::quote(request.path())
                     ),
-                    Err(err) => log::debug!(
+                    Err(err) => debug!(
                         "{client}: {:?} failed: {err}",
                         crate::log_safe::quote(request.path())
                     ),

@@ -37,12 +37,12 @@ impl Connector {
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for error in &native.errors {
-            log::debug!("system trust store: {error}");
+            debug!("system trust store: {error}");
         }
         // A malformed system certificate is skipped, not fatal: the
         // others still verify servers.
         let (added, skipped) = roots.add_parsable_certificates(native.certs);
-        log::debug!("trusting {added} system certificates ({skipped} unusable)");
+        debug!("trusting {added} system certificates ({skipped} unusable)");
         if let Some(ca) = ca {
             let bad = |why: String| Error::Config(format!("--ca {}: {why}", ca.display()));
             let certs = CertificateDer::pem_file_iter(ca)
