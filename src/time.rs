@@ -44,15 +44,17 @@ impl<F: Future> Future for Timeout<F> {
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let limit = *this.limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::new(Timer::after(limit)));
-        match Pin::new(&mut **timer).poll(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        expired(this.timer, *this.limit, cx).map(|()| None)
     }
+}
+
+/// Whether the deadline `limit` from the first call has passed (the timer
+/// is made then). Apart from [`Timeout`]'s generic `poll`, so that its
+/// many instances share one copy.
+#[inline(never)]
+fn expired(timer: &mut Option<Box<Timer>>, limit: Duration, cx: &mut Context<'_>) -> Poll<()> {
+    let timer = timer.get_or_insert_with(|| Box::new(Timer::after(limit)));
+    Pin::new(&mut **timer).poll(cx).map(|_| ())
 }
 
 /// A duration for messages, in the units [`parse_duration`] reads back:

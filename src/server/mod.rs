@@ -632,16 +632,16 @@ fn serve<S: Stream, P: Protocol, H: Handler<P>>(
             .config
             .handshake_timeout
             .saturating_sub(started.elapsed());
-        // The handshake's buffers live in this boxed future only until
-        // it ends, so the long-lived connection future stays small.
-        let handshake = Box::pin(handshake(&mut stream, addr, &shared, early, budget));
+        // Not boxed on their own: this whole stage is a box, freed when
+        // the connection's loop takes its place.
+        let handshake = handshake(&mut stream, addr, &shared, early, budget);
         // The ticket holds the connection's slot until the end.
         let (leftover, client, ticket, name) = handshake.await?;
         // The read guard goes under tungstenite, above TLS.
         let config = &shared.config;
         let conn =
             Connection::<S, P>::open(stream, Role::Server, leftover, Some(client), config, None);
-        let conn = named(Box::pin(conn).await, name, &shared);
+        let conn = named(conn.await, name, &shared);
         Some((conn, client, (ticket, alive), shared, handler))
     });
     Then::new(opening, |opened| {
@@ -652,20 +652,22 @@ fn serve<S: Stream, P: Protocol, H: Handler<P>>(
 
 pin_project_lite::pin_project! {
     /// Runs `first`; then, if `then` makes a second future of its output,
-    /// that one, in the same place (the first is dropped, its room reused).
-    #[project = ThenProj]
-    enum Then<A, B, G> {
-        First { first: A, then: Option<G> },
-        Second { #[pin] second: B },
-        Done,
+    /// that one. `first` is a box, dropped when it is done: the two stages
+    /// share the future's room but for a pointer.
+    struct Then<A, B, G> {
+        first: Option<A>,
+        then: Option<G>,
+        #[pin]
+        second: Option<B>,
     }
 }
 
 impl<A: Future, B, G: FnOnce(A::Output) -> Option<B>> Then<A, B, G> {
     fn new(first: A, then: G) -> Self {
-        Then::First {
-            first,
+        Then {
+            first: Some(first),
             then: Some(then),
+            second: None,
         }
     }
 }
@@ -678,23 +680,17 @@ where
 {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            match self.as_mut().project() {
-                ThenProj::First { first, then } => {
-                    let output = std::task::ready!(Pin::new(first).poll(cx));
-                    let second = then.take().and_then(|then| then(output));
-                    match second {
-                        Some(second) => self.set(Then::Second { second }),
-                        None => self.set(Then::Done),
-                    }
-                }
-                ThenProj::Second { second } => {
-                    std::task::ready!(second.poll(cx));
-                    self.set(Then::Done);
-                }
-                ThenProj::Done => return Poll::Ready(()),
-            }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Some(first) = this.first {
+            let output = std::task::ready!(Pin::new(first).poll(cx));
+            *this.first = None;
+            let second = this.then.take().and_then(|then| then(output));
+            this.second.set(second);
+        }
+        match this.second.as_mut().as_pin_mut() {
+            Some(second) => second.poll(cx),
+            None => Poll::Ready(()),
         }
     }
 }

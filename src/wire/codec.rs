@@ -118,9 +118,8 @@ fn write_integer(out: &mut String, n: i64) {
     if n < 0 {
         out.push('-');
     }
-    for &digit in &digits[at..] {
-        out.push(char::from(digit));
-    }
+    // ASCII digits: always UTF-8.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// Writes `s` as a JSON string literal exactly as serde_json does: `"` and
@@ -133,9 +132,7 @@ fn write_json_string(out: &mut String, s: &str) {
     out.push('"');
     // Most strings need no escape. One pass without an early exit, which
     // the compiler vectorises, tells; those are then copied whole.
-    let needs_escape = s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
+    let needs_escape = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
     if !needs_escape {
         out.push_str(s);
         out.push('"');
