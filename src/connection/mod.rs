@@ -252,6 +252,64 @@ impl LoopSettings {
     }
 }
 
+/// When the peer was last heard from. The clock is read once per batch of
+/// events (when a batch that heard the peer ends, or at a tick), not per
+/// frame: a pipelining peer's 64 frames cost one read instead of 64. The
+/// time kept is at or a little after the last frame (by at most the
+/// batch's own handling time), so the idle timeout can only err late.
+struct LastSeen {
+    at: Instant,
+    /// A frame came in since `at` was taken.
+    heard: bool,
+}
+
+impl LastSeen {
+    fn new() -> Self {
+        LastSeen {
+            at: Instant::now(),
+            heard: false,
+        }
+    }
+
+    /// A frame came in (the clock is read later, at the batch's end).
+    fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// The batch ends: the time of the frames it heard, if any.
+    fn settle_now(&mut self) {
+        if self.heard {
+            self.settle(Instant::now());
+        }
+    }
+
+    /// When the peer was last heard from, `now` standing for frames heard
+    /// since the last reading.
+    fn settle(&mut self, now: Instant) -> Instant {
+        if std::mem::take(&mut self.heard) {
+            self.at = now;
+        }
+        self.at
+    }
+}
+
+/// Pending once, then ready: waits for the task's next wake-up without
+/// polling anything (for when every source already holds the task's waker).
+#[derive(Default)]
+struct Woken(bool);
+
+impl Future for Woken {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// What woke the loop.
 enum Event {
     /// Errors are boxed: they are rare, and inline they would double the
@@ -412,11 +470,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     async fn serve(&mut self, handler: &impl Handler<P>) -> Result<Ended, Error> {
         let heartbeat = self.settings.heartbeat;
         let idle_timeout = self.settings.idle_timeout;
-        let mut last_seen = Instant::now();
-        let mut next_ping = last_seen + heartbeat;
+        let mut seen = LastSeen::new();
+        let mut next_ping = seen.at + heartbeat;
         // One timer for both deadlines; it is re-armed only when it fires, so
         // busy connections cost no timer syscalls per message.
-        let mut timer = Timer::at(coarse(next_ping.min(last_seen + idle_timeout)));
+        let mut timer = Timer::at(coarse(next_ping.min(seen.at + idle_timeout)));
         let mut outbound_first = false;
 
         let mut batch = 0;
@@ -426,11 +484,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
             // the other.
             outbound_first = !outbound_first;
             let event = self
-                .next_batched(&mut timer, outbound_first, &mut batch)
+                .next_batched(&mut timer, outbound_first, &mut batch, &mut seen)
                 .await?;
             match event {
                 Event::Inbound(Some(Ok(frame))) => {
-                    last_seen = Instant::now();
+                    seen.heard();
                     if let Frame::Close(frame) = frame {
                         // tungstenite has queued our Close reply; keep reading
                         // so it is flushed, until the stream reports the end.
@@ -471,11 +529,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
                 }
                 Event::Tick => {
                     let now = Instant::now();
+                    let last_seen = seen.settle(now);
                     if let Some(exit) = self.expired(now, last_seen + idle_timeout) {
                         break exit;
                     }
                     if now >= next_ping {
-                        self.send_frame(Frame::Ping(Default::default())).await?;
+                        // Boxed, as the other rare sends: inline, a write's
+                        // state would be in every idle connection's future.
+                        let ping = Frame::Ping(Default::default());
+                        Box::pin(self.send_frame(ping)).await?;
                         // From the scheduled time, so that rounding to the
                         // timer grid does not accumulate into drift.
                         next_ping += heartbeat;
@@ -529,36 +591,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     /// Replies are only buffered while more work is ready at once; they are
     /// written out together when the loop would wait, so a pipelining peer
     /// costs one write per batch, not per message.
+    ///
+    /// The batch also bounds how often the clock is read: `seen` takes the
+    /// time once, when a batch that heard the peer ends, not per frame.
     async fn next_batched(
         &mut self,
         timer: &mut Timer,
         outbound_first: bool,
         batch: &mut usize,
+        seen: &mut LastSeen,
     ) -> Result<Event, Error> {
+        // The timer is polled after the other sources (each poll of it reads
+        // the clock), except right after a batch cut short: then a source was
+        // ready throughout and the timer goes first once, so pings, the idle
+        // timeout and a stalled message are still seen under a flood.
+        let mut timer_first = false;
         if *batch >= MAX_BATCH || self.guard().moved() >= MAX_BATCH_BYTES {
             // A long batch (in events or in bytes): flush and let other
             // tasks run, so one busy connection cannot stall the rest.
+            seen.settle_now();
             self.flush().await?;
             future::yield_now().await;
             *batch = 0;
             self.guard().new_batch();
+            timer_first = true;
         }
-        if let Some(event) = future::poll_once(self.next_event(timer, outbound_first)).await {
+        let next = self.next_event(timer, outbound_first, timer_first);
+        if let Some(event) = future::poll_once(next).await {
             *batch += 1;
             return Ok(event);
         }
-        self.flush().await?;
+        seen.settle_now();
+        // Every source was just polled and holds this task's waker: unless
+        // a wake-up is spent on something else before we wait (a flush
+        // that had to wait, a rebuild, a yield), there is nothing to poll
+        // again until one of them wakes the task. One poll of all three
+        // fewer per wait, for a peer that does not pipeline.
+        let mut polled = !self.flush().await?;
         *batch = 0;
         self.guard().new_batch();
         if self.guard().worth_releasing() {
             Box::pin(self.release_buffers()).await?;
+            polled = false;
         }
         if self.guard().take_budget_spent() {
             // The guard stopped tungstenite on its read budget, not for
             // want of data: really yield, rather than read on in this poll.
             future::yield_now().await;
+            polled = false;
         }
-        Ok(self.next_event(timer, outbound_first).await)
+        if polled {
+            Woken::default().await;
+        }
+        Ok(self.next_event(timer, outbound_first, false).await)
     }
 
     /// Rebuilds tungstenite around the same stream, dropping the buffers a
@@ -588,10 +673,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
 
     /// Waits for the first of: the heartbeat timer, an outbound message, an
     /// inbound frame. Each source keeps its own waker registration between
-    /// calls, so nothing is allocated per turn.
-    async fn next_event(&mut self, timer: &mut Timer, outbound_first: bool) -> Event {
+    /// calls, so nothing is allocated per turn. The timer is polled first
+    /// only with `timer_first`; otherwise only when neither other source is
+    /// ready, which is also before every wait, so its wake-up is never lost.
+    async fn next_event(
+        &mut self,
+        timer: &mut Timer,
+        outbound_first: bool,
+        timer_first: bool,
+    ) -> Event {
         future::poll_fn(|cx| {
-            if Pin::new(&mut *timer).poll(cx).is_ready() {
+            if timer_first && Pin::new(&mut *timer).poll(cx).is_ready() {
                 return Poll::Ready(Event::Tick);
             }
             for turn in [outbound_first, !outbound_first] {
@@ -609,6 +701,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
                 if ready.is_ready() {
                     return ready;
                 }
+            }
+            if !timer_first && Pin::new(&mut *timer).poll(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
             }
             Poll::Pending
         })
@@ -668,17 +763,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, P: Protocol> Connection<S, P> {
     }
 
     /// Writes out everything queued by [`send_frame`](Self::send_frame).
-    async fn flush(&mut self) -> Result<(), Error> {
+    /// `Ok(true)` when it had to wait for the socket (and so spent a
+    /// wake-up of this task).
+    async fn flush(&mut self) -> Result<bool, Error> {
         if !self.unflushed {
-            return Ok(());
+            return Ok(false);
         }
         let write_timeout = self.settings.write_timeout;
         let ws = self.ws();
-        let flush = future::poll_fn(|cx| Pin::new(&mut *ws).poll_flush(cx));
+        let mut waited = false;
+        let flush = future::poll_fn(|cx| {
+            let flushed = Pin::new(&mut *ws).poll_flush(cx);
+            waited |= flushed.is_pending();
+            flushed
+        });
         let result = timeout(write_timeout, flush).await;
         self.unflushed = false;
         match result {
-            Some(result) => result.map_err(Error::from),
+            Some(result) => result.map(|()| waited).map_err(Error::from),
             None => Err(Error::Timeout("peer stopped reading (write timeout)")),
         }
     }

@@ -586,9 +586,12 @@ async fn accept_tls(
     }
 }
 
-/// A connection on the TLS port: the TLS handshake, then [`serve`].
+/// A connection on the TLS port: the TLS handshake, then [`serve`]. The
+/// handshake's future (the size of the whole TLS handshake's state, and
+/// the arguments only it needs) is boxed and freed when it ends; [`Then`]
+/// puts the connection's own future in its place.
 #[cfg(feature = "tls")]
-async fn serve_tls<P: Protocol, H: Handler<P>>(
+fn serve_tls<P: Protocol, H: Handler<P>>(
     stream: Tcp,
     addr: SocketAddr,
     started: Instant,
@@ -596,14 +599,17 @@ async fn serve_tls<P: Protocol, H: Handler<P>>(
     shared: Arc<Shared>,
     handler: Arc<H>,
     alive: Sender<()>,
-) {
-    // Its own statement: the box (the size of the whole TLS handshake's
-    // state) is freed here, not held for the connection's life by an
-    // `if let` around the connection.
-    let accepted = Box::pin(accept_tls(stream, addr, &shared)).await;
-    if let Some(stream) = accepted {
-        serve::<_, P, H>(stream, addr, started, early, shared, handler, alive).await;
-    }
+) -> impl Future<Output = ()> + Send {
+    let accepting = Box::pin(async move {
+        let accepted = accept_tls(stream, addr, &shared).await?;
+        Some((accepted, early, shared, handler, alive))
+    });
+    Then::new(accepting, move |accepted| {
+        let (stream, early, shared, handler, alive) = accepted?;
+        Some(serve::<_, P, H>(
+            stream, addr, started, early, shared, handler, alive,
+        ))
+    })
 }
 
 /// One connection over `stream` (TCP, or TLS once its handshake is done),
@@ -612,10 +618,10 @@ async fn serve_tls<P: Protocol, H: Handler<P>>(
 /// when it was taken at accept (`None` for a trusted proxy's connections).
 /// `alive` marks the task as running for the shutdown wait.
 ///
-/// A plain fn returning an `async move` block, not an `async fn`: the
-/// latter copies its arguments into a second set of locals, and this future
-/// lives as long as the connection.
-#[allow(clippy::manual_async_fn)]
+/// Two stages in one place ([`Then`]): the opening (the HTTP handshake and
+/// the connection's set-up), boxed with the arguments only it needs, and
+/// then the connection's loop. As one `async` block, the arguments (128
+/// bytes) would stay in the future for the connection's whole life.
 fn serve<S: Stream, P: Protocol, H: Handler<P>>(
     mut stream: S,
     addr: SocketAddr,
@@ -625,35 +631,71 @@ fn serve<S: Stream, P: Protocol, H: Handler<P>>(
     handler: Arc<H>,
     alive: Sender<()>,
 ) -> impl Future<Output = ()> + Send {
-    async move {
-        let _alive = alive;
-        // In a block, so that what only the handshake needs is dead (and
-        // its room in this future reused) while the connection runs.
-        let (conn, client, _ticket) = {
-            let budget = shared
-                .config
-                .handshake_timeout
-                .saturating_sub(started.elapsed());
-            // The handshake's buffers live in this boxed future only until
-            // it ends, so the long-lived connection future stays small.
-            let handshake = Box::pin(handshake(&mut stream, addr, &shared, early, budget));
-            // The ticket holds the connection's slot until the end.
-            let Some((leftover, client, ticket, name)) = handshake.await else {
-                return;
-            };
-            // The read guard goes under tungstenite, above TLS.
-            let config = &shared.config;
-            let conn = Connection::<S, P>::open(
-                stream,
-                Role::Server,
-                leftover,
-                Some(client),
-                config,
-                None,
-            );
-            (named(Box::pin(conn).await, name, &shared), client, ticket)
-        };
-        connected(conn, client, &shared, handler).await;
+    let opening = Box::pin(async move {
+        let budget = shared
+            .config
+            .handshake_timeout
+            .saturating_sub(started.elapsed());
+        // Not boxed on their own: this whole stage is a box, freed when
+        // the connection's loop takes its place.
+        let handshake = handshake(&mut stream, addr, &shared, early, budget);
+        // The ticket holds the connection's slot until the end.
+        let (leftover, client, ticket, name) = handshake.await?;
+        // The read guard goes under tungstenite, above TLS.
+        let config = &shared.config;
+        let conn =
+            Connection::<S, P>::open(stream, Role::Server, leftover, Some(client), config, None);
+        let conn = named(conn.await, name, &shared);
+        Some((conn, client, (ticket, alive), shared, handler))
+    });
+    Then::new(opening, |opened| {
+        let (conn, client, keep, shared, handler) = opened?;
+        Some(connected(conn, client, &shared, handler, keep))
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// Runs `first`; then, if `then` makes a second future of its output,
+    /// that one. `first` is a box, dropped when it is done: the two stages
+    /// share the future's room but for a pointer.
+    struct Then<A, B, G> {
+        first: Option<A>,
+        then: Option<G>,
+        #[pin]
+        second: Option<B>,
+    }
+}
+
+impl<A: Future, B, G: FnOnce(A::Output) -> Option<B>> Then<A, B, G> {
+    fn new(first: A, then: G) -> Self {
+        Then {
+            first: Some(first),
+            then: Some(then),
+            second: None,
+        }
+    }
+}
+
+impl<A, B, G> Future for Then<A, B, G>
+where
+    A: Future + Unpin,
+    B: Future<Output = ()>,
+    G: FnOnce(A::Output) -> Option<B>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Some(first) = this.first {
+            let output = std::task::ready!(Pin::new(first).poll(cx));
+            *this.first = None;
+            let second = this.then.take().and_then(|then| then(output));
+            this.second.set(second);
+        }
+        match this.second.as_mut().as_pin_mut() {
+            Some(second) => second.poll(cx),
+            None => Poll::Ready(()),
+        }
     }
 }
 
@@ -685,12 +727,14 @@ fn client_addr(addr: SocketAddr, request: &Request, shared: &Shared) -> SocketAd
 }
 
 /// Registers an upgraded connection with the hub, and returns its loop
-/// followed by its removal from the hub.
+/// followed by its removal from the hub. `keep` is held until then (the
+/// connection's slot, the shutdown wait's mark).
 fn connected<S: Stream, P: Protocol, H: Handler<P>>(
     conn: Connection<S, P>,
     addr: SocketAddr,
     shared: &Shared,
     handler: Arc<H>,
+    keep: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send {
     let metrics = shared.hub.metrics.clone();
     metrics.upgraded();
@@ -727,6 +771,7 @@ fn connected<S: Stream, P: Protocol, H: Handler<P>>(
                 forwarder.disconnected(&peer.retyped());
             }
             handler.on_disconnect(&peer, &ended);
+            drop(keep);
         }),
     }
 }

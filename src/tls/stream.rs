@@ -261,23 +261,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         }
     }
 
-    /// Reads more TLS bytes from the peer into `incoming`; a buffer that
-    /// stays empty (the peer is silent) is freed again.
+    /// Reads more TLS bytes from the peer into `incoming`.
+    ///
+    /// Through a buffer on the stack, and only what came is copied to
+    /// `incoming`: growing `incoming` by a whole read's size first cost an
+    /// allocation of [`READ_SIZE`] and its release on every read, the ones
+    /// that find nothing (most, for a peer that does not pipeline)
+    /// included; now those allocate nothing, and a record allocates its
+    /// own size.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let start = self.incoming.len();
-        self.incoming.resize(start + READ_SIZE, 0);
-        let read = Pin::new(&mut self.io).poll_read(cx, &mut self.incoming[start..]);
-        let got = match &read {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        self.incoming.truncate(start + got);
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
+        let mut chunk = [0u8; READ_SIZE];
+        let got = ready!(Pin::new(&mut self.io).poll_read(cx, &mut chunk))?;
+        self.incoming.extend_from_slice(&chunk[..got]);
         // 0 is the socket's EOF: the caller decides what it means (a clean
         // end after close_notify, an error before it).
-        self.io_eof = ready!(read)? == 0;
+        self.io_eof = got == 0;
         Poll::Ready(Ok(()))
     }
 
