@@ -36,6 +36,11 @@
 //! Redis, and as durable as Redis's own persistence is set to be (the
 //! cluster test and the README run it with `appendonly yes`,
 //! `appendfsync always`: fsync before the reply).
+//!
+//! The `redis` crate (1.0, `smol-comp`) runs the driver task of each
+//! connection it opens on smol's global executor (`smol::spawn`); its
+//! pub/sub connection offers no way to hand it a spawner, so this is the
+//! one task in wsloop's tree that does not run on the caller's executor.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
