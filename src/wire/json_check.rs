@@ -45,10 +45,6 @@
 
 use crate::DecodeError;
 
-/// serde_json 1.x's name for the longest of our field names' lengths: keys
-/// longer than this, once unescaped, cannot name a known field.
-const LONGEST_FIELD_NAME: usize = 14;
-
 /// Smallest UTF-16 trailing (low) surrogate.
 const TRAIL_SURROGATE_MIN: u16 = 0xDC00;
 /// Largest UTF-16 trailing (low) surrogate.
@@ -306,7 +302,9 @@ impl<'a> Scan<'a> {
             first = false;
             self.i += 1;
             let key = self.string(true)?;
-            let field = mode.field(&unescape_short(key));
+            // Compared after unescaping; a strict key always unescapes.
+            let name = std::str::from_utf8(key).ok().and_then(unescape_text);
+            let field = name.and_then(|name| mode.field(name.as_bytes()));
             if let Some(f) = field {
                 if fields.raw[f as usize].is_some() {
                     return Err(self.fault(format!("duplicate field `{}`", f.name())));
@@ -714,46 +712,6 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Unescapes a strictly checked key just far enough to compare it with the
-/// field names: keys that are long or decode to non-ASCII come back as
-/// something that matches no field.
-fn unescape_short(raw: &[u8]) -> Vec<u8> {
-    if !raw.contains(&b'\\') {
-        return raw.to_vec();
-    }
-    let mut out = Vec::with_capacity(LONGEST_FIELD_NAME + 1);
-    let mut i = 0;
-    while i < raw.len() && out.len() <= LONGEST_FIELD_NAME {
-        let b = raw[i];
-        i += 1;
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        let Some(&e) = raw.get(i) else { break };
-        i += 1;
-        let plain = match e {
-            b'b' => 0x08,
-            b'f' => 0x0C,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
-            b'u' => {
-                let hex = raw.get(i..i + 4).and_then(|h| std::str::from_utf8(h).ok());
-                i += 4;
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(c) if c.is_ascii() => c,
-                    // Non-ASCII cannot be part of a field name.
-                    _ => return vec![0xFF],
-                }
-            }
-            other => other,
-        };
-        out.push(plain);
-    }
-    out
-}
-
 /// The text of a strictly checked JSON string literal (`raw`, quotes
 /// included) with its escapes decoded, exactly as serde_json's `parse_str`
 /// gives it: `\" \\ \/ \b \f \n \r \t`, and `\uXXXX`, a surrogate pair as
@@ -767,7 +725,12 @@ fn unescape_short(raw: &[u8]) -> Vec<u8> {
 /// a leading surrogate always followed by `\u` and a trailing one, never a
 /// trailing one alone.
 pub(crate) fn unescape(raw: &str) -> Option<String> {
-    let content = raw.strip_prefix('"')?.strip_suffix('"')?;
+    unescape_text(raw.strip_prefix('"')?.strip_suffix('"')?)
+}
+
+/// [`unescape`] of a literal's text between its quotes (also the keys,
+/// which are compared with the field names once unescaped).
+fn unescape_text(content: &str) -> Option<String> {
     let mut out = String::with_capacity(content.len());
     let mut rest = content;
     while let Some(at) = rest.find('\\') {
@@ -831,6 +794,10 @@ mod tests {
     fn reads_keys_after_unescaping() {
         assert_eq!(verdict(r#"{"request\u0049D":3}"#), Ok(Some(3)));
         assert_eq!(verdict(r#"{"request\u00c9D":3}"#), Ok(None));
+        assert_eq!(verdict(r#"{"\u0072equest\u0049\u0044":4}"#), Ok(Some(4)));
+        assert_eq!(verdict(r#"{"requestID\u0000":3}"#), Ok(None));
+        assert_eq!(verdict(r#"{"requestI\n":3,"\/requestID":3}"#), Ok(None));
+        assert_eq!(verdict(r#"{"\ud83d\ude00":1,"requestID":5}"#), Ok(Some(5)));
     }
 
     #[test]
