@@ -143,7 +143,7 @@ pub(crate) mod nano {
     /// The strict check decides the verdict (serde_json's, exactly) and hands
     /// over the raw text of each known field, which is then read here: the
     /// integer with `str::parse` (the check has bounded it to i64), the
-    /// bool by its text, the strings through [`json_check::unescape`].
+    /// bool by its text, the strings through `json_check::unescape`.
     /// nanoserde itself reads nothing of the seed's messages any more, only
     /// the application's own types ([`NanoJson`](crate::NanoJson)): its
     /// tokenizer parses every number as a float, which kept std's float
