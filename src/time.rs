@@ -74,11 +74,9 @@ pub(crate) fn human(duration: Duration) -> String {
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     /// Nanoseconds in a second, the unit of a plain number.
-    const SEC: u128 = 1_000_000_000;
+    const SEC: u64 = 1_000_000_000;
     /// The longest duration accepted, in nanoseconds: 10^9 s (31 years).
-    const MAX_NANOS: u128 = 1_000_000_000 * SEC;
-    /// Fraction digits read; the 19th is below a nanosecond even of an hour.
-    const MAX_FRACTION_DIGITS: usize = 18;
+    const MAX_NANOS: u64 = 1_000_000_000 * SEC;
     let text = text.trim();
     let (number, unit) = if let Some(n) = text.strip_suffix("ms") {
         (n, SEC / 1000)
@@ -110,23 +108,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if negative && digits.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
         return Err(out_of_range());
     }
-    let decimal = |s: &str| {
-        s.bytes().try_fold(0_u128, |n, d| {
-            n.checked_mul(10)?.checked_add(u128::from(d - b'0'))
-        })
-    };
-    let fraction = &fraction[..fraction.len().min(MAX_FRACTION_DIGITS)];
-    // To the nearest nanosecond, as `Duration::from_secs_f64` rounds.
-    let scale = 10_u128.pow(fraction.len() as u32);
-    let fraction_nanos = decimal(fraction).map(|f| (f * unit + scale / 2) / scale);
-    let nanos = decimal(whole)
-        .and_then(|w| w.checked_mul(unit))
-        .zip(fraction_nanos)
-        .map(|(w, f)| w + f)
+    let digit = |b: u8| u64::from(b - b'0');
+    let whole_nanos = whole
+        .bytes()
+        .try_fold(0_u64, |n, d| n.checked_mul(10)?.checked_add(digit(d)))
+        .and_then(|w| w.checked_mul(unit));
+    // The fraction's share of a unit in half nanoseconds, rounded down:
+    // from its last digit to its first, each step a tenth of the digit's
+    // share plus what came after (exact for any number of digits, and
+    // always under two units, so it cannot overflow).
+    let half_nanos = fraction
+        .bytes()
+        .rev()
+        .fold(0, |after, d| (digit(d) * 2 * unit + after) / 10);
+    // To the nearest nanosecond, as `Duration::from_secs_f64` rounds (an
+    // odd count of half nanoseconds is a half or more, rounded up).
+    let nanos = whole_nanos
+        .and_then(|w| w.checked_add(half_nanos.div_ceil(2)))
         .filter(|&n| n <= MAX_NANOS)
         .ok_or_else(out_of_range)?;
-    // At most MAX_NANOS, so it fits.
-    Ok(Duration::from_nanos(nanos as u64))
+    Ok(Duration::from_nanos(nanos))
 }
 
 #[cfg(test)]
@@ -277,6 +278,17 @@ mod tests {
             ("3600.123456h", Duration::new(12_960_444, 441_600_000)),
             ("0.0000000004", Duration::ZERO),
             ("0.0000000005", Duration::from_nanos(1)),
+            // However many digits: the rounding sees them all.
+            ("0.00000000049999999999999999999999", Duration::ZERO),
+            (
+                "0.00000000050000000000000000000001s",
+                Duration::from_nanos(1),
+            ),
+            ("0.000000000000000000000000000001h", Duration::ZERO),
+            (
+                "1.99999999999999999999999999999999h",
+                Duration::from_secs(7200),
+            ),
         ] {
             assert_eq!(parse_duration(form), Ok(want), "{form}");
         }
