@@ -66,6 +66,55 @@ fn table() -> Vec<(&'static [u8], Want)> {
         ),
         ("{\"command\":\"😀\u{7f}\u{2028}\"}".as_bytes(), Accept(Message::request(0, "😀\u{7f}\u{2028}"))),
         (br#"{"request\u0049D":3}"#, Accept(id(3))),
+        // Every escape in every string field, alone, adjacent and at the
+        // ends (the nanoserde codec's own unescape reads them).
+        (
+            br#"{"command":"\"","someOtherThing":"\\","error":"\/"}"#,
+            Accept(msg(0, "\"", "\\", false, "/")),
+        ),
+        (
+            br#"{"command":"\b\f","someOtherThing":"\n\r\t","error":"x\\\\n"}"#,
+            Accept(msg(0, "\u{8}\u{c}", "\n\r\t", false, "x\\\\n")),
+        ),
+        (
+            br#"{"command":"\\u0041","someOtherThing":"a\\","error":"\"\"\""}"#,
+            Accept(msg(0, "\\u0041", "a\\", false, "\"\"\"")),
+        ),
+        // `\u` escapes: ASCII, upper- and lowercase hex, the ends of the
+        // BMP around the surrogates, and the first and last surrogate pairs.
+        (
+            br#"{"command":"\u0041\u00E9\u00e9\u007f\u0001\u001F","error":"\u2028"}"#,
+            Accept(msg(0, "Aéé\u{7f}\u{1}\u{1f}", "", false, "\u{2028}")),
+        ),
+        (
+            br#"{"command":"\ud7ff\ue000\uffff\uFEFF"}"#,
+            Accept(Message::request(0, "\u{d7ff}\u{e000}\u{ffff}\u{feff}")),
+        ),
+        (
+            br#"{"command":"\ud800\udc00","someOtherThing":"\uDBFF\uDFFF","error":"\ud83d\ude00\ud83d\ude00x"}"#,
+            Accept(msg(0, "\u{10000}", "\u{10ffff}", false, "😀😀x")),
+        ),
+        // Raw non-ASCII (two, three and four bytes) beside escapes.
+        (
+            "{\"someOtherThing\":\"é\\n弹\\u00e9😀\\t\",\"error\":\"\\\"ü\\\"\"}".as_bytes(),
+            Accept(msg(0, "", "é\n弹é😀\t", false, "\"ü\"")),
+        ),
+        // Surrogates that do not pair, in every string field.
+        (br#"{"someOtherThing":"\ud800\ud800"}"#, Reject(None)),
+        (br#"{"error":"\udbff\\n"}"#, Reject(None)),
+        (br#"{"requestID":3,"error":"\udfff"}"#, Reject(Some(3))),
+        (br#"{"command":"\ud800"#, Reject(None)),
+        (br#"{"command":"\ud800\u"}"#, Reject(None)),
+        // The bool, and the id's extremes beside every other field.
+        (
+            br#"{"requestID":9223372036854775807,"command":"c","someOtherThing":"o","success":true,"error":"e"}"#,
+            Accept(msg(i64::MAX, "c", "o", true, "e")),
+        ),
+        (
+            br#"{"requestID":-9223372036854775808,"success":false,"error":""}"#,
+            Accept(msg(i64::MIN, "", "", false, "")),
+        ),
+        (br#"{"requestID":-1,"success":true}"#, Accept(msg(-1, "", "", true, ""))),
         // Big and negative integers.
         (br#"{"requestID":9223372036854775807}"#, Accept(id(i64::MAX))),
         (br#"{"requestID":-9223372036854775808}"#, Accept(id(i64::MIN))),

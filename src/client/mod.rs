@@ -6,7 +6,8 @@
 //! `ws://HOST[:PORT][/PATH][?QUERY]` or `wss://...` (see [`Target`]).
 //! Headers of the caller's own ([`ClientOptions::header`]) need feature
 //! `headers`, a device's name ([`ClientOptions::with_id`]) feature
-//! `client-id`. `wss://` (feature `tls`, which turns `urls` on) verifies the
+//! `client-id` (these three are default features, left out of the small
+//! build). `wss://` (feature `tls`, which turns `urls` on) verifies the
 //! server's certificate against the system's trust store plus
 //! [`ClientOptions::ca`]; an HTTP `CONNECT` proxy (feature `proxy`) comes
 //! from the environment or [`ClientOptions::proxy`]. The layers of one

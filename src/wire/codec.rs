@@ -165,11 +165,13 @@ fn write_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The nanoserde codec.
+/// The small codec (feature `nanoserde`). Despite its name no nanoserde
+/// code reads or writes the seed's messages: wsloop's strict check
+/// (`json_check`) validates and reads them, and the encoder below writes
+/// them by hand. nanoserde stays for the application's own types
+/// ([`NanoJson`](crate::NanoJson)).
 #[cfg(feature = "nanoserde")]
 pub(crate) mod nano {
-    use nanoserde::DeJson;
-
     use super::json_check::{self, Field, Fields};
     use super::DecodeError;
     use crate::Message;
@@ -183,43 +185,52 @@ pub(crate) mod nano {
     /// Decodes one message from the bytes of a text or binary frame.
     ///
     /// The strict check decides the verdict (serde_json's, exactly) and hands
-    /// over the raw text of each known field; nanoserde's own `DeJson` impls
-    /// then read each value (string escapes and non-ASCII text, the integer,
-    /// the bool). nanoserde never sees unknown fields, arrays,
-    /// duplicate keys, comments, out-of-range numbers or invalid UTF-8.
+    /// over the raw text of each known field, which is then read here: the
+    /// integer with `str::parse` (the check has bounded it to i64), the
+    /// bool by its text, the strings through `json_check::unescape`.
+    /// nanoserde itself reads nothing of the seed's messages any more, only
+    /// the application's own types ([`NanoJson`](crate::NanoJson)): its
+    /// tokenizer parses every number as a float, which kept std's float
+    /// parser (about 5 KB of code and a 10 KB table) in the small build.
     ///
-    /// Not the `DeJson` derive: its unknown-field skipping is the code that
-    /// panics or never returns on hostile input in nanoserde 0.2.1. Read
-    /// field by field, that code is not merely unreachable behind the check
-    /// but absent from the binary, and with it the float formatting its
-    /// panic message needs: 23 KB of the small build.
+    /// Not nanoserde's `DeJson` derive either: its unknown-field skipping is
+    /// the code that panics or never returns on hostile input in nanoserde
+    /// 0.2.1, and its panic message brings float formatting along (23 KB).
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         let fields = json_check::check(bytes)?;
         Ok(Message {
-            request_id: value(&fields, Field::RequestId)?,
-            command: value(&fields, Field::Command)?,
-            some_other_thing: value(&fields, Field::SomeOtherThing)?,
-            success: value(&fields, Field::Success)?,
-            error: value(&fields, Field::Error)?,
+            request_id: read(&fields, Field::RequestId, |raw| raw.parse().ok())?,
+            command: read(&fields, Field::Command, json_check::unescape)?,
+            some_other_thing: read(&fields, Field::SomeOtherThing, json_check::unescape)?,
+            success: read(&fields, Field::Success, |raw| Some(raw == "true"))?,
+            error: read(&fields, Field::Error, json_check::unescape)?,
         })
     }
 
-    /// One field's value as nanoserde reads it, or its default when absent.
-    fn value<T: DeJson + Default>(fields: &Fields<'_>, field: Field) -> Result<T, DecodeError> {
-        let Some(raw) = fields.raw(field) else {
-            return Ok(T::default());
-        };
-        // Cannot fail on checked input; should it, it is still an error
-        // reply. (nanoserde's error is not formatted: its Display prints
-        // tokens, floats included, and would bring that code back.)
-        T::deserialize_json(raw).map_err(|_| DecodeError {
+    /// One field's value read from its checked raw text by `parse`, or its
+    /// default when absent.
+    fn read<T: Default>(
+        fields: &Fields<'_>,
+        field: Field,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, DecodeError> {
+        match fields.raw(field) {
+            None => Ok(T::default()),
+            Some(raw) => parse(raw).ok_or_else(|| unreadable(fields, field)),
+        }
+    }
+
+    /// Cannot happen on checked input; should it, it is still an error
+    /// reply, with the id if it can be read.
+    fn unreadable(fields: &Fields<'_>, field: Field) -> DecodeError {
+        DecodeError {
             request_id: fields
                 .raw(Field::RequestId)
                 .and_then(|raw| raw.parse().ok()),
             line: 1,
             column: 1,
-            reason: format!("nanoserde could not read {}", field.name()),
-        })
+            reason: format!("could not read {}", field.name()),
+        }
     }
 }
 

@@ -33,8 +33,9 @@
 //! On a rejection it also reproduces serde_json's salvage of `requestID`
 //! (the codec's `IdOnly` read: valid JSON with exactly one integer
 //! `requestID`), and reports a 1-based position close to serde_json's.
-//! On acceptance it returns the raw JSON text of each known field, so the
-//! codec can hand nanoserde a canonical object of known fields only.
+//! On acceptance it returns the raw JSON text of each known field, which
+//! the codec reads itself: the integer and the bool by their text, the
+//! strings through [`unescape`] (nanoserde reads none of it).
 //!
 //! `cli/tests/codec.rs` runs the same table under both codecs, the codec's unit
 //! tests compare the two verdicts on random inputs when both features are on,
@@ -44,10 +45,6 @@
 
 use crate::DecodeError;
 
-/// serde_json 1.x's name for the longest of our field names' lengths: keys
-/// longer than this, once unescaped, cannot name a known field.
-const LONGEST_FIELD_NAME: usize = 14;
-
 /// Smallest UTF-16 trailing (low) surrogate.
 const TRAIL_SURROGATE_MIN: u16 = 0xDC00;
 /// Largest UTF-16 trailing (low) surrogate.
@@ -56,6 +53,9 @@ const TRAIL_SURROGATE_MAX: u16 = 0xDFFF;
 const LEAD_SURROGATE_MIN: u16 = 0xD800;
 /// Largest UTF-16 leading (high) surrogate.
 const LEAD_SURROGATE_MAX: u16 = 0xDBFF;
+/// The first code point beyond the BMP, the one a surrogate pair of zero
+/// offsets encodes.
+const SUPPLEMENTARY_MIN: u32 = 0x1_0000;
 
 /// The magnitude of `i64::MIN`, the largest negative integer `requestID` takes.
 const I64_MIN_MAGNITUDE: u64 = 1 << 63;
@@ -157,7 +157,7 @@ impl Mode {
 }
 
 /// Checks one inbound message. `Ok` means serde_json would decode it, and
-/// nanoserde can safely decode the canonical object built from the fields;
+/// each field's raw text is well-formed and in range for its type;
 /// `Err` carries the position, reason and salvaged `requestID`.
 pub(crate) fn check(input: &[u8]) -> Result<Fields<'_>, DecodeError> {
     let mut scan = Scan::new(input);
@@ -302,7 +302,9 @@ impl<'a> Scan<'a> {
             first = false;
             self.i += 1;
             let key = self.string(true)?;
-            let field = mode.field(&unescape_short(key));
+            // Compared after unescaping; a strict key always unescapes.
+            let name = std::str::from_utf8(key).ok().and_then(unescape_text);
+            let field = name.and_then(|name| mode.field(name.as_bytes()));
             if let Some(f) = field {
                 if fields.raw[f as usize].is_some() {
                     return Err(self.fault(format!("duplicate field `{}`", f.name())));
@@ -710,44 +712,72 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Unescapes a strictly checked key just far enough to compare it with the
-/// field names: keys that are long or decode to non-ASCII come back as
-/// something that matches no field.
-fn unescape_short(raw: &[u8]) -> Vec<u8> {
-    if !raw.contains(&b'\\') {
-        return raw.to_vec();
-    }
-    let mut out = Vec::with_capacity(LONGEST_FIELD_NAME + 1);
-    let mut i = 0;
-    while i < raw.len() && out.len() <= LONGEST_FIELD_NAME {
-        let b = raw[i];
-        i += 1;
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        let Some(&e) = raw.get(i) else { break };
-        i += 1;
-        let plain = match e {
-            b'b' => 0x08,
-            b'f' => 0x0C,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
-            b'u' => {
-                let hex = raw.get(i..i + 4).and_then(|h| std::str::from_utf8(h).ok());
-                i += 4;
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(c) if c.is_ascii() => c,
-                    // Non-ASCII cannot be part of a field name.
-                    _ => return vec![0xFF],
-                }
-            }
-            other => other,
+/// The text of a strictly checked JSON string literal (`raw`, quotes
+/// included) with its escapes decoded, exactly as serde_json's `parse_str`
+/// gives it: `\" \\ \/ \b \f \n \r \t`, and `\uXXXX`, a surrogate pair as
+/// the one character it encodes. The nanoserde codec reads the seed's
+/// string fields through it, so that no JSON reader of nanoserde's (whose
+/// tokenizer parses every number as a float, bringing std's float parser
+/// and its tables into the binary) is needed for them.
+///
+/// `None` if `raw` is not such a literal. [`check`] has made sure it is:
+/// valid UTF-8, every escape one of those, four hex digits after each `\u`,
+/// a leading surrogate always followed by `\u` and a trailing one, never a
+/// trailing one alone.
+pub(crate) fn unescape(raw: &str) -> Option<String> {
+    unescape_text(raw.strip_prefix('"')?.strip_suffix('"')?)
+}
+
+/// [`unescape`] of a literal's text between its quotes (also the keys,
+/// which are compared with the field names once unescaped).
+fn unescape_text(content: &str) -> Option<String> {
+    let mut out = String::with_capacity(content.len());
+    let mut rest = content;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        // A cursor after the escape's letter; `\u` reads on from there.
+        let mut scan = Scan::new(rest.as_bytes());
+        scan.i = at + 2;
+        let plain = match rest.as_bytes().get(at + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => scan.code_point()?,
+            _ => return None,
         };
         out.push(plain);
+        // Escapes are ASCII, so the cursor is on a character boundary.
+        rest = rest.get(scan.i..)?;
     }
-    out
+    out.push_str(rest);
+    Some(out)
+}
+
+impl Scan<'_> {
+    /// The character of a `\uXXXX` escape whose `\u` was consumed, reading
+    /// the second half of a surrogate pair too; `None` for a lone surrogate.
+    fn code_point(&mut self) -> Option<char> {
+        let n = self.hex4().ok()?;
+        if !(LEAD_SURROGATE_MIN..=LEAD_SURROGATE_MAX).contains(&n) {
+            // A trailing surrogate alone is no character: `None` here too.
+            return char::from_u32(u32::from(n));
+        }
+        if self.b.get(self.i..self.i + 2)? != b"\\u" {
+            return None;
+        }
+        self.i += 2;
+        let low = self.hex4().ok()?;
+        if !(TRAIL_SURROGATE_MIN..=TRAIL_SURROGATE_MAX).contains(&low) {
+            return None;
+        }
+        let high_bits = u32::from(n - LEAD_SURROGATE_MIN) << 10;
+        char::from_u32(SUPPLEMENTARY_MIN + high_bits + u32::from(low - TRAIL_SURROGATE_MIN))
+    }
 }
 
 #[cfg(test)]
@@ -764,6 +794,10 @@ mod tests {
     fn reads_keys_after_unescaping() {
         assert_eq!(verdict(r#"{"request\u0049D":3}"#), Ok(Some(3)));
         assert_eq!(verdict(r#"{"request\u00c9D":3}"#), Ok(None));
+        assert_eq!(verdict(r#"{"\u0072equest\u0049\u0044":4}"#), Ok(Some(4)));
+        assert_eq!(verdict(r#"{"requestID\u0000":3}"#), Ok(None));
+        assert_eq!(verdict(r#"{"requestI\n":3,"\/requestID":3}"#), Ok(None));
+        assert_eq!(verdict(r#"{"\ud83d\ude00":1,"requestID":5}"#), Ok(Some(5)));
     }
 
     #[test]
@@ -776,6 +810,47 @@ mod tests {
         assert_eq!(verdict(&deep), Ok(None));
         let open = format!("{{\"x\":{}", "[".repeat(200_000));
         assert!(verdict(&open).is_err());
+    }
+
+    /// serde_json's string for each literal, which the check accepts as
+    /// a `command` and [`unescape`] reads alike.
+    #[test]
+    fn unescape_gives_serde_jsons_strings() {
+        let mut literals: Vec<String> = [
+            r#""""#,
+            r#""plain""#,
+            r#""\"\\\/\b\f\n\r\t""#,
+            r#""\\n\\u0041\\""#,
+            "\"é弹😀\\u00e9\\n\u{2028}\"",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Every code point of the BMP outside the surrogates, in lower- and
+        // uppercase hex, between other text.
+        for n in (0..=0xFFFF_u32).filter(|n| !(0xD800..=0xDFFF).contains(n)) {
+            literals.push(format!("\"a\\u{n:04x}b\\u{n:04X}\""));
+        }
+        // Every leading surrogate with the ends and middle of the trailing
+        // ones, and every trailing one after the first and last leading.
+        for high in 0xD800..=0xDBFF_u32 {
+            for low in [0xDC00, 0xDE00, 0xDFFF] {
+                literals.push(format!("\"\\u{high:04x}\\u{low:04X}x\""));
+            }
+        }
+        for low in 0xDC00..=0xDFFF_u32 {
+            for high in [0xD800, 0xDBFF] {
+                literals.push(format!("\"\\u{high:04X}\\u{low:04x}\""));
+            }
+        }
+        for literal in literals {
+            let want: String = serde_json::from_str(&literal).expect("serde_json reads it");
+            let message = format!("{{\"command\":{literal}}}");
+            let raw = check(message.as_bytes())
+                .ok()
+                .and_then(|fields| fields.raw(Field::Command));
+            assert_eq!(raw, Some(literal.as_str()));
+            assert_eq!(unescape(&literal), Some(want), "{literal}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! unknown fields are ignored, as Go's `encoding/json` does. On output the four
 //! seed fields are always written, in the seed's order; `error` only when set.
 //! The serde derives below serve the default codec; the nanoserde codec
-//! (see `codec`) reads each field with nanoserde and writes by hand.
+//! (see `codec`) reads each field through its own strict check and writes
+//! by hand.
 
 /// One protocol message: a request, a reply or a server-pushed command.
 ///
