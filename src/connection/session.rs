@@ -518,8 +518,8 @@ impl Session {
     }
 
     fn lock(&self) -> MutexGuard<'_, Outstanding> {
-        // Every critical section is a single map operation; a poisoned lock
-        // still holds a consistent map.
+        // Every critical section is a single list operation; a poisoned
+        // lock still holds a consistent list.
         self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

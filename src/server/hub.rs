@@ -3,7 +3,7 @@
 //! close them all at shutdown.
 //!
 //! The hub alone owns the list. Its lock is a plain mutex held only to copy
-//! or change the map, never across an `.await`, and every push is a
+//! or change the list, never across an `.await`, and every push is a
 //! non-blocking [`Peer::send`], so one stuck client cannot stall the others.
 //! The list is untyped (what a connection queues is already encoded);
 //! [`Hub<P>`](Hub) is the typed view a server speaking protocol `P` hands
@@ -277,7 +277,7 @@ impl<P> Hub<P> {
     pub fn broadcast_frame(&self, frame: Frame) -> usize {
         // Oldest first (the list is in id order): connections then run in the
         // order they were accepted, which is also the order their tasks sit
-        // in memory; in the map's random order the same broadcast to 10,000
+        // in memory; in a hash map's random order the same broadcast to 10,000
         // peers cost 40% more server CPU (cache and TLB misses).
         let peers = self.peers();
         push_all(peers.iter(), &frame)
@@ -428,7 +428,7 @@ impl<P> Hub<P> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Live> {
-        // A panic elsewhere while holding the lock cannot leave the map
+        // A panic elsewhere while holding the lock cannot leave the list
         // half-updated (every operation is a single insert/remove/copy).
         self.core.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
