@@ -2,7 +2,6 @@
 //! `--node-id`, `--tokens`, `--operator-token-file`, `--max-queued` and
 //! `--command-ttl`, and the console's `@NAME command`.
 
-use smol::Executor;
 use wsloop::forwarder::{parse_tokens, Forwarder, ForwarderOptions, MemoryStore, RedbStore, Store};
 use wsloop::Error;
 
@@ -92,7 +91,7 @@ fn host_name() -> String {
 /// The console's `@NAME command`: queues it for NAME and prints its
 /// acknowledgement, then its final record when it comes.
 #[cfg(feature = "console")]
-pub fn console_send(ex: &Executor<'static>, forwarder: &Forwarder, line: &str) {
+pub fn console_send(ex: &smol::Executor<'static>, forwarder: &Forwarder, line: &str) {
     let Some((name, command)) = line.split_once(char::is_whitespace) else {
         println!("console: @NAME command");
         return;
