@@ -20,7 +20,7 @@ pub const USAGE: &[&str] = &[
 wsloop — persistent WebSocket messaging
 
 USAGE:
-    wsloop server [OPTIONS]      serve static files at / and the WebSocket at /server
+    wsloop server [OPTIONS]      serve the WebSocket at /server and a page at /
     wsloop client [OPTIONS]      dial the server at ADDRESS and send requests
     wsloop --mode server|client [OPTIONS]   (the original Go program's spelling)
 
