@@ -3,6 +3,8 @@
 //! client, over real sockets, with real WebSocket peers.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use async_channel::{Receiver, Sender};
@@ -22,6 +24,34 @@ const CLIENTS: i64 = 3;
 
 /// Requests each of them sends, all at once before reading a reply.
 const REQUESTS: i64 = 5;
+
+/// Runs a `Server` on `ex` whose handler, behind the `Local` bridge, is
+/// `handler`, until `use_it(addr)` is done; then stops it and checks that
+/// it ended cleanly.
+async fn with_local_server<H, F>(
+    ex: &LocalExecutor<'_>,
+    handler: H,
+    use_it: impl FnOnce(SocketAddr) -> F,
+) where
+    H: LocalHandler,
+    F: Future<Output = ()>,
+{
+    let server = Server::bind("127.0.0.1:0", Config::default())
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = async_channel::bounded::<()>(1);
+    let spawner = LocalSpawner::new(ex);
+    let serving = server.run(&spawner, Local::new(ex, handler), async move {
+        let _ = stopped.recv().await;
+    });
+    let using = async {
+        use_it(addr).await;
+        drop(stop);
+    };
+    let (served, ()) = future::zip(serving, using).await;
+    served.expect("server run");
+}
 
 /// What the local handler saw, in the order it saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +87,7 @@ impl LocalHandler for Recorder {
 
 /// Client `n`: sends its requests without waiting, checks that each reply
 /// carries its request's id, in order, then closes.
-async fn pipelined_client(addr: std::net::SocketAddr, n: i64) {
+async fn pipelined_client(addr: SocketAddr, n: i64) {
     let mut ws = ws_connect(addr).await;
     let ids: Vec<i64> = (1..=REQUESTS).map(|i| n * 100 + i).collect();
     for &id in &ids {
@@ -86,34 +116,21 @@ fn server_on_a_local_executor_serves_a_non_send_handler() {
         seen: seen.clone(),
         disconnected,
     };
+    let ex = &ex;
     bounded(
         20,
-        ex.run(async {
-            let server = Server::bind("127.0.0.1:0", Config::default())
-                .await
-                .expect("bind");
-            let addr = server.local_addr().expect("addr");
-            let (stop, stopped) = async_channel::bounded::<()>(1);
-            let spawner = LocalSpawner::new(&ex);
-            let serving = server.run(&spawner, Local::new(&ex, recorder), async move {
-                let _ = stopped.recv().await;
-            });
-            let using = async {
-                let clients: Vec<_> = (0..CLIENTS)
-                    .map(|n| ex.spawn(pipelined_client(addr, n)))
-                    .collect();
-                for client in clients {
-                    client.await;
-                }
-                // Every loop has ended once its hook has run.
-                for _ in 0..CLIENTS {
-                    gone.recv().await.expect("a disconnect");
-                }
-                drop(stop);
-            };
-            let (served, ()) = future::zip(serving, using).await;
-            served.expect("server run");
-        }),
+        ex.run(with_local_server(ex, recorder, |addr| async move {
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|n| ex.spawn(pipelined_client(addr, n)))
+                .collect();
+            for client in clients {
+                client.await;
+            }
+            // Every loop has ended once its hook has run.
+            for _ in 0..CLIENTS {
+                gone.recv().await.expect("a disconnect");
+            }
+        })),
     );
 
     let seen = seen.borrow();
@@ -176,34 +193,21 @@ impl LocalHandler for Gate {
 fn a_slow_local_call_does_not_hold_up_other_connections() {
     let ex = LocalExecutor::new();
     let (open, opened) = async_channel::bounded(1);
+    let gate = Gate { open, opened };
+    let ex = &ex;
     bounded(
         20,
-        ex.run(async {
-            let server = Server::bind("127.0.0.1:0", Config::default())
-                .await
-                .expect("bind");
-            let addr = server.local_addr().expect("addr");
-            let (stop, stopped) = async_channel::bounded::<()>(1);
-            let spawner = LocalSpawner::new(&ex);
-            let gate = Gate { open, opened };
-            let serving = server.run(&spawner, Local::new(&ex, gate), async move {
-                let _ = stopped.recv().await;
-            });
-            let using = async {
-                let mut waiting = ws_connect(addr).await;
-                let mut releasing = ws_connect(addr).await;
-                let text = wsloop::encode(&Message::request(1, "wait"));
-                waiting.send(Frame::text(text)).await.expect("send");
-                // Answered while the first call still waits ...
-                let reply = common::request(&mut releasing, 2, "release").await;
-                assert_eq!(reply.request_id, 2);
-                // ... and the release lets the first one answer.
-                assert_eq!(next_message(&mut waiting).await.request_id, 1);
-                drop(stop);
-            };
-            let (served, ()) = future::zip(serving, using).await;
-            served.expect("server run");
-        }),
+        ex.run(with_local_server(ex, gate, |addr| async move {
+            let mut waiting = ws_connect(addr).await;
+            let mut releasing = ws_connect(addr).await;
+            let text = wsloop::encode(&Message::request(1, "wait"));
+            waiting.send(Frame::text(text)).await.expect("send");
+            // Answered while the first call still waits ...
+            let reply = common::request(&mut releasing, 2, "release").await;
+            assert_eq!(reply.request_id, 2);
+            // ... and the release lets the first one answer.
+            assert_eq!(next_message(&mut waiting).await.request_id, 1);
+        })),
     );
 }
 
